@@ -1,0 +1,4 @@
+//! Run with: cargo run --example rotation_demo
+fn main() {
+    println!("rotation demo: not built yet");
+}
