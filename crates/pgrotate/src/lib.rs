@@ -1,1 +1,24 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod classify;
+mod error;
+mod manager;
+mod pool;
+mod refresh;
+mod retry;
+mod settings;
+mod stats;
+mod tls;
+mod url;
+
+pub mod source;
+
+pub use classify::{Fault, classify};
+pub use error::{Error, ErrorKind};
+pub use pool::{Client, Pool, PoolBuilder};
+pub use retry::{Backoff, RetryPolicy};
+pub use settings::{ChannelBinding, SslMode};
+pub use stats::Status;
+pub use tls::TlsError;
+pub use url::{DatabaseUrl, UrlError};

@@ -1,0 +1,224 @@
+//! What a failure means to the pool: the one table from error to [`Fault`].
+//!
+//! | SQLSTATE / cause | fault | the pool's move |
+//! |---|---|---|
+//! | 28P01 invalid password, 28000 invalid authorization | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 3D000 database does not exist | [`Fault::DatabaseGone`] | refetch (the URL points elsewhere now) |
+//! | 25006 read-only transaction | [`Fault::ReadOnly`] | refetch, drain (landed on a standby) |
+//! | 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now | [`Fault::ServerGoingAway`] | reconnect |
+//! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::ConnectionLost`] | reconnect |
+//! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
+//! | anything else | [`Fault::Query`] | the caller's own error: never retried |
+//!
+//! Classification is by SQLSTATE, never by message text.
+
+use tokio_postgres::error::SqlState;
+
+/// The class of a failure, as far as a connection pool is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The server rejected the credentials (28P01, 28000): they were rotated,
+    /// or the role was replaced.
+    CredentialsRejected,
+    /// The database named in the URL does not exist (3D000): after a promote
+    /// the URL points elsewhere.
+    DatabaseGone,
+    /// A write landed on a read-only server (25006): a failover left the
+    /// pool on a standby.
+    ReadOnly,
+    /// The server ended the session or is not accepting connections
+    /// (57P01, 57P02, 57P03).
+    ServerGoingAway,
+    /// The connection is gone: closed, an I/O error, a TLS failure on an
+    /// established stream, or an 08xxx connection exception.
+    ConnectionLost,
+    /// The server has no connection slot left (53300).
+    TooManyConnections,
+    /// The caller's own error: constraint, syntax, types, permissions.
+    Query,
+}
+
+impl Fault {
+    /// Whether the failure is about the connection rather than the work: the
+    /// same work on another connection may succeed.
+    pub fn is_connection_level(self) -> bool {
+        !matches!(self, Fault::Query)
+    }
+
+    /// Whether the pool should fetch the URL again because of it.
+    pub fn needs_refetch(self) -> bool {
+        matches!(
+            self,
+            Fault::CredentialsRejected | Fault::DatabaseGone | Fault::ReadOnly
+        )
+    }
+}
+
+/// The table: SQLSTATE to fault. Codes not listed (other than the 08 class)
+/// are the caller's own errors.
+const BY_SQLSTATE: &[(SqlState, Fault)] = &[
+    (SqlState::INVALID_PASSWORD, Fault::CredentialsRejected),
+    (
+        SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+        Fault::CredentialsRejected,
+    ),
+    (SqlState::UNDEFINED_DATABASE, Fault::DatabaseGone),
+    (SqlState::READ_ONLY_SQL_TRANSACTION, Fault::ReadOnly),
+    (SqlState::ADMIN_SHUTDOWN, Fault::ServerGoingAway),
+    (SqlState::CRASH_SHUTDOWN, Fault::ServerGoingAway),
+    (SqlState::CANNOT_CONNECT_NOW, Fault::ServerGoingAway),
+    (SqlState::TOO_MANY_CONNECTIONS, Fault::TooManyConnections),
+];
+
+/// The SQLSTATE class of connection exceptions: 08000, 08003, 08006, 08001,
+/// 08004, 08007, 08P01.
+const CONNECTION_EXCEPTION_CLASS: &str = "08";
+
+/// Classifies a tokio-postgres error.
+///
+/// ```
+/// use pgrotate::{classify, Fault};
+/// # fn demo(err: &tokio_postgres::Error) {
+/// if classify(err) == Fault::CredentialsRejected {
+///     // the pool refetches the URL and reconnects
+/// }
+/// # }
+/// ```
+pub fn classify(err: &tokio_postgres::Error) -> Fault {
+    let code = err.code();
+    classify_parts(
+        code,
+        err.is_closed(),
+        has_io_cause(err),
+        is_client_side(err),
+    )
+}
+
+/// The table itself, over the parts of an error, so it can be tested for
+/// every code without a server.
+pub(crate) fn classify_parts(
+    code: Option<&SqlState>,
+    closed: bool,
+    io: bool,
+    client_side: bool,
+) -> Fault {
+    if let Some(code) = code {
+        if let Some((_, fault)) = BY_SQLSTATE.iter().find(|(c, _)| c == code) {
+            return *fault;
+        }
+        if code.code().starts_with(CONNECTION_EXCEPTION_CLASS) {
+            return Fault::ConnectionLost;
+        }
+        return Fault::Query;
+    }
+    if closed || io {
+        return Fault::ConnectionLost;
+    }
+    if client_side {
+        // Serialising a parameter, reading a column, counting rows: the
+        // caller's own mistake, whatever the connection's state.
+        return Fault::Query;
+    }
+    // No server report and no client-side cause: a protocol, TLS or connect
+    // failure. The connection is not usable.
+    Fault::ConnectionLost
+}
+
+fn has_io_cause(err: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Errors tokio-postgres raises on the client side about the caller's data,
+/// recognised by their fixed Display (the kinds are private).
+fn is_client_side(err: &tokio_postgres::Error) -> bool {
+    let s = err.to_string();
+    s.starts_with("error serializing parameter")
+        || s.starts_with("error deserializing column")
+        || s.starts_with("invalid column")
+        || s.starts_with("query returned an unexpected number")
+        || s.starts_with("expected ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by_code(code: &str) -> Fault {
+        classify_parts(Some(&SqlState::from_code(code)), false, false, false)
+    }
+
+    #[test]
+    fn credentials() {
+        assert_eq!(by_code("28P01"), Fault::CredentialsRejected);
+        assert_eq!(by_code("28000"), Fault::CredentialsRejected);
+        assert!(Fault::CredentialsRejected.needs_refetch());
+    }
+
+    #[test]
+    fn database_gone_and_read_only_refetch() {
+        assert_eq!(by_code("3D000"), Fault::DatabaseGone);
+        assert_eq!(by_code("25006"), Fault::ReadOnly);
+        assert!(Fault::DatabaseGone.needs_refetch());
+        assert!(Fault::ReadOnly.needs_refetch());
+    }
+
+    #[test]
+    fn server_going_away() {
+        for code in ["57P01", "57P02", "57P03"] {
+            assert_eq!(by_code(code), Fault::ServerGoingAway, "{code}");
+        }
+        assert!(!Fault::ServerGoingAway.needs_refetch());
+        assert!(Fault::ServerGoingAway.is_connection_level());
+    }
+
+    #[test]
+    fn connection_exceptions() {
+        for code in [
+            "08000", "08003", "08006", "08001", "08004", "08007", "08P01",
+        ] {
+            assert_eq!(by_code(code), Fault::ConnectionLost, "{code}");
+        }
+    }
+
+    #[test]
+    fn too_many_connections() {
+        assert_eq!(by_code("53300"), Fault::TooManyConnections);
+        assert!(!Fault::TooManyConnections.needs_refetch());
+    }
+
+    #[test]
+    fn callers_own_errors_are_never_connection_level() {
+        for code in [
+            "23505", "42601", "42P01", "40001", "40P01", "22012", "57014",
+        ] {
+            let f = by_code(code);
+            assert_eq!(f, Fault::Query, "{code}");
+            assert!(!f.is_connection_level());
+        }
+    }
+
+    #[test]
+    fn closed_and_io_without_code() {
+        assert_eq!(
+            classify_parts(None, true, false, false),
+            Fault::ConnectionLost
+        );
+        assert_eq!(
+            classify_parts(None, false, true, false),
+            Fault::ConnectionLost
+        );
+        assert_eq!(classify_parts(None, false, false, true), Fault::Query);
+        assert_eq!(
+            classify_parts(None, false, false, false),
+            Fault::ConnectionLost
+        );
+    }
+}

@@ -1,0 +1,289 @@
+//! The one error type of the crate.
+//!
+//! An [`Error`] names the phase that failed ([`ErrorKind`]), carries the
+//! server's message and SQLSTATE when there is one (tokio-postgres's own
+//! `Display` says only "db error"), chains its cause through
+//! [`std::error::Error::source`], and never contains a password or token:
+//! every message is built from parts that hold none (SQLSTATE, the server's
+//! message, a source's description, a redacted URL).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::error::{DbError, SqlState};
+
+use crate::classify::Fault;
+use crate::source::SourceError;
+
+/// What failed: the phase of the work, or the pool's own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The builder was given settings that cannot work (caught by `build()`).
+    Build,
+    /// Fetching the database URL from its source failed, or the source
+    /// returned something that is not a usable PostgreSQL URL.
+    Source,
+    /// Opening a connection failed for a reason other than rejected
+    /// credentials: network, TLS, server starting or shutting down, too many
+    /// connections.
+    Connect,
+    /// The server kept rejecting the credentials (SQLSTATE 28P01 or 28000)
+    /// after the pool fetched the URL again and backed off.
+    CredentialsRejected,
+    /// A query failed: the caller's own error (a constraint, a syntax error,
+    /// a type mismatch). Never retried by the pool.
+    Query,
+    /// The connection was lost, or the server ended it, while the caller's
+    /// work was running, and the pool's retry budget did not allow another
+    /// attempt (or the work was not the pool's to retry).
+    ConnectionLost,
+    /// Waiting for a connection took longer than the pool's wait timeout,
+    /// or a create or retry deadline passed.
+    Timeout,
+    /// The pool was closed.
+    Closed,
+    /// The connection was lost after `COMMIT` was sent and before its answer
+    /// arrived: the transaction may or may not have been committed.
+    CommitOutcomeUnknown,
+}
+
+impl ErrorKind {
+    fn phase(self) -> &'static str {
+        match self {
+            ErrorKind::Build => "invalid pool settings",
+            ErrorKind::Source => "fetching the database URL failed",
+            ErrorKind::Connect => "connecting failed",
+            ErrorKind::CredentialsRejected => "credentials rejected",
+            ErrorKind::Query => "query failed",
+            ErrorKind::ConnectionLost => "connection lost",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Closed => "pool closed",
+            ErrorKind::CommitOutcomeUnknown => "commit outcome unknown",
+        }
+    }
+}
+
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error of every fallible pgrotate operation.
+///
+/// Cheap to clone (its cause is shared), so one refetch failure can be handed
+/// to every caller that waited for it.
+///
+/// ```
+/// # async fn demo(pool: pgrotate::Pool) {
+/// match pool.run(async |c| c.execute("insert into t values (1)", &[]).await).await {
+///     Ok(_) => {}
+///     Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+///         // the caller's own error: returned as it is, never retried
+///     }
+///     Err(e) => eprintln!("{e}"), // names the phase and the server's message
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    kind: ErrorKind,
+    fault: Option<Fault>,
+    detail: String,
+    attempts: Option<u32>,
+    cause: Option<Cause>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> Error {
+        Error {
+            kind,
+            fault: None,
+            detail: detail.into(),
+            attempts: None,
+            cause: None,
+        }
+    }
+
+    pub(crate) fn with_cause(
+        mut self,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        self.cause = Some(Arc::new(cause));
+        self
+    }
+
+    pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
+        self.attempts = Some(attempts);
+        self
+    }
+
+    /// Wraps a tokio-postgres error of the given kind, keeping the server's
+    /// message and SQLSTATE in the message and the error itself as the cause.
+    pub(crate) fn postgres(kind: ErrorKind, fault: Fault, err: tokio_postgres::Error) -> Error {
+        let detail = describe_postgres(&err);
+        Error {
+            kind,
+            fault: Some(fault),
+            detail,
+            attempts: None,
+            cause: Some(Arc::new(err)),
+        }
+    }
+
+    pub(crate) fn source_failed(source: &str, err: SourceError) -> Error {
+        Error::new(ErrorKind::Source, format!("from {source}: {err}")).with_cause(err)
+    }
+
+    pub(crate) fn timeout(what: &str, after: Option<Duration>) -> Error {
+        let detail = match after {
+            Some(d) => format!("{what} after {}", fmt_duration(d)),
+            None => what.to_string(),
+        };
+        Error::new(ErrorKind::Timeout, detail)
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// How the underlying database error was classified, when there was one.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
+
+    /// The SQLSTATE the server reported, if the error came from the server.
+    pub fn code(&self) -> Option<&SqlState> {
+        self.as_db_error().map(DbError::code)
+    }
+
+    /// The server's error report, if the error came from the server.
+    pub fn as_db_error(&self) -> Option<&DbError> {
+        self.as_postgres()
+            .and_then(tokio_postgres::Error::as_db_error)
+    }
+
+    /// The tokio-postgres error behind this one, if any.
+    pub fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
+        self.cause
+            .as_deref()
+            .and_then(|c| c.downcast_ref::<tokio_postgres::Error>())
+    }
+
+    /// The source's error behind this one, if fetching the URL failed.
+    pub fn as_source_error(&self) -> Option<&SourceError> {
+        self.cause.as_deref().and_then(|c| c.downcast_ref())
+    }
+
+    /// How many attempts were made before giving up, where the pool retried.
+    pub fn attempts(&self) -> Option<u32> {
+        self.attempts
+    }
+
+    /// Whether trying the same work again later may succeed: the failure was
+    /// at the connection level (lost, server going away, too many
+    /// connections, a timeout), not the caller's own query error, not
+    /// credentials that stayed rejected and not a closed pool.
+    pub fn is_retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::Timeout => true,
+            ErrorKind::Source => self
+                .as_source_error()
+                .is_some_and(SourceError::is_retryable),
+            ErrorKind::Build
+            | ErrorKind::CredentialsRejected
+            | ErrorKind::Query
+            | ErrorKind::Closed
+            | ErrorKind::CommitOutcomeUnknown => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.phase())?;
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        if let Some(n) = self.attempts {
+            write!(f, " (after {n} attempt{})", if n == 1 { "" } else { "s" })?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The cause's own Debug is safe (tokio-postgres errors and our
+        // SourceError hold no secret), but keep Debug to the same parts as
+        // Display plus the code, so nothing new can ever leak through it.
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("fault", &self.fault)
+            .field("code", &self.code().map(SqlState::code))
+            .field("detail", &self.detail)
+            .field("attempts", &self.attempts)
+            .finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The message of a tokio-postgres error with the server's words and
+/// SQLSTATE, or the client-side cause (I/O, TLS) when there is no server
+/// report.
+pub(crate) fn describe_postgres(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    let mut out = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+pub(crate) fn fmt_duration(d: Duration) -> String {
+    if d.as_millis() < 1000 {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_the_phase_and_attempts() {
+        let e = Error::new(
+            ErrorKind::CredentialsRejected,
+            "password authentication failed",
+        )
+        .with_attempts(3);
+        assert_eq!(
+            e.to_string(),
+            "credentials rejected: password authentication failed (after 3 attempts)"
+        );
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn timeouts_are_retryable_and_say_how_long() {
+        let e = Error::timeout("waiting for a connection", Some(Duration::from_millis(250)));
+        assert_eq!(
+            e.to_string(),
+            "timed out: waiting for a connection after 250 ms"
+        );
+        assert!(e.is_retryable());
+    }
+}

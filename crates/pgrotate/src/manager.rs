@@ -1,0 +1,122 @@
+//! The deadpool `Manager`: connections tagged with the generation they were
+//! opened with.
+//!
+//! - `create` connects with the newest generation; when the server rejects
+//!   the credentials (or the database is gone) it asks the refresh
+//!   coordinator for a newer generation and tries again, at most
+//!   `rejected_attempts` times, then returns `CredentialsRejected`.
+//! - `recycle` (when a connection is handed out again) drops closed
+//!   connections, broken ones, and those of an older generation; one idle
+//!   for longer than `ping_after_idle` is checked with an empty query first
+//!   (like pgx, which pings connections idle for over a second). A
+//!   checked-out connection is never touched: an old one is closed when it
+//!   comes back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+
+use crate::classify::{Fault, classify};
+use crate::error::{Error, ErrorKind, describe_postgres};
+use crate::refresh::{Generation, Refresher};
+use crate::stats::Counters;
+
+const TARGET: &str = "pgrotate::manager";
+
+/// One pooled connection.
+pub(crate) struct Connection {
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) generation: u64,
+    /// Set when the caller's work saw the connection fail; recycle drops it.
+    pub(crate) broken: bool,
+}
+
+pub(crate) struct Manager {
+    pub(crate) refresher: Arc<Refresher>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) ping_after_idle: Duration,
+}
+
+impl Manager {
+    async fn connect(&self, generation: &Generation) -> Result<Connection, tokio_postgres::Error> {
+        self.counters
+            .connect_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        let target = &generation.target;
+        let (client, connection) = target.config.connect(target.tls.clone()).await?;
+        let id = generation.id;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
+            }
+        });
+        self.counters
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Connection {
+            client,
+            generation: id,
+            broken: false,
+        })
+    }
+}
+
+impl managed::Manager for Manager {
+    type Type = Connection;
+    type Error = Error;
+
+    async fn create(&self) -> Result<Connection, Error> {
+        let limit = self.refresher.policy().rejected_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let generation = self.refresher.current();
+            let err = match self.connect(&generation).await {
+                Ok(conn) => {
+                    self.refresher.note_connected(generation.id);
+                    return Ok(conn);
+                }
+                Err(e) => e,
+            };
+            let fault = classify(&err);
+            if !fault.needs_refetch() {
+                return Err(Error::postgres(ErrorKind::Connect, fault, err));
+            }
+            tracing::warn!(target: TARGET, generation = generation.id, attempt, error = %describe_postgres(&err), "connect rejected; asking for a newer URL");
+            if attempt >= limit {
+                let kind = if fault == Fault::CredentialsRejected {
+                    ErrorKind::CredentialsRejected
+                } else {
+                    ErrorKind::Connect
+                };
+                return Err(Error::postgres(kind, fault, err).with_attempts(attempt));
+            }
+            let why = match fault {
+                Fault::CredentialsRejected => "credentials rejected",
+                _ => "database gone",
+            };
+            self.refresher.refresh_after(generation.id, why).await?;
+        }
+    }
+
+    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        if conn.broken || conn.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        let current = self.refresher.current_id();
+        if conn.generation < current {
+            self.counters.stale_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target: TARGET, generation = conn.generation, current, "closing a connection of an older generation");
+            return Err(RecycleError::message("older generation"));
+        }
+        if metrics.last_used() > self.ping_after_idle {
+            if let Err(e) = conn.client.simple_query("").await {
+                tracing::debug!(target: TARGET, generation = conn.generation, error = %describe_postgres(&e), "idle connection failed its check");
+                return Err(RecycleError::message("failed its check"));
+            }
+        }
+        Ok(())
+    }
+}

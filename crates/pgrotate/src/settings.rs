@@ -1,0 +1,409 @@
+//! From a fetched URL to what a connect needs: parse the URL's TLS
+//! parameters ourselves, hand the rest to tokio-postgres, then apply the
+//! code-side settings the source must not carry.
+//!
+//! URL parameters honoured:
+//!
+//! | parameter | read by | meaning |
+//! |---|---|---|
+//! | `sslmode` | pgrotate | `disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with libpq's meaning; may raise the builder's minimum, lowers it only when the builder allows it |
+//! | `sslrootcert` | pgrotate | a PEM file of trusted roots for `verify-ca` / `verify-full` |
+//! | `sslcert`, `sslkey` | pgrotate | a client certificate and key (PEM files) for servers that demand one |
+//! | `channel_binding` | pgrotate | `disable`, `prefer`, `require` (SCRAM-SHA-256-PLUS over TLS) |
+//! | `application_name`, `connect_timeout`, `options`, `keepalives*`, `tcp_user_timeout`, `target_session_attrs`, `host`, `port`, `user`, `password`, `dbname` | tokio-postgres | as in libpq |
+//!
+//! Any other parameter is refused with an error naming it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_postgres::config::ChannelBinding as PgChannelBinding;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::tls::{self, ClientIdentity, Roots, TlsError};
+use crate::url::{DatabaseUrl, UrlError};
+
+/// TLS requirement, with libpq's meaning. Ordered from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, plaintext otherwise.
+    Prefer,
+    /// TLS always; the certificate is not checked (what Heroku documents,
+    /// and the default).
+    #[default]
+    Require,
+    /// TLS always; the certificate must chain to a trusted root.
+    VerifyCa,
+    /// TLS always; the certificate must chain to a trusted root and name the
+    /// host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling: `disable`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether this mode verifies the server's certificate.
+    pub fn verifies(self) -> bool {
+        self >= SslMode::VerifyCa
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = UrlError;
+    fn from_str(s: &str) -> Result<SslMode, UrlError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            // libpq's `allow` tries plaintext first; treating it as `prefer`
+            // never makes a connection less safe than asked.
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => {
+                return Err(UrlError::InvalidParameter {
+                    name: "sslmode".into(),
+                    problem: "expected disable, allow, prefer, require, verify-ca or verify-full"
+                        .into(),
+                });
+            }
+        })
+    }
+}
+
+/// Channel binding for SCRAM-SHA-256 (`channel_binding` in libpq).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ChannelBinding {
+    /// Never use channel binding.
+    Disable,
+    /// Use it when the server and TLS allow (the default).
+    #[default]
+    Prefer,
+    /// Fail unless the server authenticates with SCRAM-SHA-256-PLUS over TLS.
+    Require,
+}
+
+impl FromStr for ChannelBinding {
+    type Err = UrlError;
+    fn from_str(s: &str) -> Result<ChannelBinding, UrlError> {
+        Ok(match s {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            _ => {
+                return Err(UrlError::InvalidParameter {
+                    name: "channel_binding".into(),
+                    problem: "expected disable, prefer or require".into(),
+                });
+            }
+        })
+    }
+}
+
+impl From<ChannelBinding> for PgChannelBinding {
+    fn from(c: ChannelBinding) -> PgChannelBinding {
+        match c {
+            ChannelBinding::Disable => PgChannelBinding::Disable,
+            ChannelBinding::Prefer => PgChannelBinding::Prefer,
+            ChannelBinding::Require => PgChannelBinding::Require,
+        }
+    }
+}
+
+/// A URL split into what tokio-postgres parses and what pgrotate reads
+/// itself.
+pub(crate) struct UrlParts {
+    /// The URL without the parameters below (still holds the password).
+    rest: String,
+    pub(crate) sslmode: Option<SslMode>,
+    pub(crate) sslrootcert: Option<PathBuf>,
+    pub(crate) sslcert: Option<PathBuf>,
+    pub(crate) sslkey: Option<PathBuf>,
+    pub(crate) channel_binding: Option<ChannelBinding>,
+}
+
+impl UrlParts {
+    pub(crate) fn split(url: &DatabaseUrl) -> Result<UrlParts, UrlError> {
+        let raw = url.expose_secret();
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err(UrlError::NotPostgres);
+        }
+        let mut parts = UrlParts {
+            rest: String::new(),
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: None,
+        };
+        let (base, query) = match raw.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (raw, ""),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key, "a parameter name")?;
+            let decoded = || percent_decode(value, &key);
+            match key.as_str() {
+                "sslmode" => parts.sslmode = Some(decoded()?.parse()?),
+                "channel_binding" => parts.channel_binding = Some(decoded()?.parse()?),
+                "sslrootcert" => parts.sslrootcert = Some(decoded()?.into()),
+                "sslcert" => parts.sslcert = Some(decoded()?.into()),
+                "sslkey" => parts.sslkey = Some(decoded()?.into()),
+                _ => kept.push(pair),
+            }
+        }
+        parts.rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(parts)
+    }
+
+    /// tokio-postgres's parse of the rest. Its error messages name options,
+    /// never values; they are redacted all the same.
+    pub(crate) fn tokio_config(&self) -> Result<tokio_postgres::Config, UrlError> {
+        tokio_postgres::Config::from_str(&self.rest).map_err(|e| {
+            UrlError::Invalid(crate::url::redact(&crate::error::describe_postgres(&e)))
+        })
+    }
+}
+
+fn percent_decode(s: &str, what: &str) -> Result<String, UrlError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => out.push(b),
+                    None => {
+                        return Err(UrlError::InvalidParameter {
+                            name: what.to_string(),
+                            problem: "invalid percent-encoding".into(),
+                        });
+                    }
+                }
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError::InvalidParameter {
+        name: what.to_string(),
+        problem: "not UTF-8 after percent-decoding".into(),
+    })
+}
+
+/// Code-side settings, applied to every URL the source returns and never
+/// written back to it.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) sslmode: SslMode,
+    pub(crate) allow_weaker_sslmode: bool,
+    pub(crate) roots: Roots,
+    pub(crate) client_identity: Option<ClientIdentity>,
+    pub(crate) channel_binding: Option<ChannelBinding>,
+    pub(crate) application_name: Option<String>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) keepalives_idle: Option<Duration>,
+    pub(crate) tcp_user_timeout: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            sslmode: SslMode::Require,
+            allow_weaker_sslmode: false,
+            roots: Roots::default(),
+            client_identity: None,
+            channel_binding: None,
+            application_name: None,
+            connect_timeout: Duration::from_secs(10),
+            keepalives_idle: Some(Duration::from_secs(30)),
+            tcp_user_timeout: None,
+        }
+    }
+}
+
+/// Everything one generation connects with.
+#[derive(Clone)]
+pub(crate) struct Target {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: MakeRustlsConnect,
+    pub(crate) sslmode: SslMode,
+}
+
+/// Why a URL could not be turned into a [`Target`].
+#[derive(Debug)]
+pub(crate) enum TargetError {
+    Url(UrlError),
+    Tls(TlsError),
+}
+
+impl fmt::Display for TargetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetError::Url(e) => e.fmt(f),
+            TargetError::Tls(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+impl Settings {
+    /// The sslmode used for a URL that asks for `from_url`.
+    pub(crate) fn effective_sslmode(&self, from_url: Option<SslMode>) -> SslMode {
+        match from_url {
+            Some(m) if m > self.sslmode => m,
+            Some(m) if self.allow_weaker_sslmode => m,
+            _ => self.sslmode,
+        }
+    }
+
+    pub(crate) fn target(&self, url: &DatabaseUrl) -> Result<Target, TargetError> {
+        let parts = UrlParts::split(url).map_err(TargetError::Url)?;
+        let mut config = parts.tokio_config().map_err(TargetError::Url)?;
+        let sslmode = self.effective_sslmode(parts.sslmode);
+        config.ssl_mode(match sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        if let Some(cb) = parts.channel_binding.or(self.channel_binding) {
+            config.channel_binding(cb.into());
+        }
+        if let Some(name) = &self.application_name {
+            config.application_name(name.clone());
+        }
+        config.connect_timeout(self.connect_timeout);
+        if let Some(idle) = self.keepalives_idle {
+            config.keepalives(true).keepalives_idle(idle);
+        }
+        if let Some(t) = self.tcp_user_timeout {
+            config.tcp_user_timeout(t);
+        }
+        let roots = match &parts.sslrootcert {
+            Some(path) => Roots::PemFile(path.clone()),
+            None => self.roots.clone(),
+        };
+        let identity = match (&parts.sslcert, &parts.sslkey) {
+            (Some(cert), Some(key)) => {
+                Some(ClientIdentity::from_files(cert, key).map_err(TargetError::Tls)?)
+            }
+            (None, None) => self.client_identity.clone(),
+            _ => {
+                return Err(TargetError::Url(UrlError::InvalidParameter {
+                    name: "sslcert".into(),
+                    problem: "sslcert and sslkey must be given together".into(),
+                }));
+            }
+        };
+        let tls = tls::connector(sslmode, &roots, identity.as_ref()).map_err(TargetError::Tls)?;
+        Ok(Target {
+            config,
+            tls,
+            sslmode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> DatabaseUrl {
+        DatabaseUrl::parse(s).unwrap()
+    }
+
+    #[test]
+    fn our_parameters_are_taken_out_before_tokio_postgres_sees_them() {
+        let parts = UrlParts::split(&url(
+            "postgres://u:p@h/d?sslmode=verify-full&sslrootcert=%2Ftmp%2Fca.pem&application_name=x&channel_binding=require",
+        ))
+        .unwrap();
+        assert_eq!(parts.sslmode, Some(SslMode::VerifyFull));
+        assert_eq!(parts.sslrootcert, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(parts.channel_binding, Some(ChannelBinding::Require));
+        let cfg = parts.tokio_config().unwrap();
+        assert_eq!(cfg.get_application_name(), Some("x"));
+    }
+
+    #[test]
+    fn unknown_parameters_and_bad_values_are_named() {
+        let e = DatabaseUrl::parse("postgres://u:p@h/d?sslmode=sometimes").unwrap_err();
+        assert!(e.to_string().contains("sslmode"), "{e}");
+        let e = DatabaseUrl::parse("postgres://u:p@h/d?frobnicate=1").unwrap_err();
+        assert!(e.to_string().contains("frobnicate"), "{e}");
+    }
+
+    #[test]
+    fn a_url_may_raise_the_sslmode_but_not_lower_it_unless_allowed() {
+        let mut s = Settings::default();
+        assert_eq!(s.effective_sslmode(None), SslMode::Require);
+        assert_eq!(
+            s.effective_sslmode(Some(SslMode::VerifyFull)),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            s.effective_sslmode(Some(SslMode::Disable)),
+            SslMode::Require
+        );
+        s.allow_weaker_sslmode = true;
+        assert_eq!(
+            s.effective_sslmode(Some(SslMode::Disable)),
+            SslMode::Disable
+        );
+    }
+
+    #[test]
+    fn code_side_settings_are_applied() {
+        let s = Settings {
+            application_name: Some("svc".into()),
+            ..Settings::default()
+        };
+        let t = s.target(&url("postgres://u:p@h/d")).unwrap();
+        assert_eq!(t.sslmode, SslMode::Require);
+        assert_eq!(t.config.get_application_name(), Some("svc"));
+        assert_eq!(
+            t.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&Duration::from_secs(10))
+        );
+    }
+}

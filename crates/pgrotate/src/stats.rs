@@ -1,0 +1,61 @@
+//! What the pool counts, and the [`Status`] it reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared by the pool's parts. Relaxed atomics: they are reports,
+/// not synchronisation.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) fetches: AtomicU64,
+    pub(crate) fetch_failures: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) connect_attempts: AtomicU64,
+    pub(crate) connections_opened: AtomicU64,
+    pub(crate) stale_closed: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// A snapshot of the pool.
+///
+/// ```
+/// # fn demo(pool: &pgrotate::Pool) {
+/// let s = pool.status();
+/// println!("{} of {} connections idle, generation {}", s.idle, s.size, s.generation);
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Status {
+    /// The most connections the pool opens.
+    pub max_size: usize,
+    /// Connections open now (idle and checked out).
+    pub size: usize,
+    /// Connections open and idle.
+    pub idle: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+    /// The current generation: 1 at build, one more per adopted new URL.
+    pub generation: u64,
+    /// How many times a new URL was adopted.
+    pub refreshes: u64,
+    /// How many times the source was fetched (the first fetch included).
+    pub fetches: u64,
+    /// How many fetches failed or returned an unusable URL.
+    pub fetch_failures: u64,
+    /// How many connects were attempted.
+    pub connect_attempts: u64,
+    /// How many connections were opened.
+    pub connections_opened: u64,
+    /// How many connections of an older generation were closed.
+    pub stale_closed: u64,
+    /// How many times `run` retried work on a fresh connection.
+    pub retries: u64,
+    /// The last refetch error, if the last refetch failed.
+    pub last_refresh_error: Option<String>,
+}

@@ -1,0 +1,237 @@
+//! [`DatabaseUrl`]: a fetched `postgres://` URL that never prints its password.
+
+use std::fmt;
+
+/// A PostgreSQL URL as a source returned it (`postgres://` or
+/// `postgresql://`), checked for the parts a pool needs: a host, a user and a
+/// password.
+///
+/// `Debug` and `Display` print the URL with the password replaced by `_`
+/// (also a `password=` query parameter); the raw text is only reachable
+/// through [`DatabaseUrl::expose_secret`].
+///
+/// ```
+/// use pgrotate::DatabaseUrl;
+/// let url = DatabaseUrl::parse("postgres://app:s3cret@db.example.com:5432/app").unwrap();
+/// assert_eq!(url.to_string(), "postgres://app:_@db.example.com:5432/app");
+/// assert!(!format!("{url:?}").contains("s3cret"));
+/// assert!(DatabaseUrl::parse("mysql://x").is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    raw: String,
+}
+
+/// Why a text is not a usable PostgreSQL URL. Never contains the text itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UrlError {
+    /// Nothing but white space.
+    Empty,
+    /// It does not start with `postgres://` or `postgresql://`.
+    NotPostgres,
+    /// It has no host.
+    NoHost,
+    /// It has no user name.
+    NoUser,
+    /// It has no password: a pool needs one to reconnect.
+    NoPassword,
+    /// A parameter has a value pgrotate or tokio-postgres does not accept.
+    InvalidParameter {
+        /// The parameter's name.
+        name: String,
+        /// What is wrong (never the value of a secret).
+        problem: String,
+    },
+    /// tokio-postgres could not parse it.
+    Invalid(String),
+}
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlError::Empty => f.write_str("the value is empty"),
+            UrlError::NotPostgres => {
+                f.write_str("not a PostgreSQL URL (expected postgres:// or postgresql://)")
+            }
+            UrlError::NoHost => f.write_str("the URL has no host"),
+            UrlError::NoUser => f.write_str("the URL has no user name"),
+            UrlError::NoPassword => f.write_str("the URL has no password"),
+            UrlError::InvalidParameter { name, problem } => {
+                write!(f, "URL parameter `{name}`: {problem}")
+            }
+            UrlError::Invalid(why) => write!(f, "malformed URL: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+impl DatabaseUrl {
+    /// Checks a URL and keeps it. Surrounding white space (the newline
+    /// `heroku config:get` prints) is trimmed.
+    pub fn parse(text: impl AsRef<str>) -> Result<DatabaseUrl, UrlError> {
+        let raw = text.as_ref().trim();
+        if raw.is_empty() {
+            return Err(UrlError::Empty);
+        }
+        let url = DatabaseUrl {
+            raw: raw.to_string(),
+        };
+        // The full check (parameters, tokio-postgres's own parse) is the one
+        // the pool uses to connect, so a URL that passes here connects.
+        let parts = crate::settings::UrlParts::split(&url)?;
+        let config = parts.tokio_config()?;
+        if config.get_hosts().is_empty() {
+            return Err(UrlError::NoHost);
+        }
+        if config.get_user().is_none_or(str::is_empty) {
+            return Err(UrlError::NoUser);
+        }
+        if config.get_password().is_none_or(<[u8]>::is_empty) {
+            return Err(UrlError::NoPassword);
+        }
+        Ok(url)
+    }
+
+    /// The raw URL, password included. Hand it only to code that connects.
+    pub fn expose_secret(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with its password replaced by `_`.
+    pub fn redacted(&self) -> String {
+        redact(&self.raw)
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+/// Replaces the password of every `scheme://user:password@` in `text`, and
+/// the value of every `password=` parameter, with `_`.
+///
+/// It errs on the side of hiding: everything between the first `:` after
+/// `://` and the *last* `@` of the URL is treated as the password, so a
+/// password with an unencoded `@` or `/` is still hidden whole.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        // The URL ends at white space.
+        let end = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        out.push_str(&redact_one(url));
+        rest = after;
+    }
+    out.push_str(rest);
+    redact_password_params(&out)
+}
+
+/// `url` is everything after `scheme://` up to white space.
+fn redact_one(url: &str) -> String {
+    match url.rfind('@') {
+        Some(at) => {
+            let userinfo = &url[..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}:_{}", &userinfo[..colon], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+fn redact_password_params(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("password=") {
+        let preceded_ok = pos == 0 || matches!(rest.as_bytes()[pos - 1], b'?' | b'&' | b' ');
+        let (head, tail) = rest.split_at(pos + "password=".len());
+        out.push_str(head);
+        if preceded_ok {
+            let end = tail
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .unwrap_or(tail.len());
+            out.push('_');
+            rest = &tail[end..];
+        } else {
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_userinfo_password() {
+        assert_eq!(
+            redact("postgres://u:p4ss@h:5432/d?sslmode=require"),
+            "postgres://u:_@h:5432/d?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgresql://u:p@ss/word@h/d"),
+            "postgresql://u:_@h/d"
+        );
+        assert_eq!(redact("postgres://u@h/d"), "postgres://u@h/d");
+    }
+
+    #[test]
+    fn redacts_every_url_in_free_text_and_password_params() {
+        let s =
+            "error: cannot use postgres://a:one@h/d nor postgres://b:two@h/d?password=three&x=1";
+        let r = redact(s);
+        for secret in ["one", "two", "three"] {
+            assert!(!r.contains(secret), "{r}");
+        }
+        assert!(r.contains("x=1"));
+        assert_eq!(
+            redact("host=h password=xyz user=u"),
+            "host=h password=_ user=u"
+        );
+    }
+
+    #[test]
+    fn parse_checks_the_parts_a_pool_needs() {
+        assert_eq!(DatabaseUrl::parse("  \n"), Err(UrlError::Empty));
+        assert_eq!(
+            DatabaseUrl::parse("mysql://u:p@h/d"),
+            Err(UrlError::NotPostgres)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/d"),
+            Err(UrlError::NoPassword)
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgres://:p@h/d"),
+            Err(UrlError::NoUser)
+        );
+        let ok = DatabaseUrl::parse("postgres://u:p@h:5432/d\n").unwrap();
+        assert_eq!(ok.expose_secret(), "postgres://u:p@h:5432/d");
+    }
+
+    #[test]
+    fn parse_errors_never_echo_the_password() {
+        let e = DatabaseUrl::parse("postgres://u:hunter2@h:notaport/d").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = DatabaseUrl::parse("postgres://u:hunter2@h/d?bogus=hunter2").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+}
