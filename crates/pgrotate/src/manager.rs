@@ -111,11 +111,11 @@ impl managed::Manager for Manager {
             tracing::debug!(target: TARGET, generation = conn.generation, current, "closing a connection of an older generation");
             return Err(RecycleError::message("older generation"));
         }
-        if metrics.last_used() > self.ping_after_idle {
-            if let Err(e) = conn.client.simple_query("").await {
-                tracing::debug!(target: TARGET, generation = conn.generation, error = %describe_postgres(&e), "idle connection failed its check");
-                return Err(RecycleError::message("failed its check"));
-            }
+        if metrics.last_used() > self.ping_after_idle
+            && let Err(e) = conn.client.simple_query("").await
+        {
+            tracing::debug!(target: TARGET, generation = conn.generation, error = %describe_postgres(&e), "idle connection failed its check");
+            return Err(RecycleError::message("failed its check"));
         }
         Ok(())
     }

@@ -28,7 +28,7 @@ impl UrlSource for Env {
                 std::env::VarError::NotPresent => "is not set",
                 std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
             };
-            SourceError::new(SourceErrorKind::NotFound, format!("{why}"))
+            SourceError::new(SourceErrorKind::NotFound, why)
         })?;
         Ok(DatabaseUrl::parse(value)?)
     }
