@@ -1,0 +1,97 @@
+//! Shared helpers of the end-to-end tests: a URL file a test can rewrite
+//! atomically, and a tracing capture to check for leaked secrets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use pgrotate_testing::{Cluster, TestRole};
+
+/// A test must never hang CI: every end-to-end test runs under this bound.
+pub const TEST_BOUND: Duration = Duration::from_secs(120);
+
+/// Runs `fut` under [`TEST_BOUND`].
+pub async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::time::timeout(TEST_BOUND, fut)
+        .await
+        .expect("the test did not finish within its bound")
+}
+
+/// A file holding `DATABASE_URL`, as a mounted secret would.
+pub struct UrlFile {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl UrlFile {
+    pub fn new(url: &str) -> UrlFile {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("database_url");
+        let f = UrlFile { dir, path };
+        f.set(url);
+        f
+    }
+
+    /// Replaces the URL atomically (write a sibling, rename over), so a
+    /// fetch never sees a half-written file.
+    pub fn set(&self, url: &str) {
+        let tmp = self.dir.path().join("database_url.tmp");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        writeln!(f, "{url}").unwrap();
+        f.sync_all().unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    pub fn remove(&self) {
+        std::fs::remove_file(&self.path).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn source(&self) -> pgrotate::source::File {
+        pgrotate::source::File::new(&self.path)
+    }
+}
+
+/// A role of its own on the shared server, and a URL file pointing at it.
+pub async fn role_and_file(cluster: &Cluster, prefix: &str) -> (TestRole, UrlFile) {
+    let role = cluster.create_role(prefix).await.unwrap();
+    let file = UrlFile::new(&cluster.url(&role));
+    (role, file)
+}
+
+/// Everything every tracing event of this test process printed, at every
+/// level, pgrotate's and its dependencies'.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber once per test process.
+pub fn capture_tracing() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .init();
+    });
+}

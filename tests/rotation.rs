@@ -1,0 +1,337 @@
+//! A password rotation (`ALTER ROLE ... PASSWORD` + `pg_terminate_backend`,
+//! what `heroku pg:credentials:rotate` does) against a real PostgreSQL over
+//! TLS: callers see no error and the process is not restarted.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{bounded, capture_tracing, captured_logs, role_and_file};
+use pgrotate::{ErrorKind, Pool};
+use pgrotate_testing::Cluster;
+use tokio::sync::mpsc;
+
+async fn select_one(pool: &Pool) -> Result<i64, pgrotate::Error> {
+    pool.run(async |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
+    capture_tracing();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_load").await;
+        let old_password = role.password.clone();
+        let pool = Pool::builder(file.source()).max_size(8).build().await.unwrap();
+
+        const WORKERS: usize = 32;
+        let stop = Arc::new(AtomicBool::new(false));
+        let rotated = Arc::new(AtomicBool::new(false));
+        let errors = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
+        let (warm_tx, mut warm_rx) = mpsc::unbounded_channel::<usize>();
+        let mut workers = Vec::new();
+        for w in 0..WORKERS {
+            let (pool, stop, rotated, errors, calls) = (
+                pool.clone(),
+                stop.clone(),
+                rotated.clone(),
+                errors.clone(),
+                calls.clone(),
+            );
+            let (progress_tx, warm_tx) = (progress_tx.clone(), warm_tx.clone());
+            workers.push(tokio::spawn(async move {
+                let mut warmed = false;
+                let mut reported = false;
+                while !stop.load(Ordering::Relaxed) {
+                    let after_rotation = rotated.load(Ordering::SeqCst);
+                    match select_one(&pool).await {
+                        Ok(1) => {
+                            calls.fetch_add(1, Ordering::Relaxed);
+                            if !warmed {
+                                warmed = true;
+                                let _ = warm_tx.send(w);
+                            }
+                            if after_rotation && !reported {
+                                reported = true;
+                                let _ = progress_tx.send((w, Instant::now()));
+                            }
+                        }
+                        Ok(other) => panic!("select 1 returned {other}"),
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("worker {w}: {e}");
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }));
+        }
+        for _ in 0..WORKERS {
+            warm_rx.recv().await.unwrap();
+        }
+        assert_eq!(pool.status().generation, 1);
+
+        // What `heroku pg:credentials:rotate` does: the config var changes,
+        // the password changes, the connections are reset.
+        let new_role = cluster.rotate_password(&role).await.unwrap();
+        file.set(&cluster.url(&new_role));
+        let source_changed = Instant::now();
+        let terminated = cluster.terminate_backends(&role.name).await.unwrap();
+        rotated.store(true, Ordering::SeqCst);
+        assert!(terminated >= 1, "the rotation must end live connections");
+
+        let mut first_success = None;
+        for _ in 0..WORKERS {
+            let (_, at) = progress_rx.recv().await.unwrap();
+            first_success.get_or_insert(at);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.await.unwrap();
+        }
+
+        let status = pool.status();
+        assert_eq!(errors.load(Ordering::Relaxed), 0, "callers saw errors");
+        assert_eq!(status.generation, 2, "{status:?}");
+        assert_eq!(status.refreshes, 1, "one new URL, one refresh: {status:?}");
+        assert_eq!(
+            status.fetches, 2,
+            "32 callers failing at once cause one fetch: {status:?}"
+        );
+        let first = first_success.unwrap().duration_since(source_changed);
+        assert!(
+            first < Duration::from_secs(1),
+            "first success {first:?} after the source changed"
+        );
+        assert!(
+            cluster.connection_count(&role.name).await.unwrap() <= 8,
+            "the pool never holds more than max_size connections"
+        );
+
+        // Nothing printed anywhere holds either password.
+        let err = Pool::builder(pgrotate::source::Static::new(format!(
+            "postgres://{}:{}@127.0.0.1:1/x?sslmode=bogus",
+            role.name, new_role.password
+        )))
+        .build()
+        .await
+        .unwrap_err();
+        let printed = format!(
+            "{}\n{:?}\n{:?}\n{:?}\n{}\n{err}\n{err:?}",
+            captured_logs(),
+            pool,
+            pool.status(),
+            pgrotate::DatabaseUrl::parse(cluster.url(&new_role)).unwrap(),
+            pgrotate::DatabaseUrl::parse(cluster.url(&new_role)).unwrap(),
+        );
+        assert!(
+            printed.contains("adopted a new database URL"),
+            "the capture must see pgrotate's events"
+        );
+        for secret in [&old_password, &new_role.password] {
+            if let Some(at) = printed.find(secret.as_str()) {
+                let from = printed[..at].char_indices().rev().nth(200).map_or(0, |(i, _)| i);
+                panic!(
+                    "a password leaked into logs, Debug, Display or an error: ...{}<PASSWORD>...",
+                    &printed[from..at]
+                );
+            }
+        }
+        eprintln!(
+            "rotation under load: {} calls, first success {:?} after the source changed, {} retries",
+            calls.load(Ordering::Relaxed),
+            first,
+            status.retries
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_callers_failing_at_once_cause_one_fetch() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_flight").await;
+        let pool = Pool::builder(file.source())
+            .max_size(64)
+            .build()
+            .await
+            .unwrap();
+        // 64 live connections, all idle.
+        let held: Vec<_> = futures_join(64, |_| pool.get()).await;
+        drop(held);
+        assert_eq!(pool.status().size, 64);
+
+        let new_role = cluster.rotate_password(&role).await.unwrap();
+        file.set(&cluster.url(&new_role));
+        cluster.terminate_backends(&role.name).await.unwrap();
+
+        let results = futures_join(64, |_| select_one(&pool)).await;
+        for r in &results {
+            assert_eq!(*r, 1);
+        }
+        let status = pool.status();
+        assert_eq!(status.fetches, 2, "initial fetch + one refetch: {status:?}");
+        assert_eq!(status.generation, 2);
+    })
+    .await;
+}
+
+/// Runs `n` calls concurrently on the current task and unwraps their
+/// results.
+async fn futures_join<F, Fut, T>(n: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, pgrotate::Error>>,
+{
+    futures::future::join_all((0..n).map(f))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_during_a_rotation_waits_then_succeeds() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_get").await;
+        let pool = Pool::builder(file.source())
+            .max_size(2)
+            .build()
+            .await
+            .unwrap();
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+
+        // A caller waits: the pool is full.
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let c = pool.get().await?;
+                let n: i64 = c
+                    .query_one("select 7::int8", &[])
+                    .await
+                    .map_err(|e| panic!("query on the handed-out connection: {e}"))?
+                    .get(0);
+                Ok::<_, pgrotate::Error>((n, c.generation()))
+            })
+        };
+        while pool.status().waiting == 0 {
+            tokio::task::yield_now().await;
+        }
+
+        let new_role = cluster.rotate_password(&role).await.unwrap();
+        file.set(&cluster.url(&new_role));
+        cluster.terminate_backends(&role.name).await.unwrap();
+        // The holders' connections are dead; they find out and give them back.
+        for c in [a, b] {
+            assert!(c.query_one("select 1", &[]).await.is_err());
+            drop(c);
+        }
+        let (n, generation) = waiter.await.unwrap().unwrap();
+        assert_eq!((n, generation), (7, 2));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_name_is_followed() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_user").await;
+        let pool = Pool::builder(file.source())
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(select_one(&pool).await.unwrap(), 1);
+
+        let replacement = cluster.replace_role(&role).await.unwrap();
+        assert_ne!(replacement.name, role.name);
+        file.set(&cluster.url(&replacement));
+
+        let who: String = pool
+            .run(async |c| {
+                c.query_one("select current_user::text", &[])
+                    .await?
+                    .try_get(0)
+            })
+            .await
+            .unwrap();
+        assert_eq!(who, replacement.name);
+        assert_eq!(pool.status().generation, 2);
+        assert_eq!(cluster.connection_count(&role.name).await.unwrap(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backends_reconnect_with_the_same_credentials_without_a_refetch() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_term").await;
+        let pool = Pool::builder(file.source())
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
+        let held: Vec<_> = futures_join(4, |_| pool.get()).await;
+        drop(held);
+        assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 4);
+
+        let results = futures_join(8, |_| select_one(&pool)).await;
+        assert!(results.iter().all(|n| *n == 1));
+        let status = pool.status();
+        assert_eq!(status.fetches, 1, "no refetch: {status:?}");
+        assert_eq!(status.generation, 1);
+        assert!(status.connections_opened > 4, "{status:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_still_wrong_after_refetch_end_in_a_clear_error() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "rot_wrong").await;
+        let pool = Pool::builder(file.source())
+            .max_size(1)
+            .rejected_attempts(3)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(select_one(&pool).await.unwrap(), 1);
+        let before = pool.status();
+
+        // Rotated on the server, but the source still serves the old URL.
+        cluster.rotate_password(&role).await.unwrap();
+        cluster.terminate_backends(&role.name).await.unwrap();
+
+        let started = Instant::now();
+        let err = select_one(&pool).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::CredentialsRejected, "{err}");
+        assert_eq!(
+            err.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
+        );
+        assert!(
+            err.to_string().contains("password authentication failed"),
+            "{err}"
+        );
+        let after = pool.status();
+        assert_eq!(
+            after.connect_attempts - before.connect_attempts,
+            3,
+            "bounded attempts, no hot loop: {after:?}"
+        );
+        assert_eq!(after.fetches - before.fetches, 2, "{after:?}");
+        eprintln!("gave up after {:?}", started.elapsed());
+    })
+    .await;
+}
