@@ -1,0 +1,186 @@
+//! Run with: cargo bench --bench throughput [-- --seconds 3 --rounds 3]
+//!
+//! Throughput of `select 1` through pgrotate vs plain deadpool-postgres, on
+//! the same throwaway PostgreSQL, same pool size (8), same concurrency (32),
+//! TLS on for both, in one run. Rounds alternate (deadpool, pgrotate,
+//! deadpool, …) so drift of the machine hits both alike; the ratio is
+//! pgrotate's total over deadpool's. Target: ≥ 0.97.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use pgrotate_testing::Cluster;
+
+const POOL_SIZE: usize = 8;
+const CONCURRENCY: usize = 32;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (seconds, rounds) = args()?;
+    let round = Duration::from_secs(seconds);
+
+    let cluster = Cluster::start().await?;
+    let role = cluster.create_role("bench").await?;
+    let url = cluster.url(&role);
+
+    let plain = plain_deadpool(&url, cluster.ca().cert_pem())?;
+    let rotating = pgrotate::Pool::builder(pgrotate::source::Static::new(&url))
+        .max_size(POOL_SIZE)
+        .build()
+        .await?;
+
+    // Warm both: every connection opened, TLS handshakes done.
+    let _ = measure(Duration::from_millis(500), {
+        let p = plain.clone();
+        move || {
+            let p = p.clone();
+            async move { select_one_plain(&p).await }
+        }
+    })
+    .await;
+    let _ = measure(Duration::from_millis(500), {
+        let p = rotating.clone();
+        move || {
+            let p = p.clone();
+            async move { select_one_rotating(&p).await }
+        }
+    })
+    .await;
+
+    let (mut plain_total, mut rotating_total) = (0u64, 0u64);
+    for r in 1..=rounds {
+        let a = measure(round, {
+            let p = plain.clone();
+            move || {
+                let p = p.clone();
+                async move { select_one_plain(&p).await }
+            }
+        })
+        .await;
+        let b = measure(round, {
+            let p = rotating.clone();
+            move || {
+                let p = p.clone();
+                async move { select_one_rotating(&p).await }
+            }
+        })
+        .await;
+        println!(
+            "round {r}: deadpool-postgres {:>8.0} q/s   pgrotate run() {:>8.0} q/s   ratio {:.3}",
+            a as f64 / seconds as f64,
+            b as f64 / seconds as f64,
+            b as f64 / a as f64
+        );
+        plain_total += a;
+        rotating_total += b;
+    }
+    let ratio = rotating_total as f64 / plain_total as f64;
+    println!(
+        "overall: pgrotate / deadpool-postgres = {ratio:.3} ({} vs {} queries, pool {POOL_SIZE}, {CONCURRENCY} tasks, TLS)",
+        rotating_total, plain_total
+    );
+    Ok(())
+}
+
+async fn select_one_plain(pool: &deadpool_postgres::Pool) -> bool {
+    match pool.get().await {
+        Ok(c) => c.query_one("select 1::int8", &[]).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn select_one_rotating(pool: &pgrotate::Pool) -> bool {
+    pool.run(async |c| {
+        c.query_one("select 1::int8", &[])
+            .await?
+            .try_get::<_, i64>(0)
+    })
+    .await
+    .is_ok()
+}
+
+/// Runs `CONCURRENCY` tasks calling `call` for `dur`; returns the successes.
+async fn measure<F, Fut>(dur: Duration, call: F) -> u64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (call, stop, ok, failed) = (call.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if call().await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = ok.load(Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("bench task");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a benchmark query failed"
+    );
+    n
+}
+
+/// deadpool-postgres as its users configure it, over rustls verifying the
+/// fixture's CA (the per-query cost of TLS is the same either way).
+fn plain_deadpool(
+    url: &str,
+    ca_pem: &str,
+) -> Result<deadpool_postgres::Pool, Box<dyn std::error::Error>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut pg: tokio_postgres::Config = url.parse()?;
+    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    pg.host("localhost");
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+fn args() -> Result<(u64, u32), String> {
+    let mut it = std::env::args().skip(1);
+    let (mut seconds, mut rounds) = (3, 3);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--seconds N")?
+            }
+            "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).ok_or("--rounds N")?,
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok((seconds, rounds))
+}
