@@ -44,7 +44,7 @@ pub struct ClusterBuilder {
 
 /// One running PostgreSQL server in a temporary directory, owned by the test.
 ///
-/// Dropping it stops the server (immediate shutdown, `SIGKILL` after 15 s)
+/// Dropping it stops the server (immediate shutdown, `SIGKILL` after 5 s)
 /// and removes its directory; this works inside and outside a tokio runtime
 /// and while a test panics. Should the test process end without dropping it
 /// (a `static`, `panic=abort`, a signal), the watchdog shell that owns the
@@ -151,7 +151,7 @@ impl ClusterBuilder {
         let sql = format!(
             "CREATE ROLE {} WITH REPLICATION LOGIN PASSWORD {}",
             role::ident(REPLICATION_ROLE),
-            role::literal(&cluster.replication_password)
+            role::literal(&role::verifier(&cluster.replication_password))
         );
         cluster
             .superuser()

@@ -245,7 +245,7 @@ impl Drop for Watchdog {
             return;
         }
         self.signal(Stop::Immediate);
-        if !self.wait_blocking(Duration::from_secs(15)) {
+        if !self.wait_blocking(Duration::from_secs(5)) {
             self.kill();
         }
     }
@@ -286,7 +286,7 @@ mod tests {
     /// installs its own handlers; `sleep` needs GNU env to reset them).
     fn sleeper(dir: &Path) -> Watchdog {
         let log = File::create(dir.join("log")).unwrap();
-        Watchdog::spawn(Launch {
+        let dog = Watchdog::spawn(Launch {
             postgres: Path::new("/usr/bin/env"),
             args: vec![
                 "--default-signal=INT,QUIT".into(),
@@ -297,7 +297,15 @@ mod tests {
             log,
             user: None,
         })
-        .unwrap()
+        .unwrap();
+        // Signals sent before `env` has reset their handling would be lost.
+        let comm = format!("/proc/{}/comm", dog.postmaster);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&comm).map_or(true, |c| c.trim() != "sleep") {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        dog
     }
 
     fn alive(pid: u32) -> bool {
@@ -340,6 +348,24 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!dir.path().exists());
+    }
+
+    #[test]
+    fn killing_the_shell_kills_the_child_where_setpriv_exists() {
+        if setpriv().is_none() {
+            eprintln!("no setpriv with --pdeathsig here: nothing to check");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut dog = sleeper(dir.path());
+        let pid = dog.postmaster;
+        dog.shell.kill().unwrap();
+        dog.shell.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(pid));
     }
 
     #[test]

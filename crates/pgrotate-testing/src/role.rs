@@ -51,7 +51,7 @@ impl Cluster {
         client
             .batch_execute(&format!(
                 "CREATE ROLE {name} LOGIN PASSWORD {}",
-                literal(&role.password)
+                literal(&verifier(&role.password))
             ))
             .await
             .map_err(|e| FixtureError::postgres(format!("creating role {}", role.name), e))?;
@@ -80,7 +80,7 @@ impl Cluster {
             .batch_execute(&format!(
                 "ALTER ROLE {} PASSWORD {}",
                 ident(&role.name),
-                literal(&rotated.password)
+                literal(&verifier(&rotated.password))
             ))
             .await
             .map_err(|e| {
@@ -149,7 +149,7 @@ impl Cluster {
                 "CREATE ROLE {new_id} LOGIN PASSWORD {};
                  ALTER ROLE {old_id} NOLOGIN;
                  ALTER DATABASE {db_id} OWNER TO {new_id};",
-                literal(&new.password)
+                literal(&verifier(&new.password))
             ))
             .await
             .map_err(|e| FixtureError::postgres(format!("replacing role {}", old.name), e))?;
@@ -224,6 +224,14 @@ fn prefix_of(name: &str) -> &str {
 }
 
 /// 32 random ASCII letters and digits.
+/// The SCRAM-SHA-256 verifier of `password`, computed here (like psql's
+/// `\password`), so the statement sent to the server, and every log line
+/// that shows it (tokio-postgres logs statements at debug level), holds no
+/// password.
+pub(crate) fn verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
+}
+
 pub(crate) fn random_password() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(32)

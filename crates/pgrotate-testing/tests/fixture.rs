@@ -321,7 +321,7 @@ fn process_exit_stops_a_leaked_cluster() {
         .stdout
         .lines()
         .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("LEAKED ").map(str::to_owned))
+        .find_map(|line| line.split_once("LEAKED ").map(|(_, rest)| rest.to_owned()))
         .unwrap_or_else(|| {
             panic!(
                 "child printed no LEAKED line: {}\n{}",
