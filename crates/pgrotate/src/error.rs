@@ -111,6 +111,11 @@ impl Error {
         self
     }
 
+    pub(crate) fn with_detail_prefix(mut self, prefix: &str) -> Error {
+        self.detail = format!("{prefix}: {}", self.detail);
+        self
+    }
+
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
         self.attempts = Some(attempts);
         self

@@ -1,7 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod builder;
 mod classify;
+mod client;
 mod error;
 mod manager;
 mod pool;
@@ -16,7 +18,9 @@ pub mod source;
 
 pub use classify::{Fault, classify};
 pub use error::{Error, ErrorKind};
-pub use pool::{Client, Pool, PoolBuilder};
+pub use builder::PoolBuilder;
+pub use client::Client;
+pub use pool::Pool;
 pub use retry::{Backoff, RetryPolicy};
 pub use settings::{ChannelBinding, SslMode};
 pub use stats::Status;

@@ -29,8 +29,9 @@ const TARGET: &str = "pgrotate::manager";
 pub(crate) struct Connection {
     pub(crate) client: tokio_postgres::Client,
     pub(crate) generation: u64,
-    /// Set when the caller's work saw the connection fail; recycle drops it.
-    pub(crate) broken: bool,
+    /// Work in flight (set by `run` / `transaction`); a busy connection
+    /// is never handed out again.
+    pub(crate) busy: bool,
 }
 
 pub(crate) struct Manager {
@@ -58,7 +59,7 @@ impl Manager {
         Ok(Connection {
             client,
             generation: id,
-            broken: false,
+            busy: false,
         })
     }
 }
@@ -102,7 +103,7 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
-        if conn.broken || conn.client.is_closed() {
+        if conn.busy || conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
         let current = self.refresher.current_id();

@@ -1,23 +1,23 @@
-//! The public [`Pool`], its [`PoolBuilder`] and the pooled [`Client`].
+//! The public [`Pool`]: `get`, `run`, `transaction`, `status`, `close`.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::path::PathBuf;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
-use deadpool::Runtime;
-use deadpool::managed::{self, Object, PoolError, TimeoutType, Timeouts};
+use deadpool::managed::{self, PoolError, TimeoutType, Timeouts};
+use tokio_postgres::error::SqlState;
 
+use crate::builder::PoolBuilder;
 use crate::classify::{Fault, classify};
+use crate::client::Client;
 use crate::error::{Error, ErrorKind, fmt_duration};
 use crate::manager::Manager;
-use crate::refresh::{RefreshPolicy, Refresher};
+use crate::refresh::Refresher;
 use crate::retry::{Backoff, RetryPolicy};
-use crate::settings::{ChannelBinding, Settings, SslMode};
-use crate::source::{DynSource, UrlSource};
+use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
-use crate::tls::{ClientIdentity, Roots};
 
 const RETRY_TARGET: &str = "pgrotate::retry";
 
@@ -38,16 +38,15 @@ const RETRY_TARGET: &str = "pgrotate::retry";
 /// ```
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    pool: managed::Pool<Manager>,
-    refresher: Arc<Refresher>,
-    counters: Arc<Counters>,
-    retry: RetryPolicy,
-    retry_backoff: Backoff,
-    timeouts: Timeouts,
+pub(crate) struct Inner {
+    pub(crate) pool: managed::Pool<Manager>,
+    pub(crate) refresher: Arc<Refresher>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeouts: Timeouts,
 }
 
 impl fmt::Debug for Pool {
@@ -57,6 +56,28 @@ impl fmt::Debug for Pool {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// What one attempt of `run` or `transaction` came to.
+enum Outcome<T> {
+    Done(T),
+    Fail(Error),
+    Retry(Error),
+}
+
+/// Runs `fut`, giving up at `until` if there is one.
+async fn until<F: Future>(until: Option<Instant>, fut: F) -> Result<F::Output, ()> {
+    match until {
+        Some(at) => tokio::time::timeout_at(at.into(), fut).await.map_err(|_| ()),
+        None => Ok(fut.await),
+    }
+}
+
+fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
 }
 
 impl Pool {
@@ -71,18 +92,19 @@ impl Pool {
     ///
     /// The [`Client`] derefs to [`tokio_postgres::Client`] and goes back to
     /// the pool when dropped. Work on it is not retried: use [`Pool::run`]
-    /// for that.
+    /// or [`Pool::transaction`] for that.
     pub async fn get(&self) -> Result<Client, Error> {
         self.get_with(&self.inner.timeouts).await
     }
 
     async fn get_with(&self, timeouts: &Timeouts) -> Result<Client, Error> {
         match self.inner.pool.timeout_get(timeouts).await {
-            Ok(obj) => Ok(Client { obj }),
+            Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
-            Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                Err(Error::timeout("waiting for a connection", timeouts.wait))
-            }
+            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(Error::timeout(
+                "waiting for a connection",
+                timeouts.wait,
+            )),
             Err(PoolError::Timeout(TimeoutType::Create)) => Err(Error::timeout(
                 "opening a connection (with refetches)",
                 timeouts.create,
@@ -109,9 +131,15 @@ impl Pool {
     ///
     /// **`run` is for idempotent work**: reads, and writes that are safe to
     /// apply twice. A write whose connection dies after the server executed
-    /// it may run again. The caller's own errors (a unique violation, a
-    /// syntax error) are never retried: they come back at once with
-    /// [`ErrorKind::Query`].
+    /// it may run again; use [`Pool::transaction`] for writes. The caller's
+    /// own errors (a unique violation, a syntax error) are never retried:
+    /// they come back at once with [`ErrorKind::Query`].
+    ///
+    /// In a spawned task (an axum or actix-web handler), write the closure
+    /// `async move |c| …` and move clones of what it needs into it: today's
+    /// compiler cannot prove a future `Send` when an async closure borrows
+    /// from its surroundings ("implementation of `Send` is not general
+    /// enough").
     ///
     /// ```no_run
     /// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
@@ -123,53 +151,246 @@ impl Pool {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn run<T, F>(&self, mut work: F) -> Result<T, Error>
+    pub async fn run<T, F>(&self, work: F) -> Result<T, Error>
     where
         F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
     {
-        let started = Instant::now();
-        let deadline = started + self.inner.retry.max_duration();
-        let mut attempt = 0u32;
+        let policy = self.inner.retry;
+        self.run_with(&policy, work).await
+    }
+
+    /// [`Pool::run`] with another retry policy for this call.
+    pub async fn run_with<T, F>(&self, policy: &RetryPolicy, mut work: F) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    {
+        let mut attempts = Attempts::new(policy)?;
         loop {
-            attempt += 1;
-            let mut timeouts = self.inner.timeouts;
-            let left = deadline.saturating_duration_since(Instant::now());
-            timeouts.wait = Some(timeouts.wait.map_or(left, |w| w.min(left)));
-            let err = match self.get_with(&timeouts).await {
-                Err(e) if e.is_retryable() => e,
-                Err(e) => return Err(e.with_attempts(attempt)),
-                Ok(client) => match work(&client).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => {
-                        let fault = classify(&e);
-                        if !fault.is_connection_level() {
-                            return Err(Error::postgres(ErrorKind::Query, fault, e));
-                        }
-                        let generation = client.generation();
-                        client.discard();
-                        if fault.needs_refetch() {
-                            // A failed refetch shows up in the next get().
-                            let _ = self
-                                .inner
-                                .refresher
-                                .refresh_after(generation, "read-only server")
-                                .await;
-                        }
-                        Error::postgres(kind_after_work(fault), fault, e)
-                    }
-                },
+            let Some(client) = self.next_client(&mut attempts).await? else {
+                continue;
             };
-            let delay = self.inner.retry_backoff.jittered(attempt - 1);
-            if attempt >= self.inner.retry.max_attempts() || Instant::now() + delay >= deadline {
-                return Err(err.with_attempts(attempt));
-            }
-            self.inner
-                .counters
-                .retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(target: RETRY_TARGET, attempt, delay = %fmt_duration(delay), error = %err, "retrying on a fresh connection");
-            tokio::time::sleep(delay).await;
+            let err = match self.run_once(policy, &mut work, client).await {
+                Outcome::Done(v) => return Ok(v),
+                Outcome::Fail(e) => return Err(attempts.fail(e)),
+                Outcome::Retry(e) => e,
+            };
+            self.back_off(&attempts, err).await?;
         }
+    }
+
+    async fn run_once<T, F>(&self, policy: &RetryPolicy, work: &mut F, mut client: Client) -> Outcome<T>
+    where
+        F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    {
+        let deadline = policy.max_attempt_duration().map(|d| Instant::now() + d);
+        let generation = client.generation();
+        client.set_busy(true);
+        match until(deadline, work(&client)).await {
+            Err(()) => Outcome::Retry(abandoned(policy)),
+            Ok(Ok(v)) => {
+                client.set_busy(false);
+                Outcome::Done(v)
+            }
+            Ok(Err(e)) => {
+                let fault = classify(&e);
+                if !fault.is_connection_level() {
+                    client.set_busy(false);
+                    return Outcome::Fail(Error::postgres(ErrorKind::Query, fault, e));
+                }
+                drop(client);
+                self.after_fault(generation, fault).await;
+                Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
+            }
+        }
+    }
+
+    /// Runs `work` inside `BEGIN` … `COMMIT`, and runs the whole transaction
+    /// again on a fresh connection when the connection fails *before*
+    /// `COMMIT` was sent (the server rolls back an unfinished transaction,
+    /// so nothing is applied twice).
+    ///
+    /// - The caller's own error: the transaction is rolled back and the
+    ///   error returned as it is ([`ErrorKind::Query`]), never retried —
+    ///   except serialization failures and deadlocks (40001, 40P01) when
+    ///   [`RetryPolicy::retry_serialization_failures`] is on.
+    /// - The connection lost after `COMMIT` was sent and before its answer
+    ///   arrived: [`ErrorKind::CommitOutcomeUnknown`], never retried. The
+    ///   transaction may or may not have been committed; only the caller
+    ///   can find out (for example by looking for the row it wrote).
+    ///
+    /// `work` may run more than once, so it must not have effects outside
+    /// the transaction (no email sent from inside it).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
+    /// use pgrotate::ErrorKind;
+    /// let r = pool
+    ///     .transaction(async |tx| {
+    ///         tx.execute("update accounts set balance = balance - 10 where id = 1", &[]).await?;
+    ///         tx.execute("update accounts set balance = balance + 10 where id = 2", &[]).await?;
+    ///         Ok(())
+    ///     })
+    ///     .await;
+    /// match r {
+    ///     Ok(()) => {}
+    ///     Err(e) if e.kind() == ErrorKind::CommitOutcomeUnknown => { /* check, don't blindly redo */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+    {
+        let policy = self.inner.retry;
+        self.transaction_with(&policy, work).await
+    }
+
+    /// [`Pool::transaction`] with another retry policy for this call.
+    pub async fn transaction_with<T, F>(
+        &self,
+        policy: &RetryPolicy,
+        mut work: F,
+    ) -> Result<T, Error>
+    where
+        F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+    {
+        let mut attempts = Attempts::new(policy)?;
+        loop {
+            let Some(client) = self.next_client(&mut attempts).await? else {
+                continue;
+            };
+            let err = match self.transaction_once(policy, &mut work, client).await {
+                Outcome::Done(v) => return Ok(v),
+                Outcome::Fail(e) => return Err(attempts.fail(e)),
+                Outcome::Retry(e) => e,
+            };
+            self.back_off(&attempts, err).await?;
+        }
+    }
+
+    async fn transaction_once<T, F>(
+        &self,
+        policy: &RetryPolicy,
+        work: &mut F,
+        mut client: Client,
+    ) -> Outcome<T>
+    where
+        F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+    {
+        let deadline = policy.max_attempt_duration().map(|d| Instant::now() + d);
+        let generation = client.generation();
+        client.set_busy(true);
+        let tx = match until(deadline, client.transaction()).await {
+            Err(()) => return Outcome::Retry(abandoned(policy)),
+            Ok(Err(e)) => return self.lost_before_commit(generation, e).await,
+            Ok(Ok(tx)) => tx,
+        };
+        let value = match until(deadline, work(&tx)).await {
+            Err(()) => return Outcome::Retry(abandoned(policy)),
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) if classify(&e).is_connection_level() => {
+                drop(tx);
+                return self.lost_before_commit(generation, e).await;
+            }
+            Ok(Err(e)) => {
+                // The caller's own error: roll back, keep the connection.
+                let rolled_back = tx.rollback().await.is_ok();
+                if rolled_back {
+                    client.set_busy(false);
+                }
+                return callers_error(policy, e);
+            }
+        };
+        if tx.client().is_closed() {
+            // Known dead before COMMIT was handed over: nothing was sent.
+            drop(tx);
+            drop(client);
+            self.after_fault(generation, Fault::ConnectionLost).await;
+            return Outcome::Retry(Error::new(
+                ErrorKind::ConnectionLost,
+                "the connection closed before COMMIT was sent",
+            ));
+        }
+        match until(deadline, tx.commit()).await {
+            Ok(Ok(())) => {
+                client.set_busy(false);
+                Outcome::Done(value)
+            }
+            // The server answered COMMIT with an error of the caller's kind
+            // (a deferred constraint, a serialization failure): the
+            // transaction did not commit, and the connection is fine.
+            Ok(Err(e)) if e.as_db_error().is_some() && !classify(&e).is_connection_level() => {
+                client.set_busy(false);
+                callers_error(policy, e)
+            }
+            Ok(Err(e)) => {
+                let fault = classify(&e);
+                Outcome::Fail(
+                    Error::postgres(ErrorKind::CommitOutcomeUnknown, fault, e)
+                        .with_detail_prefix("the connection failed after COMMIT was sent"),
+                )
+            }
+            Err(()) => Outcome::Fail(Error::new(
+                ErrorKind::CommitOutcomeUnknown,
+                format!(
+                    "no answer to COMMIT within the attempt timeout of {}",
+                    policy
+                        .max_attempt_duration()
+                        .map_or_else(String::new, fmt_duration)
+                ),
+            )),
+        }
+    }
+
+    async fn lost_before_commit<T>(&self, generation: u64, e: tokio_postgres::Error) -> Outcome<T> {
+        let fault = classify(&e);
+        self.after_fault(generation, fault).await;
+        Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
+    }
+
+    /// A connection of `generation` failed with `fault`: refetch if the
+    /// fault says the URL may point elsewhere now. A failed refetch shows up
+    /// in the next `get`.
+    async fn after_fault(&self, generation: u64, fault: Fault) {
+        if fault.needs_refetch() {
+            let _ = self
+                .inner
+                .refresher
+                .refresh_after(generation, "read-only server")
+                .await;
+        }
+    }
+
+    /// The next attempt's connection, waiting no longer than the deadline.
+    /// `Ok(None)`: getting one failed in a way worth retrying, and the
+    /// backoff before the next attempt has been waited.
+    async fn next_client(&self, attempts: &mut Attempts) -> Result<Option<Client>, Error> {
+        attempts.n += 1;
+        let mut timeouts = self.inner.timeouts;
+        let left = attempts.deadline.saturating_duration_since(Instant::now());
+        timeouts.wait = Some(timeouts.wait.map_or(left, |w| w.min(left)));
+        match self.get_with(&timeouts).await {
+            Ok(client) => Ok(Some(client)),
+            Err(e) if e.is_retryable() => {
+                self.back_off(attempts, e).await?;
+                Ok(None)
+            }
+            Err(e) => Err(attempts.fail(e)),
+        }
+    }
+
+    /// Waits before the next attempt, or returns `err` when the policy
+    /// allows no more.
+    async fn back_off(&self, attempts: &Attempts, err: Error) -> Result<(), Error> {
+        let delay = attempts.backoff.jittered(attempts.n - 1);
+        if attempts.n >= attempts.max || Instant::now() + delay >= attempts.deadline {
+            return Err(err.with_attempts(attempts.n));
+        }
+        self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, delay = %fmt_duration(delay), error = %err, "retrying on a fresh connection");
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     /// A snapshot of the pool's state and counters.
@@ -213,6 +434,54 @@ impl Pool {
     }
 }
 
+/// Where a `run` or `transaction` call stands in its retry policy. Plain
+/// data: the retry loops are plain loops, with no closure inside the
+/// library, so a caller's `async move` closure keeps the whole future
+/// `Send`.
+struct Attempts {
+    n: u32,
+    max: u32,
+    deadline: Instant,
+    backoff: Backoff,
+}
+
+impl Attempts {
+    fn new(policy: &RetryPolicy) -> Result<Attempts, Error> {
+        let backoff = policy
+            .validate()
+            .map_err(|m| Error::new(ErrorKind::Build, m))?;
+        Ok(Attempts {
+            n: 0,
+            max: policy.max_attempts(),
+            deadline: Instant::now() + policy.max_duration(),
+            backoff,
+        })
+    }
+
+    /// A final error, with the attempt count when there was more than one.
+    fn fail(&self, e: Error) -> Error {
+        if self.n > 1 { e.with_attempts(self.n) } else { e }
+    }
+}
+
+fn callers_error<T>(policy: &RetryPolicy, e: tokio_postgres::Error) -> Outcome<T> {
+    let retry = policy.retries_serialization_failures() && is_serialization_failure(&e);
+    let err = Error::postgres(ErrorKind::Query, Fault::Query, e);
+    if retry { Outcome::Retry(err) } else { Outcome::Fail(err) }
+}
+
+fn abandoned(policy: &RetryPolicy) -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        format!(
+            "no answer within the attempt timeout of {}; the connection was closed",
+            policy
+                .max_attempt_duration()
+                .map_or_else(String::new, fmt_duration)
+        ),
+    )
+}
+
 fn kind_after_work(fault: Fault) -> ErrorKind {
     match fault {
         Fault::CredentialsRejected => ErrorKind::CredentialsRejected,
@@ -222,268 +491,20 @@ fn kind_after_work(fault: Fault) -> ErrorKind {
     }
 }
 
-/// A pooled connection. Derefs to [`tokio_postgres::Client`]; returns to the
-/// pool when dropped (and is closed then if the pool moved to a newer
-/// generation meanwhile).
-pub struct Client {
-    obj: Object<Manager>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Client {
-    /// The generation of the URL this connection was opened with.
-    pub fn generation(&self) -> u64 {
-        self.obj.generation
-    }
+    fn require_send<T: Send>(_: &T) {}
 
-    /// Closes this connection instead of returning it to the pool.
-    pub fn discard(self) {
-        let mut conn = Object::take(self.obj);
-        conn.broken = true;
-    }
-}
-
-impl Deref for Client {
-    type Target = tokio_postgres::Client;
-    fn deref(&self) -> &tokio_postgres::Client {
-        &self.obj.client
-    }
-}
-
-impl DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
-        &mut self.obj.client
-    }
-}
-
-impl fmt::Debug for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client")
-            .field("generation", &self.generation())
-            .field("closed", &self.obj.client.is_closed())
-            .finish()
-    }
-}
-
-/// Builds a [`Pool`]. Every setting has a default a Heroku user should not
-/// have to change; each is documented on its method.
-#[must_use]
-pub struct PoolBuilder {
-    source: Box<dyn DynSource>,
-    max_size: usize,
-    wait_timeout: Duration,
-    create_timeout: Duration,
-    recycle_timeout: Duration,
-    ping_after_idle: Duration,
-    settings: Settings,
-    retry: RetryPolicy,
-    refresh: RefreshPolicy,
-    root_cert_file: Option<PathBuf>,
-    client_cert: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl fmt::Debug for PoolBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolBuilder")
-            .field("source", &self.source.describe())
-            .field("max_size", &self.max_size)
-            .field("sslmode", &self.settings.sslmode)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PoolBuilder {
-    fn new(source: Box<dyn DynSource>) -> PoolBuilder {
-        PoolBuilder {
-            source,
-            max_size: 10,
-            wait_timeout: Duration::from_secs(30),
-            create_timeout: Duration::from_secs(30),
-            recycle_timeout: Duration::from_secs(5),
-            ping_after_idle: Duration::from_secs(1),
-            settings: Settings::default(),
-            retry: RetryPolicy::default(),
-            refresh: RefreshPolicy::default(),
-            root_cert_file: None,
-            client_cert: None,
-        }
-    }
-
-    /// The most connections the pool opens. Default 10: Heroku's smallest
-    /// plans allow 20 connections in all, shared by every process.
-    pub fn max_size(mut self, n: usize) -> PoolBuilder {
-        self.max_size = n;
-        self
-    }
-
-    /// How long `get` waits for a connection, refetch and connect included.
-    /// Default 30 s.
-    pub fn wait_timeout(mut self, d: Duration) -> PoolBuilder {
-        self.wait_timeout = d;
-        self
-    }
-
-    /// How long opening one connection may take, refetches of the URL and
-    /// their backoff included. Default 30 s.
-    pub fn create_timeout(mut self, d: Duration) -> PoolBuilder {
-        self.create_timeout = d;
-        self
-    }
-
-    /// How long one TCP+TLS+authentication connect may take. Default 10 s.
-    pub fn connect_timeout(mut self, d: Duration) -> PoolBuilder {
-        self.settings.connect_timeout = d;
-        self
-    }
-
-    /// An idle connection unused for longer than this is checked with an
-    /// empty query before it is handed out. Default 1 s.
-    pub fn ping_after_idle(mut self, d: Duration) -> PoolBuilder {
-        self.ping_after_idle = d;
-        self
-    }
-
-    /// The minimum TLS requirement. Default [`SslMode::Require`] (what
-    /// Heroku documents). A URL's `sslmode` may raise it; it lowers it only
-    /// with [`PoolBuilder::allow_weaker_sslmode_from_url`]. Plaintext
-    /// happens only when asked for by name here: `SslMode::Disable` or
-    /// `SslMode::Prefer`.
-    pub fn sslmode(mut self, mode: SslMode) -> PoolBuilder {
-        self.settings.sslmode = mode;
-        self
-    }
-
-    /// Lets a URL's `sslmode` be weaker than [`PoolBuilder::sslmode`].
-    /// Default false: a URL can only make TLS stricter.
-    pub fn allow_weaker_sslmode_from_url(mut self, allow: bool) -> PoolBuilder {
-        self.settings.allow_weaker_sslmode = allow;
-        self
-    }
-
-    /// Trusted roots (PEM) for `verify-ca` / `verify-full`, used unless the
-    /// URL names its own `sslrootcert`. Default: Mozilla's roots
-    /// (`webpki-roots`), which verify Heroku's Enhanced Certificates.
-    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> PoolBuilder {
-        self.settings.roots = Roots::Pem(Arc::new(pem.into()));
-        self
-    }
-
-    /// Like [`PoolBuilder::root_certificates_pem`], from a file read at
-    /// `build()`.
-    pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> PoolBuilder {
-        self.root_cert_file = Some(path.into());
-        self
-    }
-
-    /// A client certificate chain and private key (PEM) for servers that
-    /// demand one. Kept across refreshes; a URL's `sslcert`/`sslkey` take
-    /// precedence.
-    pub fn client_certificate_pem(
-        mut self,
-        cert_chain: impl Into<Vec<u8>>,
-        private_key: impl Into<Vec<u8>>,
-    ) -> PoolBuilder {
-        self.client_cert = Some((cert_chain.into(), private_key.into()));
-        self
-    }
-
-    /// Channel binding when the URL does not say. Default: tokio-postgres's
-    /// (`prefer`).
-    pub fn channel_binding(mut self, cb: ChannelBinding) -> PoolBuilder {
-        self.settings.channel_binding = Some(cb);
-        self
-    }
-
-    /// `application_name` sent to the server (shows in `pg_stat_activity`).
-    /// Default: none, or the URL's.
-    pub fn application_name(mut self, name: impl Into<String>) -> PoolBuilder {
-        self.settings.application_name = Some(name.into());
-        self
-    }
-
-    /// TCP keepalive idle time; `None` turns keepalives off. Default 30 s.
-    pub fn keepalives_idle(mut self, idle: Option<Duration>) -> PoolBuilder {
-        self.settings.keepalives_idle = idle;
-        self
-    }
-
-    /// How `run` retries. Default: [`RetryPolicy::default`].
-    pub fn retry(mut self, policy: RetryPolicy) -> PoolBuilder {
-        self.retry = policy;
-        self
-    }
-
-    /// The shortest time between two fetches of the URL. Default: the
-    /// source's own ([`UrlSource::min_interval`]); a larger value here wins.
-    pub fn min_refetch_interval(mut self, d: Duration) -> PoolBuilder {
-        self.refresh.min_interval = d;
-        self
-    }
-
-    /// The longest gap between fetches while they keep bringing nothing new.
-    /// Default 5 s.
-    pub fn refetch_backoff_cap(mut self, d: Duration) -> PoolBuilder {
-        self.refresh.backoff_cap = d;
-        self
-    }
-
-    /// How many rejected connects (each after a refetch) before `get` gives
-    /// up with [`ErrorKind::CredentialsRejected`]. Default 6.
-    pub fn rejected_attempts(mut self, n: u32) -> PoolBuilder {
-        self.refresh.rejected_attempts = n;
-        self
-    }
-
-    /// Checks the settings, fetches the URL once (a broken source fails
-    /// here, with the source and the problem named) and builds the pool. No
-    /// connection is opened yet.
-    pub async fn build(mut self) -> Result<Pool, Error> {
-        let build_err = |msg: String| Error::new(ErrorKind::Build, msg);
-        if self.max_size == 0 {
-            return Err(build_err("max_size must be at least 1".into()));
-        }
-        let retry_backoff = self.retry.validate().map_err(build_err)?;
-        if self.refresh.rejected_attempts == 0 {
-            return Err(build_err("rejected_attempts must be at least 1".into()));
-        }
-        if let Some(path) = &self.root_cert_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                build_err(format!("reading root certificates {}: {e}", path.display()))
-            })?;
-            self.settings.roots = Roots::Pem(Arc::new(pem));
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            let id = ClientIdentity::from_pem(cert, key).map_err(|e| build_err(e.to_string()))?;
-            self.settings.client_identity = Some(id);
-        }
-        let counters = Arc::new(Counters::default());
-        let refresher = Arc::new(
-            Refresher::start(self.source, self.settings, self.refresh, counters.clone()).await?,
-        );
-        let manager = Manager {
-            refresher: refresher.clone(),
-            counters: counters.clone(),
-            ping_after_idle: self.ping_after_idle,
-        };
-        let timeouts = Timeouts {
-            wait: Some(self.wait_timeout),
-            create: Some(self.create_timeout),
-            recycle: Some(self.recycle_timeout),
-        };
-        let pool = managed::Pool::builder(manager)
-            .max_size(self.max_size)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| build_err(e.to_string()))?;
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                pool,
-                refresher,
-                counters,
-                retry: self.retry,
-                retry_backoff,
-                timeouts,
-            }),
-        })
+    /// Compile-time check: with `async move` closures, the futures of `run`
+    /// and `transaction` can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn run_and_transaction_futures_are_send(pool: Pool) {
+        let id = 7i32;
+        let f = pool.run(async move |c| c.execute("select $1::int4", &[&id]).await);
+        require_send(&f);
+        let t = pool.transaction(async move |tx| tx.execute("select $1::int4", &[&id]).await);
+        require_send(&t);
     }
 }

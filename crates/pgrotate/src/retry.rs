@@ -45,10 +45,15 @@ impl Backoff {
     }
 }
 
-/// How `Pool::run` retries work whose connection failed: at most `attempts`
-/// runs in all, none started after `deadline` has passed since the first,
-/// with a [`Backoff`] between them. Only connection-level failures are
-/// retried (see [`crate::Fault`]); the caller's own errors never are.
+/// How `Pool::run` and `Pool::transaction` retry work whose connection
+/// failed: at most `attempts` runs in all, none started after `deadline` has
+/// passed since the first, with a [`Backoff`] between them. Only
+/// connection-level failures are retried (see [`crate::Fault`]); the
+/// caller's own errors never are, except serialization failures and
+/// deadlocks in `transaction` when [`RetryPolicy::retry_serialization_failures`]
+/// is on. An optional `attempt_timeout` bounds each run: one that takes
+/// longer (a partitioned network holds a query forever) is abandoned, its
+/// connection closed, and counted as a lost connection.
 ///
 /// ```
 /// use std::time::Duration;
@@ -65,16 +70,21 @@ pub struct RetryPolicy {
     deadline: Duration,
     backoff_base: Duration,
     backoff_cap: Duration,
+    attempt_timeout: Option<Duration>,
+    retry_serialization: bool,
 }
 
 impl Default for RetryPolicy {
-    /// 5 attempts, a 30 s deadline, backoff from 20 ms up to 1 s.
+    /// 5 attempts, a 30 s deadline, backoff from 20 ms up to 1 s, no
+    /// attempt timeout, serialization failures not retried.
     fn default() -> RetryPolicy {
         RetryPolicy {
             attempts: 5,
             deadline: Duration::from_secs(30),
             backoff_base: Duration::from_millis(20),
             backoff_cap: Duration::from_secs(1),
+            attempt_timeout: None,
+            retry_serialization: false,
         }
     }
 }
@@ -102,6 +112,35 @@ impl RetryPolicy {
         self
     }
 
+    /// Abandons a run that takes longer than `d` (its connection is closed,
+    /// so the server rolls back) and counts it as a lost connection. Through
+    /// a network partition a query can otherwise wait for minutes. `None`
+    /// (the default) never abandons a run.
+    #[must_use]
+    pub fn attempt_timeout(mut self, d: Option<Duration>) -> RetryPolicy {
+        self.attempt_timeout = d;
+        self
+    }
+
+    /// Also retries a `transaction` that failed with a serialization
+    /// failure (40001) or a deadlock (40P01). Off by default: such a retry
+    /// runs the caller's closure again, which must then be safe to rerun.
+    #[must_use]
+    pub fn retry_serialization_failures(mut self, on: bool) -> RetryPolicy {
+        self.retry_serialization = on;
+        self
+    }
+
+    /// The per-run timeout, if any.
+    pub fn max_attempt_duration(&self) -> Option<Duration> {
+        self.attempt_timeout
+    }
+
+    /// Whether serialization failures and deadlocks are retried.
+    pub fn retries_serialization_failures(&self) -> bool {
+        self.retry_serialization
+    }
+
     /// The most runs allowed.
     pub fn max_attempts(&self) -> u32 {
         self.attempts
@@ -119,6 +158,9 @@ impl RetryPolicy {
         }
         if self.deadline.is_zero() {
             return Err("retry deadline must be more than zero".into());
+        }
+        if self.attempt_timeout.is_some_and(|d| d.is_zero()) {
+            return Err("retry attempt_timeout must be more than zero".into());
         }
         Backoff::new(self.backoff_base, self.backoff_cap).ok_or_else(|| {
             "retry backoff base must be more than zero and at most its cap".to_string()

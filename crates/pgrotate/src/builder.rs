@@ -1,0 +1,242 @@
+//! [`PoolBuilder`]: every setting of a pool, each with a documented default.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::Runtime;
+use deadpool::managed::{self, Timeouts};
+
+use crate::error::{Error, ErrorKind};
+use crate::manager::Manager;
+use crate::pool::{Inner, Pool};
+use crate::refresh::{RefreshPolicy, Refresher};
+use crate::retry::RetryPolicy;
+use crate::settings::{ChannelBinding, Settings, SslMode};
+use crate::source::DynSource;
+use crate::stats::Counters;
+use crate::tls::{ClientIdentity, Roots};
+
+/// Builds a [`Pool`]. Every setting has a default a Heroku user should not
+/// have to change; each is documented on its method.
+#[must_use]
+pub struct PoolBuilder {
+    source: Box<dyn DynSource>,
+    max_size: usize,
+    wait_timeout: Duration,
+    create_timeout: Duration,
+    recycle_timeout: Duration,
+    ping_after_idle: Duration,
+    settings: Settings,
+    retry: RetryPolicy,
+    refresh: RefreshPolicy,
+    root_cert_file: Option<PathBuf>,
+    client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("source", &self.source.describe())
+            .field("max_size", &self.max_size)
+            .field("sslmode", &self.settings.sslmode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PoolBuilder {
+    pub(crate) fn new(source: Box<dyn DynSource>) -> PoolBuilder {
+        PoolBuilder {
+            source,
+            max_size: 10,
+            wait_timeout: Duration::from_secs(30),
+            create_timeout: Duration::from_secs(30),
+            recycle_timeout: Duration::from_secs(5),
+            ping_after_idle: Duration::from_secs(1),
+            settings: Settings::default(),
+            retry: RetryPolicy::default(),
+            refresh: RefreshPolicy::default(),
+            root_cert_file: None,
+            client_cert: None,
+        }
+    }
+
+    /// The most connections the pool opens. Default 10: Heroku's smallest
+    /// plans allow 20 connections in all, shared by every process.
+    pub fn max_size(mut self, n: usize) -> PoolBuilder {
+        self.max_size = n;
+        self
+    }
+
+    /// How long `get` waits for a connection, refetch and connect included.
+    /// Default 30 s.
+    pub fn wait_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.wait_timeout = d;
+        self
+    }
+
+    /// How long opening one connection may take, refetches of the URL and
+    /// their backoff included. Default 30 s.
+    pub fn create_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.create_timeout = d;
+        self
+    }
+
+    /// How long one TCP+TLS+authentication connect may take. Default 10 s.
+    pub fn connect_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.settings.connect_timeout = d;
+        self
+    }
+
+    /// An idle connection unused for longer than this is checked with an
+    /// empty query before it is handed out. Default 1 s.
+    pub fn ping_after_idle(mut self, d: Duration) -> PoolBuilder {
+        self.ping_after_idle = d;
+        self
+    }
+
+    /// The minimum TLS requirement. Default [`SslMode::Require`] (what
+    /// Heroku documents). A URL's `sslmode` may raise it; it lowers it only
+    /// with [`PoolBuilder::allow_weaker_sslmode_from_url`]. Plaintext
+    /// happens only when asked for by name here: `SslMode::Disable` or
+    /// `SslMode::Prefer`.
+    pub fn sslmode(mut self, mode: SslMode) -> PoolBuilder {
+        self.settings.sslmode = mode;
+        self
+    }
+
+    /// Lets a URL's `sslmode` be weaker than [`PoolBuilder::sslmode`].
+    /// Default false: a URL can only make TLS stricter.
+    pub fn allow_weaker_sslmode_from_url(mut self, allow: bool) -> PoolBuilder {
+        self.settings.allow_weaker_sslmode = allow;
+        self
+    }
+
+    /// Trusted roots (PEM) for `verify-ca` / `verify-full`, used unless the
+    /// URL names its own `sslrootcert`. Default: Mozilla's roots
+    /// (`webpki-roots`), which verify Heroku's Enhanced Certificates.
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> PoolBuilder {
+        self.settings.roots = Roots::Pem(Arc::new(pem.into()));
+        self
+    }
+
+    /// Like [`PoolBuilder::root_certificates_pem`], from a file read at
+    /// `build()`.
+    pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> PoolBuilder {
+        self.root_cert_file = Some(path.into());
+        self
+    }
+
+    /// A client certificate chain and private key (PEM) for servers that
+    /// demand one. Kept across refreshes; a URL's `sslcert`/`sslkey` take
+    /// precedence.
+    pub fn client_certificate_pem(
+        mut self,
+        cert_chain: impl Into<Vec<u8>>,
+        private_key: impl Into<Vec<u8>>,
+    ) -> PoolBuilder {
+        self.client_cert = Some((cert_chain.into(), private_key.into()));
+        self
+    }
+
+    /// Channel binding when the URL does not say. Default: tokio-postgres's
+    /// (`prefer`).
+    pub fn channel_binding(mut self, cb: ChannelBinding) -> PoolBuilder {
+        self.settings.channel_binding = Some(cb);
+        self
+    }
+
+    /// `application_name` sent to the server (shows in `pg_stat_activity`).
+    /// Default: none, or the URL's.
+    pub fn application_name(mut self, name: impl Into<String>) -> PoolBuilder {
+        self.settings.application_name = Some(name.into());
+        self
+    }
+
+    /// TCP keepalive idle time; `None` turns keepalives off. Default 30 s.
+    pub fn keepalives_idle(mut self, idle: Option<Duration>) -> PoolBuilder {
+        self.settings.keepalives_idle = idle;
+        self
+    }
+
+    /// How `run` retries. Default: [`RetryPolicy::default`].
+    pub fn retry(mut self, policy: RetryPolicy) -> PoolBuilder {
+        self.retry = policy;
+        self
+    }
+
+    /// The shortest time between two fetches of the URL. Default: the
+    /// source's own ([`UrlSource::min_interval`]); a larger value here wins.
+    pub fn min_refetch_interval(mut self, d: Duration) -> PoolBuilder {
+        self.refresh.min_interval = d;
+        self
+    }
+
+    /// The longest gap between fetches while they keep bringing nothing new.
+    /// Default 5 s.
+    pub fn refetch_backoff_cap(mut self, d: Duration) -> PoolBuilder {
+        self.refresh.backoff_cap = d;
+        self
+    }
+
+    /// How many rejected connects (each after a refetch) before `get` gives
+    /// up with [`ErrorKind::CredentialsRejected`]. Default 6.
+    pub fn rejected_attempts(mut self, n: u32) -> PoolBuilder {
+        self.refresh.rejected_attempts = n;
+        self
+    }
+
+    /// Checks the settings, fetches the URL once (a broken source fails
+    /// here, with the source and the problem named) and builds the pool. No
+    /// connection is opened yet.
+    pub async fn build(mut self) -> Result<Pool, Error> {
+        let build_err = |msg: String| Error::new(ErrorKind::Build, msg);
+        if self.max_size == 0 {
+            return Err(build_err("max_size must be at least 1".into()));
+        }
+        self.retry.validate().map_err(build_err)?;
+        if self.refresh.rejected_attempts == 0 {
+            return Err(build_err("rejected_attempts must be at least 1".into()));
+        }
+        if let Some(path) = &self.root_cert_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                build_err(format!("reading root certificates {}: {e}", path.display()))
+            })?;
+            self.settings.roots = Roots::Pem(Arc::new(pem));
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            let id = ClientIdentity::from_pem(cert, key).map_err(|e| build_err(e.to_string()))?;
+            self.settings.client_identity = Some(id);
+        }
+        let counters = Arc::new(Counters::default());
+        let refresher = Arc::new(
+            Refresher::start(self.source, self.settings, self.refresh, counters.clone()).await?,
+        );
+        let manager = Manager {
+            refresher: refresher.clone(),
+            counters: counters.clone(),
+            ping_after_idle: self.ping_after_idle,
+        };
+        let timeouts = Timeouts {
+            wait: Some(self.wait_timeout),
+            create: Some(self.create_timeout),
+            recycle: Some(self.recycle_timeout),
+        };
+        let pool = managed::Pool::builder(manager)
+            .max_size(self.max_size)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| build_err(e.to_string()))?;
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                pool,
+                refresher,
+                counters,
+                retry: self.retry,
+                timeouts,
+            }),
+        })
+    }
+}
