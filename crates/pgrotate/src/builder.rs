@@ -115,7 +115,9 @@ impl PoolBuilder {
 
     /// Trusted roots (PEM) for `verify-ca` / `verify-full`, used unless the
     /// URL names its own `sslrootcert`. Default: Mozilla's roots
-    /// (`webpki-roots`), which verify Heroku's Enhanced Certificates.
+    /// (`webpki-roots`), which verify Heroku's Enhanced Certificates. As in
+    /// libpq, naming roots turns `require` into `verify-ca`: roots given are
+    /// roots to check.
     pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> PoolBuilder {
         self.settings.roots = Roots::Pem(Arc::new(pem.into()));
         self
@@ -140,8 +142,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Channel binding when the URL does not say. Default: tokio-postgres's
-    /// (`prefer`).
+    /// The minimum channel binding (SCRAM-SHA-256-PLUS over TLS); a URL's
+    /// `channel_binding` may raise it, never lower it. Default: `prefer`.
+    /// Never `require` through PgBouncer, which does not offer it.
     pub fn channel_binding(mut self, cb: ChannelBinding) -> PoolBuilder {
         self.settings.channel_binding = Some(cb);
         self
@@ -167,7 +170,8 @@ impl PoolBuilder {
     }
 
     /// The shortest time between two fetches of the URL. Default: the
-    /// source's own ([`UrlSource::min_interval`]); a larger value here wins.
+    /// source's own ([`crate::source::UrlSource::min_interval`]); a larger
+    /// value here wins.
     pub fn min_refetch_interval(mut self, d: Duration) -> PoolBuilder {
         self.refresh.min_interval = d;
         self

@@ -242,9 +242,15 @@ impl std::error::Error for Error {
 /// The message of a tokio-postgres error with the server's words and
 /// SQLSTATE, or the client-side cause (I/O, TLS) when there is no server
 /// report.
+///
+/// TLS failures say which check failed (tokio-postgres's own text is only
+/// "error performing TLS handshake"): see [`crate::tls::describe_failure`].
 pub(crate) fn describe_postgres(err: &tokio_postgres::Error) -> String {
     if let Some(db) = err.as_db_error() {
         return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    if let Some(tls) = crate::tls::describe_failure(err) {
+        return tls;
     }
     let mut out = err.to_string();
     let mut cause = std::error::Error::source(err);

@@ -6,13 +6,14 @@
 //!
 //! | parameter | read by | meaning |
 //! |---|---|---|
-//! | `sslmode` | pgrotate | `disable`, `prefer`, `require`, `verify-ca`, `verify-full`, with libpq's meaning; may raise the builder's minimum, lowers it only when the builder allows it |
-//! | `sslrootcert` | pgrotate | a PEM file of trusted roots for `verify-ca` / `verify-full` |
-//! | `sslcert`, `sslkey` | pgrotate | a client certificate and key (PEM files) for servers that demand one |
-//! | `channel_binding` | pgrotate | `disable`, `prefer`, `require` (SCRAM-SHA-256-PLUS over TLS) |
-//! | `application_name`, `connect_timeout`, `options`, `keepalives*`, `tcp_user_timeout`, `target_session_attrs`, `host`, `port`, `user`, `password`, `dbname` | tokio-postgres | as in libpq |
+//! | `sslmode` | pgrotate | `disable`, `allow` (taken as `prefer`), `prefer`, `require`, `verify-ca`, `verify-full`, with libpq's meaning; may raise the builder's minimum, lowers it only when the builder allows it |
+//! | `sslrootcert` | pgrotate | a PEM file of trusted roots for `verify-ca` / `verify-full`, used instead of the builder's; `system` means the default roots (`webpki-roots`) and `verify-full`, as in libpq 16. As in libpq, `require` with roots given (here or on the builder) checks the chain: `verify-ca` |
+//! | `sslcert`, `sslkey` | pgrotate | a client certificate and key (PEM files, both or neither) for servers that demand one, used instead of the builder's |
+//! | `channel_binding` | pgrotate | `disable`, `prefer`, `require` (SCRAM-SHA-256-PLUS over TLS); may raise the builder's, never lowers it |
+//! | `application_name`, `connect_timeout`, `options`, `keepalives*`, `tcp_user_timeout`, `target_session_attrs`, `host`, `hostaddr`, `port`, `user`, `password`, `dbname`, `sslnegotiation`, `load_balance_hosts` | tokio-postgres | as in libpq |
 //!
-//! Any other parameter is refused with an error naming it.
+//! Any other parameter is refused with an error naming it (libpq's
+//! `sslpassword`, `sslcrl`, `sslsni` among them: none is silently ignored).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -91,8 +92,9 @@ impl FromStr for SslMode {
     }
 }
 
-/// Channel binding for SCRAM-SHA-256 (`channel_binding` in libpq).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Channel binding for SCRAM-SHA-256 (`channel_binding` in libpq). Ordered
+/// from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[non_exhaustive]
 pub enum ChannelBinding {
     /// Never use channel binding.
@@ -137,7 +139,7 @@ pub(crate) struct UrlParts {
     /// The URL without the parameters below (still holds the password).
     rest: String,
     pub(crate) sslmode: Option<SslMode>,
-    pub(crate) sslrootcert: Option<PathBuf>,
+    pub(crate) sslrootcert: Option<RootCert>,
     pub(crate) sslcert: Option<PathBuf>,
     pub(crate) sslkey: Option<PathBuf>,
     pub(crate) channel_binding: Option<ChannelBinding>,
@@ -169,7 +171,7 @@ impl UrlParts {
             match key.as_str() {
                 "sslmode" => parts.sslmode = Some(decoded()?.parse()?),
                 "channel_binding" => parts.channel_binding = Some(decoded()?.parse()?),
-                "sslrootcert" => parts.sslrootcert = Some(decoded()?.into()),
+                "sslrootcert" => parts.sslrootcert = Some(RootCert::from_param(decoded()?)),
                 "sslcert" => parts.sslcert = Some(decoded()?.into()),
                 "sslkey" => parts.sslkey = Some(decoded()?.into()),
                 _ => kept.push(pair),
@@ -189,6 +191,23 @@ impl UrlParts {
         tokio_postgres::Config::from_str(&self.rest).map_err(|e| {
             UrlError::Invalid(crate::url::redact(&crate::error::describe_postgres(&e)))
         })
+    }
+}
+
+/// The URL's `sslrootcert`: a file, or libpq's `system` (the default roots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootCert {
+    System,
+    File(PathBuf),
+}
+
+impl RootCert {
+    fn from_param(value: String) -> RootCert {
+        if value == "system" {
+            RootCert::System
+        } else {
+            RootCert::File(value.into())
+        }
     }
 }
 
@@ -293,16 +312,58 @@ impl Settings {
         }
     }
 
+    /// The sslmode a URL connects with: [`Settings::effective_sslmode`],
+    /// then libpq's two rules about roots.
+    pub(crate) fn sslmode_for(
+        &self,
+        from_url: Option<SslMode>,
+        rootcert: Option<&RootCert>,
+    ) -> SslMode {
+        let mode = self.effective_sslmode(from_url);
+        let named_roots = match rootcert {
+            // libpq 16: `sslrootcert=system` means verify-full.
+            Some(RootCert::System) => return mode.max(SslMode::VerifyFull),
+            Some(RootCert::File(_)) => true,
+            None => !matches!(self.roots, Roots::Webpki),
+        };
+        // libpq: "if a root CA file exists, the behavior of sslmode=require
+        // will be the same as that of verify-ca". Roots given by name (the
+        // URL's file, the builder's PEM) are meant to be used.
+        if mode == SslMode::Require && named_roots {
+            SslMode::VerifyCa
+        } else {
+            mode
+        }
+    }
+
+    /// The channel binding used for a URL that asks for `from_url`: the
+    /// builder's is a minimum a URL may raise (unset, tokio-postgres's
+    /// `prefer` applies).
+    pub(crate) fn effective_channel_binding(
+        &self,
+        from_url: Option<ChannelBinding>,
+    ) -> Option<ChannelBinding> {
+        match (from_url, self.channel_binding) {
+            (Some(url), Some(builder)) => Some(url.max(builder)),
+            (url, builder) => url.or(builder),
+        }
+    }
+
     pub(crate) fn target(&self, url: &DatabaseUrl) -> Result<Target, TargetError> {
         let parts = UrlParts::split(url).map_err(TargetError::Url)?;
         let mut config = parts.tokio_config().map_err(TargetError::Url)?;
-        let sslmode = self.effective_sslmode(parts.sslmode);
+        let roots = match &parts.sslrootcert {
+            Some(RootCert::File(path)) => Roots::PemFile(path.clone()),
+            Some(RootCert::System) => Roots::Webpki,
+            None => self.roots.clone(),
+        };
+        let sslmode = self.sslmode_for(parts.sslmode, parts.sslrootcert.as_ref());
         config.ssl_mode(match sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        if let Some(cb) = parts.channel_binding.or(self.channel_binding) {
+        if let Some(cb) = self.effective_channel_binding(parts.channel_binding) {
             config.channel_binding(cb.into());
         }
         if let Some(name) = &self.application_name {
@@ -315,10 +376,6 @@ impl Settings {
         if let Some(t) = self.tcp_user_timeout {
             config.tcp_user_timeout(t);
         }
-        let roots = match &parts.sslrootcert {
-            Some(path) => Roots::PemFile(path.clone()),
-            None => self.roots.clone(),
-        };
         let identity = match (&parts.sslcert, &parts.sslkey) {
             (Some(cert), Some(key)) => {
                 Some(ClientIdentity::from_files(cert, key).map_err(TargetError::Tls)?)
@@ -355,7 +412,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(parts.sslmode, Some(SslMode::VerifyFull));
-        assert_eq!(parts.sslrootcert, Some(PathBuf::from("/tmp/ca.pem")));
+        assert_eq!(
+            parts.sslrootcert,
+            Some(RootCert::File(PathBuf::from("/tmp/ca.pem")))
+        );
         assert_eq!(parts.channel_binding, Some(ChannelBinding::Require));
         let cfg = parts.tokio_config().unwrap();
         assert_eq!(cfg.get_application_name(), Some("x"));
@@ -386,6 +446,86 @@ mod tests {
             s.effective_sslmode(Some(SslMode::Disable)),
             SslMode::Disable
         );
+    }
+
+    #[test]
+    fn named_roots_make_require_check_the_chain_as_libpq_does() {
+        let file = RootCert::File("/tmp/ca.pem".into());
+        let s = Settings::default();
+        assert_eq!(s.sslmode_for(None, None), SslMode::Require);
+        assert_eq!(s.sslmode_for(None, Some(&file)), SslMode::VerifyCa);
+        assert_eq!(
+            s.sslmode_for(Some(SslMode::VerifyFull), Some(&file)),
+            SslMode::VerifyFull
+        );
+        assert_eq!(
+            s.sslmode_for(None, Some(&RootCert::System)),
+            SslMode::VerifyFull
+        );
+        let with_pem = Settings {
+            roots: Roots::Pem(std::sync::Arc::new(b"pem".to_vec())),
+            ..Settings::default()
+        };
+        assert_eq!(with_pem.sslmode_for(None, None), SslMode::VerifyCa);
+        // Prefer and disable stay what the builder asked for.
+        let prefer = Settings {
+            sslmode: SslMode::Prefer,
+            ..with_pem
+        };
+        assert_eq!(prefer.sslmode_for(None, Some(&file)), SslMode::Prefer);
+    }
+
+    #[test]
+    fn sslrootcert_system_is_not_a_file() {
+        let parts = UrlParts::split(&url("postgres://u:p@h/d?sslrootcert=system")).unwrap();
+        assert_eq!(parts.sslrootcert, Some(RootCert::System));
+        let t = Settings::default()
+            .target(&url("postgres://u:p@h/d?sslrootcert=system"))
+            .unwrap();
+        assert_eq!(t.sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn a_url_may_raise_channel_binding_but_not_lower_the_builders() {
+        let mut s = Settings::default();
+        assert_eq!(s.effective_channel_binding(None), None);
+        assert_eq!(
+            s.effective_channel_binding(Some(ChannelBinding::Disable)),
+            Some(ChannelBinding::Disable)
+        );
+        s.channel_binding = Some(ChannelBinding::Require);
+        assert_eq!(
+            s.effective_channel_binding(Some(ChannelBinding::Disable)),
+            Some(ChannelBinding::Require)
+        );
+        s.channel_binding = Some(ChannelBinding::Prefer);
+        assert_eq!(
+            s.effective_channel_binding(Some(ChannelBinding::Require)),
+            Some(ChannelBinding::Require)
+        );
+        let t = s
+            .target(&url("postgres://u:p@h/d?channel_binding=require"))
+            .unwrap();
+        assert_eq!(
+            t.config.get_channel_binding(),
+            tokio_postgres::config::ChannelBinding::Require
+        );
+    }
+
+    #[test]
+    fn the_builders_client_identity_is_kept_unless_the_url_names_one() {
+        let e = Settings::default()
+            .target(&url("postgres://u:p@h/d?sslcert=%2Ftmp%2Fc.pem"))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("sslkey"), "{e}");
+        let e = Settings::default()
+            .target(&url(
+                "postgres://u:p@h/d?sslcert=%2Fnonexistent%2Fc.pem&sslkey=%2Fnonexistent%2Fk.pem",
+            ))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("sslcert"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,499 @@
+//! TLS against real PostgreSQL servers with the fixture's generated CA:
+//! libpq's sslmode semantics (a URL raises the builder's minimum, never
+//! lowers it unless allowed), verify-ca / verify-full with the right and the
+//! wrong CA and host name, channel binding, client certificates, and a
+//! refresh that keeps all of it. Every failure must say which check failed
+//! and never carry the password.
+
+mod common;
+
+use common::{UrlFile, bounded, role_and_file};
+use pgrotate::{ChannelBinding, Error, ErrorKind, Pool, SslMode, source};
+use pgrotate_testing::{Cluster, TestCa, TestRole};
+use tokio::sync::OnceCell;
+
+/// A server with `ssl=off` (plain TCP logins only), shared by this file.
+async fn plain_cluster() -> &'static Cluster {
+    static PLAIN: OnceCell<Cluster> = OnceCell::const_new();
+    PLAIN
+        .get_or_init(|| async { Cluster::builder().ssl(false).start().await.unwrap() })
+        .await
+}
+
+/// A server whose `pg_hba.conf` reads `hostssl ... scram-sha-256
+/// clientcert=verify-full`: a client certificate signed by the fixture's
+/// CA, CN = the role name.
+async fn mtls_cluster() -> &'static Cluster {
+    static MTLS: OnceCell<Cluster> = OnceCell::const_new();
+    MTLS.get_or_init(|| async {
+        Cluster::builder()
+            .require_client_cert(true)
+            .start()
+            .await
+            .unwrap()
+    })
+    .await
+}
+
+/// Whether this backend's connection is encrypted, as the server sees it.
+async fn ssl_in_use(pool: &Pool) -> Result<bool, Error> {
+    pool.run(async |c| {
+        c.query_one(
+            "select ssl from pg_stat_ssl where pid = pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .try_get(0)
+    })
+    .await
+}
+
+/// The role's URL with another host (and optional extra query).
+fn url_with_host(cluster: &Cluster, role: &TestRole, host: &str, query: &str) -> String {
+    let url = cluster
+        .url(role)
+        .replacen(&format!("@{}:", cluster.host()), &format!("@{host}:"), 1);
+    if query.is_empty() {
+        url
+    } else {
+        format!("{url}?{query}")
+    }
+}
+
+/// Opens one connection and returns the error, asserting it is one and that
+/// neither it nor its Debug carries the password.
+async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
+    let err = match pool.get().await {
+        Ok(_) => panic!("the connection was expected to fail"),
+        Err(e) => e,
+    };
+    let printed = format!("{err}\n{err:?}");
+    assert!(
+        !printed.contains(&role.password),
+        "the error carries the password"
+    );
+    err
+}
+
+fn assert_says(err: &Error, words: &str) {
+    let text = err.to_string();
+    assert!(text.contains(words), "expected {words:?} in: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_and_prefer_connect_with_tls_to_the_fixture_server() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_require").await.unwrap();
+        // The default minimum is require; the URL says nothing.
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap(), "require must encrypt");
+        // prefer takes TLS when the server offers it.
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .sslmode(SslMode::Prefer)
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap(), "prefer must take TLS");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_with_the_fixtures_ca_connects_by_builder_roots_or_sslrootcert() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_vfull").await.unwrap();
+        let ca = cluster.ca();
+
+        // Roots from the builder; host localhost (a DNS name in the SAN).
+        let pool = Pool::builder(source::Static::new(url_with_host(
+            cluster,
+            &role,
+            "localhost",
+            "",
+        )))
+        .sslmode(SslMode::VerifyFull)
+        .root_certificates_pem(ca.cert_pem())
+        .build()
+        .await
+        .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+
+        // Roots and mode from the URL, default builder.
+        let query = format!(
+            "sslmode=verify-full&sslrootcert={}",
+            ca.cert_path().display()
+        );
+        let pool = Pool::builder(source::Static::new(url_with_host(
+            cluster,
+            &role,
+            "localhost",
+            &query,
+        )))
+        .build()
+        .await
+        .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+
+        // 127.0.0.1 is in the SAN too, as an IP address.
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .sslmode(SslMode::VerifyFull)
+            .root_certificates_pem(ca.cert_pem())
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_and_verify_ca_with_roots_that_did_not_sign_the_server_fail_clearly() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_other_ca").await.unwrap();
+        let localhost = url_with_host(cluster, &role, "localhost", "");
+
+        // The default roots (Mozilla's) know nothing of the fixture's CA.
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let pool = Pool::builder(source::Static::new(&localhost))
+                .sslmode(mode)
+                .build()
+                .await
+                .unwrap();
+            let err = connect_error(&pool, &role).await;
+            assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+            assert_says(&err, "not signed by a trusted root (unknown issuer)");
+        }
+
+        // Another CA, from the builder or the URL's sslrootcert. It carries
+        // the same subject name as the fixture's (every TestCa does), so
+        // webpki reports a bad signature rather than an unknown issuer: the
+        // same words up front.
+        let other = TestCa::new().unwrap();
+        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+            let pool = Pool::builder(source::Static::new(&localhost))
+                .sslmode(mode)
+                .root_certificates_pem(other.cert_pem())
+                .build()
+                .await
+                .unwrap();
+            let err = connect_error(&pool, &role).await;
+            assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+            assert_says(&err, "not signed by a trusted root");
+        }
+        let query = format!(
+            "sslmode=verify-full&sslrootcert={}",
+            other.cert_path().display()
+        );
+        let pool = Pool::builder(source::Static::new(url_with_host(
+            cluster,
+            &role,
+            "localhost",
+            &query,
+        )))
+        .build()
+        .await
+        .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_says(&err, "not signed by a trusted root");
+
+        // require does not check the certificate at all.
+        let pool = Pool::builder(source::Static::new(&localhost))
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_to_a_name_not_in_the_san_fails_as_a_name_mismatch_and_verify_ca_connects() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_name").await.unwrap();
+        // The server listens on 127.0.0.1 only: `hostaddr` connects there
+        // while TLS checks the name in the URL's host.
+        let url = url_with_host(cluster, &role, "not-in-san.example", "hostaddr=127.0.0.1");
+        let pool = Pool::builder(source::Static::new(&url))
+            .sslmode(SslMode::VerifyFull)
+            .root_certificates_pem(cluster.ca().cert_pem())
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+        assert_says(&err, "host name mismatch");
+        assert_says(&err, "\"not-in-san.example\"");
+        assert_says(&err, "it names localhost, 127.0.0.1");
+
+        // verify-ca checks the chain only.
+        let pool = Pool::builder(source::Static::new(&url))
+            .sslmode(SslMode::VerifyCa)
+            .root_certificates_pem(cluster.ca().cert_pem())
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_require_fails_clearly_prefer_and_disable_connect_in_plaintext() {
+    bounded(async {
+        let cluster = plain_cluster().await;
+        let role = cluster.create_role("tls_plain").await.unwrap();
+
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+        assert_says(&err, "the server does not offer TLS");
+
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .sslmode(SslMode::Prefer)
+            .build()
+            .await
+            .unwrap();
+        assert!(!ssl_in_use(&pool).await.unwrap(), "prefer falls back");
+
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .sslmode(SslMode::Disable)
+            .build()
+            .await
+            .unwrap();
+        assert!(!ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_saying_disable_is_refused_unless_the_builder_allows_weaker_sslmode() {
+    bounded(async {
+        let cluster = plain_cluster().await;
+        let role = cluster.create_role("tls_lower").await.unwrap();
+        let url = format!("{}?sslmode=disable", cluster.url(&role));
+
+        // The builder's minimum (require) wins over the URL: still TLS,
+        // which this server cannot do.
+        let pool = Pool::builder(source::Static::new(&url))
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_says(&err, "the server does not offer TLS");
+
+        let pool = Pool::builder(source::Static::new(&url))
+            .allow_weaker_sslmode_from_url(true)
+            .build()
+            .await
+            .unwrap();
+        assert!(!ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_require_works_over_tls() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_cb").await.unwrap();
+        // From the URL.
+        let url = format!("{}?channel_binding=require", cluster.url(&role));
+        let pool = Pool::builder(source::Static::new(&url))
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+        // From the builder; a URL's `disable` does not lower it.
+        let url = format!("{}?channel_binding=disable", cluster.url(&role));
+        let pool = Pool::builder(source::Static::new(&url))
+            .channel_binding(ChannelBinding::Require)
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_binding_require_without_tls_fails_clearly() {
+    bounded(async {
+        let cluster = plain_cluster().await;
+        let role = cluster.create_role("tls_cb_plain").await.unwrap();
+        let url = format!("{}?channel_binding=require", cluster.url(&role));
+        let pool = Pool::builder(source::Static::new(&url))
+            .sslmode(SslMode::Disable)
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+        assert_says(&err, "channel_binding=require");
+        assert_says(&err, "SCRAM-SHA-256-PLUS");
+        // The builder's `require` is a minimum: a URL saying `disable` does
+        // not lower it.
+        let url = format!("{}?channel_binding=disable", cluster.url(&role));
+        let pool = Pool::builder(source::Static::new(&url))
+            .sslmode(SslMode::Disable)
+            .channel_binding(ChannelBinding::Require)
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_says(&err, "channel_binding=require");
+        // The same role connects without channel binding: it was the check.
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .sslmode(SslMode::Disable)
+            .build()
+            .await
+            .unwrap();
+        assert!(!ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_new_url_has_no_sslmode_keeps_the_builders_tls() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_refresh").await.unwrap();
+        let file = UrlFile::new(&url_with_host(
+            cluster,
+            &role,
+            "localhost",
+            "sslmode=verify-full",
+        ));
+        let pool = Pool::builder(file.source())
+            .sslmode(SslMode::VerifyFull)
+            .root_certificates_pem(cluster.ca().cert_pem())
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+        assert_eq!(pool.status().generation, 1);
+
+        // A platform URL: no sslmode at all.
+        let rotated = cluster.rotate_password(&role).await.unwrap();
+        file.set(&url_with_host(cluster, &rotated, "localhost", ""));
+        assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 1);
+
+        assert!(ssl_in_use(&pool).await.unwrap(), "generation 2 lost TLS");
+        assert_eq!(pool.status().generation, 2, "{:?}", pool.status());
+
+        // Generation 3, from another URL without sslmode, still checks the
+        // host name: a host outside the SAN is refused by verify-full.
+        let rotated_again = cluster.rotate_password(&rotated).await.unwrap();
+        file.set(&url_with_host(
+            cluster,
+            &rotated_again,
+            "not-in-san.example",
+            "hostaddr=127.0.0.1",
+        ));
+        assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 1);
+        let err = ssl_in_use(&pool).await.unwrap_err();
+        assert_says(&err, "host name mismatch");
+        assert_eq!(pool.status().generation, 3, "{:?}", pool.status());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_the_builder_connects_and_survives_a_rotation() {
+    bounded(async {
+        let cluster = mtls_cluster().await;
+        let (role, file) = role_and_file(cluster, "tls_mtls").await;
+        let (cert, key) = cluster.ca().issue_client_cert(&role.name).unwrap();
+        let pool = Pool::builder(file.source())
+            .client_certificate_pem(cert, key)
+            .build()
+            .await
+            .unwrap();
+        let client_dn = async |pool: &Pool| -> Result<String, Error> {
+            pool.run(async |c| {
+                c.query_one(
+                    "select coalesce(client_dn, '') from pg_stat_ssl where pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?
+                .try_get(0)
+            })
+            .await
+        };
+        let dn = client_dn(&pool).await.unwrap();
+        assert!(dn.contains(&role.name), "client_dn {dn:?}");
+
+        // The rotated URL carries no sslcert/sslkey: the builder's identity
+        // is kept.
+        let rotated = cluster.rotate_password(&role).await.unwrap();
+        file.set(&cluster.url(&rotated));
+        assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 1);
+        let dn = client_dn(&pool).await.unwrap();
+        assert!(dn.contains(&role.name), "client_dn {dn:?}");
+        assert_eq!(pool.status().generation, 2, "{:?}", pool.status());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_the_url_connects() {
+    bounded(async {
+        let cluster = mtls_cluster().await;
+        let role = cluster.create_role("tls_mtls_url").await.unwrap();
+        let (cert, key) = cluster.ca().issue_client_cert(&role.name).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+        std::fs::write(&cert_path, cert).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        let url = format!(
+            "{}?sslcert={}&sslkey={}",
+            cluster.url(&role),
+            cert_path.display(),
+            key_path.display()
+        );
+        let pool = Pool::builder(source::Static::new(&url))
+            .build()
+            .await
+            .unwrap();
+        assert!(ssl_in_use(&pool).await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_client_certificate_the_error_says_one_was_required() {
+    bounded(async {
+        let cluster = mtls_cluster().await;
+        let role = cluster.create_role("tls_mtls_none").await.unwrap();
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_says(&err, "client certificate");
+        eprintln!("without a client certificate: {err}");
+
+        // One signed by a CA the server does not trust is refused in the
+        // handshake.
+        let other = TestCa::new().unwrap();
+        let (cert, key) = other.issue_client_cert(&role.name).unwrap();
+        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
+            .client_certificate_pem(cert, key)
+            .build()
+            .await
+            .unwrap();
+        let err = connect_error(&pool, &role).await;
+        assert_says(&err, "rejected the client certificate");
+        eprintln!("with another CA's client certificate: {err}");
+    })
+    .await;
+}
