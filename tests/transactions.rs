@@ -13,9 +13,17 @@ use pgrotate::{ErrorKind, Pool, RetryPolicy};
 use pgrotate_testing::{Cluster, TestRole};
 use tokio::sync::{mpsc, oneshot};
 
-async fn pool_with_table(cluster: &Cluster, prefix: &str, size: usize) -> (Pool, TestRole, common::UrlFile) {
+async fn pool_with_table(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+) -> (Pool, TestRole, common::UrlFile) {
     let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source()).max_size(size).build().await.unwrap();
+    let pool = Pool::builder(file.source())
+        .max_size(size)
+        .build()
+        .await
+        .unwrap();
     pool.run(async |c| {
         c.batch_execute("create table if not exists t (k int primary key, attempt int)")
             .await
@@ -46,14 +54,16 @@ async fn a_transaction_whose_connection_is_terminated_mid_way_runs_again_once() 
             tokio::spawn(async move {
                 pool.transaction(async move |tx| {
                     let n = attempts.fetch_add(1, Ordering::SeqCst) + 1;
-                    tx.execute("insert into t values (1, $1)", &[&(n as i32)]).await?;
+                    tx.execute("insert into t values (1, $1)", &[&(n as i32)])
+                        .await?;
                     let _ = inside_tx.send(n);
                     let go = go_rx.lock().await.take();
                     if let Some(go) = go {
                         // First attempt: wait while the test ends the backend.
                         let _ = go.await;
                     }
-                    tx.execute("update t set attempt = attempt where k = 1", &[]).await?;
+                    tx.execute("update t set attempt = attempt where k = 1", &[])
+                        .await?;
                     Ok(n)
                 })
                 .await
@@ -214,7 +224,8 @@ async fn a_future_dropped_inside_a_transaction_closes_its_connection() {
         let (began_tx, began_rx) = oneshot::channel::<()>();
         let began_tx = std::sync::Mutex::new(Some(began_tx));
         let work = pool.run(async |c| {
-            c.batch_execute("begin; insert into t values (42, 0)").await?;
+            c.batch_execute("begin; insert into t values (42, 0)")
+                .await?;
             if let Some(tx) = began_tx.lock().unwrap().take() {
                 let _ = tx.send(());
             }
@@ -230,7 +241,10 @@ async fn a_future_dropped_inside_a_transaction_closes_its_connection() {
         let su = cluster.superuser().await.unwrap();
         loop {
             let n: i64 = su
-                .query_one("select count(*) from pg_stat_activity where usename = $1", &[&role.name])
+                .query_one(
+                    "select count(*) from pg_stat_activity where usename = $1",
+                    &[&role.name],
+                )
                 .await
                 .unwrap()
                 .get(0);

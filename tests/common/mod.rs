@@ -95,3 +95,6 @@ pub fn capture_tracing() {
             .init();
     });
 }
+
+/// A local stand-in for the Heroku Platform API (tests/heroku_api.rs).
+pub mod heroku_server;

@@ -9,6 +9,7 @@ use deadpool::Runtime;
 use deadpool::managed::{self, Timeouts};
 
 use crate::error::{Error, ErrorKind};
+use crate::maintenance::{self, Maintenance};
 use crate::manager::Manager;
 use crate::pool::{Inner, Pool};
 use crate::refresh::{RefreshPolicy, Refresher};
@@ -33,6 +34,7 @@ pub struct PoolBuilder {
     refresh: RefreshPolicy,
     root_cert_file: Option<PathBuf>,
     client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    maintenance: Maintenance,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -59,6 +61,12 @@ impl PoolBuilder {
             refresh: RefreshPolicy::default(),
             root_cert_file: None,
             client_cert: None,
+            maintenance: Maintenance {
+                watch: None,
+                idle_timeout: None,
+                min_idle: 0,
+                max_lifetime: None,
+            },
         }
     }
 
@@ -191,6 +199,41 @@ impl PoolBuilder {
         self
     }
 
+    /// Polls the source every `interval` (give or take a tenth, at random)
+    /// for a URL that changed without any error — after `heroku
+    /// pg:promote` the old database keeps answering, so nothing else would
+    /// tell the pool to move. A changed URL becomes a new generation after a
+    /// test connection with it succeeds; one that cannot connect while the
+    /// current one works is reported (tracing, `Status::last_refresh_error`)
+    /// and not adopted. The source's own minimum interval still applies.
+    /// Default: no watch.
+    pub fn watch(mut self, interval: Duration) -> PoolBuilder {
+        self.maintenance.watch = Some(interval);
+        self
+    }
+
+    /// Closes a connection once it is this old (less up to a fifth, at
+    /// random per connection, so a fleet does not reconnect in one wave):
+    /// idle ones by the background task, checked-out ones when they come
+    /// back. Default: none.
+    pub fn max_lifetime(mut self, lifetime: Duration) -> PoolBuilder {
+        self.maintenance.max_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Closes connections idle for longer than this, keeping
+    /// [`PoolBuilder::min_idle`] of them. Default: none.
+    pub fn idle_timeout(mut self, timeout: Duration) -> PoolBuilder {
+        self.maintenance.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// How many idle connections `idle_timeout` leaves open. Default 0.
+    pub fn min_idle(mut self, n: usize) -> PoolBuilder {
+        self.maintenance.min_idle = n;
+        self
+    }
+
     /// Checks the settings, fetches the URL once (a broken source fails
     /// here, with the source and the problem named) and builds the pool. No
     /// connection is opened yet.
@@ -200,6 +243,18 @@ impl PoolBuilder {
             return Err(build_err("max_size must be at least 1".into()));
         }
         self.retry.validate().map_err(build_err)?;
+        if [
+            self.maintenance.watch,
+            self.maintenance.idle_timeout,
+            self.maintenance.max_lifetime,
+        ]
+        .iter()
+        .any(|d| d.is_some_and(|d| d.is_zero()))
+        {
+            return Err(build_err(
+                "watch, idle_timeout and max_lifetime must be more than zero".into(),
+            ));
+        }
         if self.refresh.rejected_attempts == 0 {
             return Err(build_err("rejected_attempts must be at least 1".into()));
         }
@@ -221,6 +276,7 @@ impl PoolBuilder {
             refresher: refresher.clone(),
             counters: counters.clone(),
             ping_after_idle: self.ping_after_idle,
+            max_lifetime: self.maintenance.max_lifetime,
         };
         let timeouts = Timeouts {
             wait: Some(self.wait_timeout),
@@ -233,14 +289,22 @@ impl PoolBuilder {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| build_err(e.to_string()))?;
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                pool,
-                refresher,
-                counters,
-                retry: self.retry,
-                timeouts,
-            }),
-        })
+        let generations = refresher.subscribe();
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let inner = Arc::new(Inner {
+            pool,
+            refresher,
+            counters,
+            retry: self.retry,
+            timeouts,
+            shutdown,
+        });
+        maintenance::spawn(
+            Arc::downgrade(&inner),
+            generations,
+            shutdown_rx,
+            self.maintenance,
+        );
+        Ok(Pool { inner })
     }
 }

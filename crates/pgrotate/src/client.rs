@@ -27,11 +27,15 @@ impl Client {
     }
 
     fn conn(&self) -> &Connection {
-        self.obj.as_ref().expect("a Client holds its connection until dropped")
+        self.obj
+            .as_ref()
+            .expect("a Client holds its connection until dropped")
     }
 
     fn conn_mut(&mut self) -> &mut Connection {
-        self.obj.as_mut().expect("a Client holds its connection until dropped")
+        self.obj
+            .as_mut()
+            .expect("a Client holds its connection until dropped")
     }
 
     /// The generation of the URL this connection was opened with.
@@ -56,10 +60,12 @@ impl Client {
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(obj) = self.obj.take()
-            && obj.busy
+            && (obj.busy || !obj.is_current())
         {
             // Taken out of the pool and dropped: the socket closes and the
-            // server rolls back whatever was in flight.
+            // server rolls back whatever was in flight. A connection of an
+            // older generation (or past its lifetime) is closed on return
+            // the same way.
             drop(Object::take(obj));
         }
     }

@@ -5,6 +5,8 @@ mod builder;
 mod classify;
 mod client;
 mod error;
+mod from_env;
+mod maintenance;
 mod manager;
 mod pool;
 mod refresh;
@@ -16,10 +18,10 @@ mod url;
 
 pub mod source;
 
-pub use classify::{Fault, classify};
-pub use error::{Error, ErrorKind};
 pub use builder::PoolBuilder;
+pub use classify::{Fault, classify};
 pub use client::Client;
+pub use error::{Error, ErrorKind};
 pub use pool::Pool;
 pub use retry::{Backoff, RetryPolicy};
 pub use settings::{ChannelBinding, SslMode};

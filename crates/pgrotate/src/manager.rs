@@ -5,8 +5,12 @@
 //!   the credentials (or the database is gone) it asks the refresh
 //!   coordinator for a newer generation and tries again, at most
 //!   `rejected_attempts` times, then returns `CredentialsRejected`.
+//!   A connect that fails for lack of a server (refused, timed out, the
+//!   server shutting down) also asks for a refetch, once: after a failover
+//!   the URL may point elsewhere; when it does not, the error is returned.
 //! - `recycle` (when a connection is handed out again) drops closed
-//!   connections, broken ones, and those of an older generation; one idle
+//!   connections, busy ones (their work was abandoned), those of an older
+//!   generation or drain epoch, and those past their lifetime; one idle
 //!   for longer than `ping_after_idle` is checked with an empty query first
 //!   (like pgx, which pings connections idle for over a second). A
 //!   checked-out connection is never touched: an old one is closed when it
@@ -14,13 +18,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind, describe_postgres};
 use crate::refresh::{Generation, Refresher};
+use crate::settings::Target;
 use crate::stats::Counters;
 
 const TARGET: &str = "pgrotate::manager";
@@ -32,12 +37,42 @@ pub(crate) struct Connection {
     /// Work in flight (set by `run` / `transaction`); a busy connection
     /// is never handed out again.
     pub(crate) busy: bool,
+    /// The generation authority, to tell on return whether it is stale.
+    pub(crate) refresher: Arc<Refresher>,
+    /// When it is closed instead of handed out again (`max_lifetime`, with
+    /// jitter so a fleet does not reconnect in one wave).
+    pub(crate) expires_at: Option<Instant>,
+}
+
+impl Connection {
+    /// Whether the pool should keep this connection (idle or returning):
+    /// of the current generation and within its lifetime.
+    pub(crate) fn is_current(&self) -> bool {
+        self.generation >= self.refresher.current_id()
+            && self.expires_at.is_none_or(|t| Instant::now() < t)
+    }
 }
 
 pub(crate) struct Manager {
     pub(crate) refresher: Arc<Refresher>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) ping_after_idle: Duration,
+    pub(crate) max_lifetime: Option<Duration>,
+}
+
+/// A test connection with `target`: connect and one empty query.
+pub(crate) async fn probe(target: &Target) -> Result<(), tokio_postgres::Error> {
+    let (client, connection) = target.config.connect(target.tls.clone()).await?;
+    let task = tokio::spawn(connection);
+    let r = client.simple_query("").await.map(|_| ());
+    drop(client);
+    let _ = task.await;
+    r
+}
+
+/// `lifetime` less up to a fifth, at random.
+fn jittered_lifetime(lifetime: Duration) -> Duration {
+    lifetime - lifetime.mul_f64(fastrand::f64() / 5.0)
 }
 
 impl Manager {
@@ -60,6 +95,10 @@ impl Manager {
             client,
             generation: id,
             busy: false,
+            refresher: self.refresher.clone(),
+            expires_at: self
+                .max_lifetime
+                .map(|l| Instant::now() + jittered_lifetime(l)),
         })
     }
 }
@@ -71,6 +110,7 @@ impl managed::Manager for Manager {
     async fn create(&self) -> Result<Connection, Error> {
         let limit = self.refresher.policy().rejected_attempts.max(1);
         let mut attempt = 0;
+        let mut refetched_for_connect = false;
         loop {
             attempt += 1;
             let generation = self.refresher.current();
@@ -83,6 +123,21 @@ impl managed::Manager for Manager {
             };
             let fault = classify(&err);
             if !fault.needs_refetch() {
+                if matches!(fault, Fault::ConnectionLost | Fault::ServerGoingAway)
+                    && !refetched_for_connect
+                {
+                    // No server where the URL points: after a failover the
+                    // URL may have moved. Ask once; same URL, same error.
+                    refetched_for_connect = true;
+                    let newer = self
+                        .refresher
+                        .refresh_after(generation.id, "cannot connect")
+                        .await
+                        .is_ok_and(|g| g.id != generation.id);
+                    if newer {
+                        continue;
+                    }
+                }
                 return Err(Error::postgres(ErrorKind::Connect, fault, err));
             }
             tracing::warn!(target: TARGET, generation = generation.id, attempt, error = %describe_postgres(&err), "connect rejected; asking for a newer URL");
@@ -106,10 +161,9 @@ impl managed::Manager for Manager {
         if conn.busy || conn.client.is_closed() {
             return Err(RecycleError::message("connection closed"));
         }
-        let current = self.refresher.current_id();
-        if conn.generation < current {
+        if !conn.is_current() {
             self.counters.stale_closed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(target: TARGET, generation = conn.generation, current, "closing a connection of an older generation");
+            tracing::debug!(target: TARGET, generation = conn.generation, current = self.refresher.current_id(), "closing a connection of an older generation or past its lifetime");
             return Err(RecycleError::message("older generation"));
         }
         if metrics.last_used() > self.ping_after_idle

@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) counters: Arc<Counters>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeouts: Timeouts,
+    /// Dropped with the pool, or set by `close`: ends the background task.
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl fmt::Debug for Pool {
@@ -68,7 +70,9 @@ enum Outcome<T> {
 /// Runs `fut`, giving up at `until` if there is one.
 async fn until<F: Future>(until: Option<Instant>, fut: F) -> Result<F::Output, ()> {
     match until {
-        Some(at) => tokio::time::timeout_at(at.into(), fut).await.map_err(|_| ()),
+        Some(at) => tokio::time::timeout_at(at.into(), fut)
+            .await
+            .map_err(|_| ()),
         None => Ok(fut.await),
     }
 }
@@ -101,10 +105,9 @@ impl Pool {
         match self.inner.pool.timeout_get(timeouts).await {
             Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
-            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(Error::timeout(
-                "waiting for a connection",
-                timeouts.wait,
-            )),
+            Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                Err(Error::timeout("waiting for a connection", timeouts.wait))
+            }
             Err(PoolError::Timeout(TimeoutType::Create)) => Err(Error::timeout(
                 "opening a connection (with refetches)",
                 timeouts.create,
@@ -178,7 +181,12 @@ impl Pool {
         }
     }
 
-    async fn run_once<T, F>(&self, policy: &RetryPolicy, work: &mut F, mut client: Client) -> Outcome<T>
+    async fn run_once<T, F>(
+        &self,
+        policy: &RetryPolicy,
+        work: &mut F,
+        mut client: Client,
+    ) -> Outcome<T>
     where
         F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
     {
@@ -425,7 +433,19 @@ impl Pool {
     /// [`ErrorKind::Closed`]; idle connections are closed, checked-out ones
     /// when they come back.
     pub fn close(&self) {
+        self.inner.shutdown.send_replace(true);
         self.inner.pool.close();
+    }
+
+    /// Closes every connection open now — idle ones at once, checked-out
+    /// ones when they come back — so that the next ones connect afresh with
+    /// the current URL. For a user who knows the endpoint changed (like
+    /// pgx's `Reset` or psycopg's `drain`). Work in flight finishes.
+    /// Returns the new generation.
+    pub async fn drain(&self) -> u64 {
+        let generation = self.inner.refresher.bump().await;
+        crate::maintenance::close_stale(&self.inner);
+        generation.id
     }
 
     /// Whether [`Pool::close`] was called.
@@ -460,14 +480,22 @@ impl Attempts {
 
     /// A final error, with the attempt count when there was more than one.
     fn fail(&self, e: Error) -> Error {
-        if self.n > 1 { e.with_attempts(self.n) } else { e }
+        if self.n > 1 {
+            e.with_attempts(self.n)
+        } else {
+            e
+        }
     }
 }
 
 fn callers_error<T>(policy: &RetryPolicy, e: tokio_postgres::Error) -> Outcome<T> {
     let retry = policy.retries_serialization_failures() && is_serialization_failure(&e);
     let err = Error::postgres(ErrorKind::Query, Fault::Query, e);
-    if retry { Outcome::Retry(err) } else { Outcome::Fail(err) }
+    if retry {
+        Outcome::Retry(err)
+    } else {
+        Outcome::Fail(err)
+    }
 }
 
 fn abandoned(policy: &RetryPolicy) -> Error {

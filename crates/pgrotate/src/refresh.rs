@@ -71,6 +71,7 @@ pub(crate) struct Refresher {
     fruitless: AtomicU32,
     last_error: Mutex<Option<String>>,
     counters: Arc<Counters>,
+    generation_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Refresher {
@@ -115,6 +116,7 @@ impl Refresher {
             fruitless: AtomicU32::new(0),
             last_error: Mutex::new(None),
             counters,
+            generation_tx: tokio::sync::watch::Sender::new(1),
         })
     }
 
@@ -184,16 +186,40 @@ impl Refresher {
         self.fetch_paced(&mut state, "requested").await
     }
 
+    /// The watch's poll: fetch if the minimum interval allows (never
+    /// waiting for it), and adopt a changed URL only after a test
+    /// connection with it succeeded. A new URL that cannot connect while
+    /// the current one still works is reported and not adopted.
+    pub(crate) async fn check_for_change(&self) -> Result<Arc<Generation>, Error> {
+        let Ok(mut state) = self.state.try_lock() else {
+            // A refetch is under way already.
+            return Ok(self.current());
+        };
+        let ready = state
+            .last_fetch
+            .is_none_or(|t| t.elapsed() >= self.policy.min_interval)
+            && state.not_before.is_none_or(|nb| Instant::now() >= nb);
+        if !ready {
+            return Ok(self.current());
+        }
+        self.fetch_once(&mut state, "watch", Adopt::AfterProbe)
+            .await
+    }
+
     async fn fetch_paced(
         &self,
         state: &mut FetchState,
         why: &'static str,
     ) -> Result<Arc<Generation>, Error> {
         let fruitless = self.fruitless.load(Ordering::Relaxed);
+        // Never less than the minimum interval: the jitter band of the
+        // backoff reaches down to half its step.
         let gap = if fruitless == 0 {
             self.policy.min_interval
         } else {
-            self.backoff.jittered(fruitless - 1)
+            self.backoff
+                .jittered(fruitless - 1)
+                .max(self.policy.min_interval)
         };
         let mut ready_at = state.last_fetch.map(|t| t + gap);
         if let Some(nb) = state.not_before {
@@ -206,9 +232,22 @@ impl Refresher {
                 tokio::time::sleep_until(at.into()).await;
             }
         }
+        self.fetch_once(state, why, Adopt::Directly).await
+    }
+
+    async fn fetch_once(
+        &self,
+        state: &mut FetchState,
+        why: &'static str,
+        adopt: Adopt,
+    ) -> Result<Arc<Generation>, Error> {
         let cur = self.current();
         let started = Instant::now();
-        tracing::info!(target: TARGET, generation = cur.id, reason = why, source = %self.source_name, "refetching the database URL");
+        if adopt == Adopt::Directly {
+            tracing::info!(target: TARGET, generation = cur.id, reason = why, source = %self.source_name, "refetching the database URL");
+        } else {
+            tracing::debug!(target: TARGET, generation = cur.id, reason = why, source = %self.source_name, "polling the database URL");
+        }
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
         let fetched = self.source.fetch_boxed().await;
         state.last_fetch = Some(Instant::now());
@@ -219,40 +258,97 @@ impl Refresher {
                 Error::source_failed(&self.source_name, e)
             }
             Ok(url) if url == cur.url => {
-                self.fruitless.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: TARGET, generation = cur.id, elapsed = %fmt_duration(started.elapsed()), "the source still returns the URL in use");
+                if adopt == Adopt::Directly {
+                    self.fruitless.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: TARGET, generation = cur.id, elapsed = %fmt_duration(started.elapsed()), "the source still returns the URL in use");
+                }
                 state.last_outcome = Ok(());
                 self.fetches_done.fetch_add(1, Ordering::Release);
                 return Ok(cur);
             }
             Ok(url) => match self.settings.target(&url) {
                 Err(e) => unusable_url(&self.source_name, e),
-                Ok(target) => {
-                    let new = Arc::new(Generation {
-                        id: cur.id + 1,
-                        url,
-                        target,
-                    });
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
-                    self.current_id.store(new.id, Ordering::Release);
-                    self.fruitless.store(0, Ordering::Relaxed);
-                    self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-                    *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                    tracing::info!(target: TARGET, generation = new.id, elapsed = %fmt_duration(started.elapsed()), "adopted a new database URL");
-                    state.last_outcome = Ok(());
-                    self.fetches_done.fetch_add(1, Ordering::Release);
-                    return Ok(new);
-                }
+                Ok(target) => match self.probe_if(adopt, &target).await {
+                    Err(e) => e,
+                    Ok(()) => {
+                        let new = self.adopt(&cur, url, target);
+                        tracing::info!(target: TARGET, generation = new.id, reason = why, elapsed = %fmt_duration(started.elapsed()), "adopted a new database URL");
+                        state.last_outcome = Ok(());
+                        self.fetches_done.fetch_add(1, Ordering::Release);
+                        return Ok(new);
+                    }
+                },
             },
         };
         self.fruitless.fetch_add(1, Ordering::Relaxed);
         self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(target: TARGET, generation = cur.id, error = %err, "refetching the database URL failed");
+        tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %err, "refetching the database URL failed");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
         state.last_outcome = Err(err.clone());
         self.fetches_done.fetch_add(1, Ordering::Release);
         Err(err)
     }
+
+    async fn probe_if(&self, adopt: Adopt, target: &Target) -> Result<(), Error> {
+        if adopt == Adopt::Directly {
+            return Ok(());
+        }
+        crate::manager::probe(target).await.map_err(|e| {
+            Error::postgres(ErrorKind::Connect, crate::classify::classify(&e), e)
+                .with_detail_prefix(&format!(
+                    "{} returned a new URL, but a test connection with it failed; keeping generation {}",
+                    self.source_name,
+                    self.current_id()
+                ))
+        })
+    }
+
+    fn adopt(&self, cur: &Generation, url: DatabaseUrl, target: Target) -> Arc<Generation> {
+        let new = Arc::new(Generation {
+            id: cur.id + 1,
+            url,
+            target,
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.current_id.store(new.id, Ordering::Release);
+        self.fruitless.store(0, Ordering::Relaxed);
+        self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.generation_tx.send_replace(new.id);
+        new
+    }
+
+    /// A new generation with the same URL: every connection open now is
+    /// of an older one and is closed instead of reused (`Pool::drain`).
+    pub(crate) async fn bump(&self) -> Arc<Generation> {
+        let _state = self.state.lock().await;
+        let cur = self.current();
+        let new = Arc::new(Generation {
+            id: cur.id + 1,
+            url: cur.url.clone(),
+            target: cur.target.clone(),
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        self.current_id.store(new.id, Ordering::Release);
+        self.generation_tx.send_replace(new.id);
+        tracing::info!(target: TARGET, generation = new.id, "drained: connections of older generations will be closed");
+        new
+    }
+
+    /// A receiver that sees every new generation id.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation_tx.subscribe()
+    }
+}
+
+/// How a fetched URL that differs from the current one is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adopt {
+    /// After a failure: the current URL does not work, take the new one.
+    Directly,
+    /// From the watch: the current URL works; take the new one only if a
+    /// test connection with it succeeds.
+    AfterProbe,
 }
 
 fn unusable_url(source: &str, e: crate::settings::TargetError) -> Error {

@@ -2,8 +2,12 @@
 //!
 //! A source is one small async trait with one required method,
 //! [`UrlSource::fetch`]. Built in: [`Env`], [`File`], [`Command`] (for example
-//! `heroku config:get DATABASE_URL -a app`) and [`Static`]. A user's own
-//! source (AWS Secrets Manager, Vault, a Kubernetes secret) is one impl:
+//! `heroku config:get DATABASE_URL -a app`) and [`Static`]; for Heroku,
+//! [`HerokuApi`] (the Platform API's config vars, feature `heroku`, on by
+//! default) and [`HerokuCli`] (`heroku config:get VAR -a APP`), both spaced
+//! 80 s apart by default to keep a fleet within the account's API budget.
+//! A user's own source (AWS Secrets Manager, Vault, a Kubernetes secret) is
+//! one impl:
 //!
 //! ```
 //! use pgrotate::source::{SourceError, UrlSource};
@@ -26,6 +30,9 @@ mod command;
 mod env;
 mod file;
 mod fixed;
+#[cfg(feature = "heroku")]
+mod heroku;
+mod heroku_cli;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -37,6 +44,9 @@ pub use command::Command;
 pub use env::Env;
 pub use file::File;
 pub use fixed::Static;
+#[cfg(feature = "heroku")]
+pub use heroku::{HerokuApi, HerokuToken};
+pub use heroku_cli::HerokuCli;
 
 use crate::url::{DatabaseUrl, UrlError};
 

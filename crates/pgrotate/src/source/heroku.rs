@@ -1,0 +1,666 @@
+//! [`HerokuApi`]: the URL from an app's config vars, through the Heroku
+//! Platform API (`GET /apps/{app}/config-vars`).
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use serde_json::Value;
+
+use super::heroku_cli::HEROKU_MIN_INTERVAL;
+use super::{SourceError, SourceErrorKind, UrlSource};
+use crate::error::fmt_duration;
+use crate::url::{DatabaseUrl, redact};
+
+/// Tracing target of the Platform API source.
+const TARGET: &str = "pgrotate::source::heroku";
+
+/// The Platform API's address.
+const DEFAULT_BASE_URL: &str = "https://api.heroku.com";
+
+/// Without it the API answers 406.
+const ACCEPT: &str = "application/vnd.heroku+json; version=3";
+
+const USER_AGENT: &str = concat!("pgrotate/", env!("CARGO_PKG_VERSION"));
+
+/// Below this many requests left in the account's bucket
+/// (`RateLimit-Remaining`), requests are spaced twice as far apart and a
+/// warning is logged.
+const LOW_REMAINING: u64 = 100;
+
+/// How many `*_URL` names an error about a missing var lists at most.
+const MAX_NAMES_LISTED: usize = 30;
+
+/// A Heroku API token (`HEROKU_API_KEY`, `heroku auth:token`,
+/// `heroku authorizations:create`). `Debug` and `Display` print `_`; the
+/// token is only sent in the `Authorization` header.
+///
+/// ```
+/// use pgrotate::source::HerokuToken;
+/// let token = HerokuToken::new("d4b1e3f0-secret");
+/// assert_eq!(format!("{token} {token:?}"), "_ HerokuToken(_)");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct HerokuToken(String);
+
+impl HerokuToken {
+    /// A token; surrounding white space (a newline from a file) is trimmed.
+    pub fn new(token: impl Into<String>) -> HerokuToken {
+        let token = token.into();
+        HerokuToken(token.trim().to_string())
+    }
+
+    /// The token itself. Hand it only to code that authenticates.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for HerokuToken {
+    fn from(token: String) -> HerokuToken {
+        HerokuToken::new(token)
+    }
+}
+
+impl From<&str> for HerokuToken {
+    fn from(token: &str) -> HerokuToken {
+        HerokuToken::new(token)
+    }
+}
+
+impl fmt::Debug for HerokuToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HerokuToken(_)")
+    }
+}
+
+impl fmt::Display for HerokuToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("_")
+    }
+}
+
+/// Reads one config var of a Heroku app (default `DATABASE_URL`) through
+/// the Platform API, `GET {base}/apps/{app}/config-vars`, with a bearer
+/// token. Feature `heroku` (on by default).
+///
+/// - **Cheap when nothing changed.** The last `ETag` is sent back as
+///   `If-None-Match`; a `304 Not Modified` returns the URL of the last
+///   answer, so the pool keeps its generation.
+/// - **Within the account's budget.** The account has 4,500 requests an
+///   hour, shared by every process using one of its tokens. By default this
+///   source sends at most one request every 80 s (4,500 / 100 processes =
+///   45 an hour each), twice that while `RateLimit-Remaining` is below 100;
+///   it honours `Retry-After` on 429 and 5xx answers, with jitter. The pool
+///   measures the interval from the last fetch, so the first refetch after
+///   a rotation hours after the last fetch is immediate.
+/// - **Errors a user can act on**, none with a secret in it: a refused token
+///   (401/403) names the app, never the token; 404 says there is no such
+///   app; a missing var lists the names of the app's `*_URL` vars, never a
+///   value; a body that is not JSON, or a var that is not a PostgreSQL URL,
+///   says so without echoing the body (it holds the app's other secrets).
+///
+/// ```
+/// use std::time::Duration;
+/// use pgrotate::source::HerokuApi;
+/// let source = HerokuApi::new("my-app", std::env::var("HEROKU_API_KEY").unwrap_or_default())
+///     .var("HEROKU_POSTGRESQL_VIOLET_URL")
+///     .timeout(Duration::from_secs(5));
+/// ```
+pub struct HerokuApi {
+    app: String,
+    var: String,
+    token: HerokuToken,
+    base_url: String,
+    timeout: Duration,
+    min_interval: Duration,
+    client: Result<reqwest::Client, String>,
+    memo: Mutex<Memo>,
+}
+
+/// What one fetch leaves for the next.
+#[derive(Default)]
+struct Memo {
+    /// The `ETag` of the last answer that gave a usable URL, with that URL.
+    etag: Option<(HeaderValue, DatabaseUrl)>,
+    /// When the last request ended (or, while one is on its way, when it
+    /// was sent).
+    last_request: Option<Instant>,
+    /// The `RateLimit-Remaining` of the last answer, when it said.
+    remaining: Option<u64>,
+}
+
+impl fmt::Debug for HerokuApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HerokuApi")
+            .field("app", &self.app)
+            .field("var", &self.var)
+            .field("token", &self.token)
+            .field("base_url", &redact(&self.base_url))
+            .field("timeout", &self.timeout)
+            .field("min_interval", &self.min_interval)
+            .finish()
+    }
+}
+
+impl HerokuApi {
+    /// A source reading `DATABASE_URL` of `app` (its name or id) with
+    /// `token`. Defaults: base URL `https://api.heroku.com`, a 10 s request
+    /// timeout, at most one request every 80 s.
+    pub fn new(app: impl Into<String>, token: impl Into<HerokuToken>) -> HerokuApi {
+        HerokuApi {
+            app: app.into(),
+            var: "DATABASE_URL".into(),
+            token: token.into(),
+            base_url: DEFAULT_BASE_URL.into(),
+            timeout: Duration::from_secs(10),
+            min_interval: HEROKU_MIN_INTERVAL,
+            client: http_client(),
+            memo: Mutex::default(),
+        }
+    }
+
+    /// The config var to read (default `DATABASE_URL`), e.g.
+    /// `HEROKU_POSTGRESQL_VIOLET_URL` or `DATABASE_CONNECTION_POOL_URL`.
+    #[must_use]
+    pub fn var(mut self, var: impl Into<String>) -> HerokuApi {
+        self.var = var.into();
+        self
+    }
+
+    /// Where the API is (default `https://api.heroku.com`): a proxy, or a
+    /// local server in tests. A path prefix is kept.
+    #[must_use]
+    pub fn base_url(mut self, base: impl Into<String>) -> HerokuApi {
+        self.base_url = base.into();
+        self
+    }
+
+    /// How long one request may take, connect and body included (default
+    /// 10 s). A request that takes longer is an `Unavailable` error.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> HerokuApi {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The shortest time between two requests (default 80 s). Divide the
+    /// account's 4,500 requests an hour by the number of processes sharing
+    /// it: `3600 s × processes / 4500`.
+    #[must_use]
+    pub fn min_interval(mut self, d: Duration) -> HerokuApi {
+        self.min_interval = d;
+        self
+    }
+
+    fn endpoint(&self) -> Result<reqwest::Url, SourceError> {
+        if self.app.trim().is_empty() {
+            return Err(SourceError::new(
+                SourceErrorKind::NotFound,
+                "no app name given (HerokuApi::new needs the app's name or id)",
+            ));
+        }
+        let bad_base = || {
+            SourceError::new(
+                SourceErrorKind::Other,
+                format!(
+                    "the API base URL {:?} is not an http(s) URL",
+                    redact(&self.base_url)
+                ),
+            )
+        };
+        let mut url = reqwest::Url::parse(&self.base_url).map_err(|_| bad_base())?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad_base());
+        }
+        url.path_segments_mut()
+            .map_err(|()| bad_base())?
+            .pop_if_empty()
+            .extend(["apps", self.app.as_str(), "config-vars"]);
+        Ok(url)
+    }
+
+    /// Waits until the next request is allowed and books its slot, so two
+    /// requests are never closer than the spacing, whoever calls `fetch`.
+    async fn wait_for_slot(&self) {
+        let send_at = {
+            let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let send_at = match memo.last_request {
+                Some(last) => now.max(last + self.spacing(memo.remaining)),
+                None => now,
+            };
+            memo.last_request = Some(send_at);
+            send_at
+        };
+        let now = Instant::now();
+        if send_at > now {
+            tracing::debug!(target: TARGET, app = %self.app, wait = %fmt_duration(send_at - now), "spacing requests to the Platform API");
+            tokio::time::sleep_until(send_at.into()).await;
+        }
+    }
+
+    /// The gap between two requests: the minimum interval, doubled while
+    /// the account's bucket is low.
+    fn spacing(&self, remaining: Option<u64>) -> Duration {
+        match remaining {
+            Some(r) if r < LOW_REMAINING => self.min_interval.saturating_mul(2),
+            _ => self.min_interval,
+        }
+    }
+
+    fn unavailable(&self, e: &reqwest::Error) -> SourceError {
+        if e.is_timeout() {
+            return SourceError::new(
+                SourceErrorKind::Unavailable,
+                format!(
+                    "the Platform API did not answer within {} (the request timeout)",
+                    fmt_duration(self.timeout)
+                ),
+            );
+        }
+        // reqwest's messages name the request URL (base, app: no secret) and
+        // the causes (connection refused, TLS, DNS); redact() covers a proxy
+        // URL with a password in it.
+        let mut text = String::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(e);
+        while let Some(c) = cause {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        SourceError::new(
+            SourceErrorKind::Unavailable,
+            format!("cannot reach the Platform API: {}", redact(&text)),
+        )
+    }
+
+    /// Reads the rate-limit headers, remembers `RateLimit-Remaining` and
+    /// warns when it is low.
+    fn note_rate_limit(&self, headers: &HeaderMap) -> Option<u64> {
+        let remaining = header_u64(headers, "ratelimit-remaining");
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        if remaining.is_some() {
+            memo.remaining = remaining;
+        }
+        if let Some(r) = remaining
+            && r < LOW_REMAINING
+        {
+            tracing::warn!(target: TARGET, app = %self.app, remaining = r, next_request_in = %fmt_duration(self.spacing(Some(r))), "the account's Platform API budget is nearly spent (RateLimit-Remaining); spacing requests further");
+        }
+        remaining
+    }
+
+    fn missing_var(&self, vars: &serde_json::Map<String, Value>, null: bool) -> SourceError {
+        let mut names: Vec<&str> = vars
+            .iter()
+            .filter(|(k, v)| k.ends_with("_URL") && !v.is_null())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        names.sort_unstable();
+        let listed = if names.is_empty() {
+            "it has no *_URL config vars".to_string()
+        } else {
+            let more = names.len().saturating_sub(MAX_NAMES_LISTED);
+            let mut s = format!(
+                "its *_URL config vars are: {}",
+                names[..names.len().min(MAX_NAMES_LISTED)].join(", ")
+            );
+            if more > 0 {
+                s.push_str(&format!(" and {more} more"));
+            }
+            s
+        };
+        let what = if null {
+            "is null (unset)"
+        } else {
+            "is not set"
+        };
+        SourceError::new(
+            SourceErrorKind::NotFound,
+            format!(
+                "config var {} of app {} {what}; {listed}",
+                self.var, self.app
+            ),
+        )
+    }
+
+    fn read_var(&self, body: &[u8]) -> Result<DatabaseUrl, SourceError> {
+        // Never echo the body nor serde_json's message: both may quote the
+        // app's other config vars, which are secrets.
+        let vars: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
+            let why = if e.is_data() {
+                "is JSON but not an object of config vars".to_string()
+            } else {
+                format!(
+                    "is not valid JSON (line {}, column {})",
+                    e.line(),
+                    e.column()
+                )
+            };
+            SourceError::new(
+                SourceErrorKind::Malformed,
+                format!("the config-vars answer for app {} {why}", self.app),
+            )
+        })?;
+        match vars.get(&self.var) {
+            None => Err(self.missing_var(&vars, false)),
+            Some(Value::Null) => Err(self.missing_var(&vars, true)),
+            Some(Value::String(text)) => DatabaseUrl::parse(text).map_err(|e| {
+                SourceError::new(
+                    SourceErrorKind::Malformed,
+                    format!(
+                        "config var {} of app {} is not a usable PostgreSQL URL: {e}",
+                        self.var, self.app
+                    ),
+                )
+            }),
+            Some(_) => Err(SourceError::new(
+                SourceErrorKind::Malformed,
+                format!(
+                    "config var {} of app {} is not a string in the config-vars answer",
+                    self.var, self.app
+                ),
+            )),
+        }
+    }
+
+    /// One conditional GET of the config vars, and what it means.
+    async fn request(
+        &self,
+        client: &reqwest::Client,
+        url: reqwest::Url,
+        auth: HeaderValue,
+    ) -> Result<DatabaseUrl, SourceError> {
+        let remembered = self
+            .memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .etag
+            .clone();
+        let mut request = client
+            .get(url)
+            .header(header::ACCEPT, ACCEPT)
+            .header(header::AUTHORIZATION, auth)
+            .header(header::USER_AGENT, USER_AGENT)
+            .timeout(self.timeout);
+        if let Some((etag, _)) = &remembered {
+            request = request.header(header::IF_NONE_MATCH, etag.clone());
+        }
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| self.unavailable(&e))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let remaining = self.note_rate_limit(&headers);
+        // The timeout covers the body too.
+        let body = response.bytes().await.map_err(|e| self.unavailable(&e))?;
+        tracing::debug!(target: TARGET, app = %self.app, status = status.as_u16(), remaining, elapsed = %fmt_duration(started.elapsed()), "GET config-vars");
+
+        if status == StatusCode::NOT_MODIFIED {
+            return match remembered {
+                Some((_, url)) => Ok(url),
+                None => Err(SourceError::new(
+                    SourceErrorKind::Other,
+                    "the Platform API answered 304 Not Modified to a request without \
+                     If-None-Match",
+                )),
+            };
+        }
+        if !status.is_success() {
+            return Err(self.status_error(status, &headers, &body));
+        }
+        let url = self.read_var(&body)?;
+        self.memo.lock().unwrap_or_else(|p| p.into_inner()).etag = headers
+            .get(header::ETAG)
+            .map(|etag| (etag.clone(), url.clone()));
+        Ok(url)
+    }
+
+    /// The error for a non-success status, with the `Retry-After` to honour.
+    fn status_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceError {
+        let retry_after = header_u64(headers, header::RETRY_AFTER.as_str())
+            .map(|s| jittered(Duration::from_secs(s)));
+        // Heroku's error bodies are `{"id":"unauthorized","message":"..."}`;
+        // the id is a fixed word and safe to show.
+        let id = error_id(body);
+        let id = id.map(|id| format!(", id {id:?}")).unwrap_or_default();
+        let code = status.as_u16();
+        let err = match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::new(
+                SourceErrorKind::Unauthorized,
+                format!(
+                    "the Platform API refused the token (HTTP {code}{id}): the token is wrong, \
+                     expired, or has no access to app {}",
+                    self.app
+                ),
+            ),
+            StatusCode::NOT_FOUND => SourceError::new(
+                SourceErrorKind::NotFound,
+                format!(
+                    "no app named {} (HTTP 404{id}; or this token's account cannot see it)",
+                    self.app
+                ),
+            ),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let after = retry_after.unwrap_or_else(|| jittered(self.min_interval * 2));
+                let left = self
+                    .memo
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remaining
+                    .map(|r| format!(", RateLimit-Remaining {r}"))
+                    .unwrap_or_default();
+                return SourceError::new(
+                    SourceErrorKind::RateLimited,
+                    format!(
+                        "the Platform API is rate-limiting this account (HTTP 429{id}{left}); \
+                         not asking again for {}",
+                        fmt_duration(after)
+                    ),
+                )
+                .with_retry_after(after);
+            }
+            s if s.is_server_error() => SourceError::new(
+                SourceErrorKind::Unavailable,
+                format!("the Platform API failed (HTTP {code}{id})"),
+            ),
+            _ => SourceError::new(
+                SourceErrorKind::Other,
+                format!("the Platform API answered HTTP {code}{id}, which pgrotate cannot use"),
+            ),
+        };
+        match retry_after {
+            Some(after) => err.with_retry_after(after),
+            None => err,
+        }
+    }
+}
+
+impl UrlSource for HerokuApi {
+    async fn fetch(&self) -> Result<DatabaseUrl, SourceError> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|e| SourceError::new(SourceErrorKind::Other, e.clone()))?;
+        let url = self.endpoint()?;
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", self.token.expose_secret()))
+            .map_err(|_| {
+                SourceError::new(
+                    SourceErrorKind::Unauthorized,
+                    "the token holds characters an HTTP header cannot carry",
+                )
+            })?;
+        auth.set_sensitive(true);
+        self.wait_for_slot().await;
+        let result = self.request(client, url, auth).await;
+        // The spacing counts from the end of this request, so two requests
+        // are at least that far apart on the server's side too.
+        self.memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_request = Some(Instant::now());
+        result
+    }
+
+    fn describe(&self) -> String {
+        format!("Heroku API app {} var {}", self.app, self.var)
+    }
+
+    fn min_interval(&self) -> Duration {
+        self.min_interval
+    }
+}
+
+/// An HTTP/1.1 client over rustls with the crate's one crypto provider
+/// (*ring*) and Mozilla's roots, which verify `api.heroku.com`.
+fn http_client() -> Result<reqwest::Client, String> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup for the Platform API: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .map_err(|e| format!("building the HTTP client for the Platform API: {e}"))
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `d` plus up to 20 % more, so a fleet told the same `Retry-After` does not
+/// come back in lock-step. Never less than `d`.
+fn jittered(d: Duration) -> Duration {
+    d + d.mul_f64(fastrand::f64() * 0.2)
+}
+
+/// The `id` of a Heroku error body, when it is a short word.
+fn error_id(body: &[u8]) -> Option<String> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let id = value.get("id")?.as_str()?;
+    (id.len() <= 40 && id.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> HerokuApi {
+        HerokuApi::new("my-app", "tok-123-secret")
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let s = source();
+        let printed = format!("{s:?} {} {}", s.describe(), s.token);
+        assert!(!printed.contains("tok-123-secret"), "{printed}");
+        assert_eq!(s.describe(), "Heroku API app my-app var DATABASE_URL");
+        assert_eq!(HerokuToken::new(" t\n").expose_secret(), "t");
+    }
+
+    #[test]
+    fn the_default_interval_keeps_100_processes_within_4500_an_hour() {
+        let per_process_per_hour = 3600.0 / UrlSource::min_interval(&source()).as_secs_f64();
+        assert!(per_process_per_hour * 100.0 <= 4500.0);
+        assert_eq!(
+            source().spacing(Some(LOW_REMAINING - 1)),
+            Duration::from_secs(160)
+        );
+        assert_eq!(
+            source().spacing(Some(LOW_REMAINING)),
+            Duration::from_secs(80)
+        );
+    }
+
+    #[test]
+    fn the_endpoint_keeps_a_path_prefix_and_escapes_the_app() {
+        let s = source().base_url("http://127.0.0.1:9/proxy/");
+        assert_eq!(
+            s.endpoint().unwrap().as_str(),
+            "http://127.0.0.1:9/proxy/apps/my-app/config-vars"
+        );
+        let s = HerokuApi::new("a/b", "t").base_url("https://api.heroku.com");
+        assert_eq!(
+            s.endpoint().unwrap().as_str(),
+            "https://api.heroku.com/apps/a%2Fb/config-vars"
+        );
+        let e = source().base_url("not a url").endpoint().unwrap_err();
+        assert!(e.to_string().contains("not an http(s) URL"), "{e}");
+    }
+
+    #[test]
+    fn bodies_are_never_echoed() {
+        let s = source();
+        let body = br#"{"DATABASE_URL": 5, "OTHER": "postgres://u:topsecret@h/d"}"#;
+        let e = s.read_var(body).unwrap_err();
+        assert_eq!(e.kind(), SourceErrorKind::Malformed);
+        let body = br#"["postgres://u:topsecret@h/d"]"#;
+        let e2 = s.read_var(body).unwrap_err();
+        assert!(e2.to_string().contains("not an object"), "{e2}");
+        let body = br#"{"DATABASE_URL": "postgres://u:topsecret@h/d?sslmode=bogus"#;
+        let e3 = s.read_var(body).unwrap_err();
+        assert!(e3.to_string().contains("not valid JSON"), "{e3}");
+        let body = br#"{"DATABASE_URL": "mysql://u:topsecret@h/d"}"#;
+        let e4 = s.read_var(body).unwrap_err();
+        assert!(
+            e4.to_string().contains("not a usable PostgreSQL URL"),
+            "{e4}"
+        );
+        for e in [e, e2, e3, e4] {
+            assert!(!format!("{e} {e:?}").contains("topsecret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_missing_var_lists_url_names_only() {
+        let s = source().var("HEROKU_POSTGRESQL_VIOLET_URL");
+        let body = br#"{"DATABASE_URL": "postgres://u:topsecret@h/d", "REDIS_URL": "redis://:pw2@r", "GONE_URL": null, "SECRET_KEY": "k"}"#;
+        let e = s.read_var(body).unwrap_err();
+        assert_eq!(e.kind(), SourceErrorKind::NotFound);
+        assert_eq!(
+            e.to_string(),
+            "config var HEROKU_POSTGRESQL_VIOLET_URL of app my-app is not set; its *_URL config \
+             vars are: DATABASE_URL, REDIS_URL"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_kinds_with_retry_after() {
+        let s = source();
+        let mut h = HeaderMap::new();
+        let e = s.status_error(StatusCode::UNAUTHORIZED, &h, br#"{"id":"unauthorized"}"#);
+        assert_eq!(e.kind(), SourceErrorKind::Unauthorized);
+        assert!(e.to_string().contains("app my-app"), "{e}");
+        assert!(e.to_string().contains("\"unauthorized\""), "{e}");
+        let e = s.status_error(StatusCode::NOT_FOUND, &h, b"");
+        assert_eq!(e.kind(), SourceErrorKind::NotFound);
+        let e = s.status_error(StatusCode::BAD_GATEWAY, &h, b"<html>");
+        assert_eq!(e.kind(), SourceErrorKind::Unavailable);
+        assert_eq!(e.retry_after(), None);
+        let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
+        let after = e.retry_after().unwrap();
+        assert!(after >= Duration::from_secs(160) && after <= Duration::from_secs(192));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
+        assert_eq!(e.kind(), SourceErrorKind::RateLimited);
+        let after = e.retry_after().unwrap();
+        assert!(after >= Duration::from_secs(3) && after <= Duration::from_millis(3600));
+        let e = s.status_error(StatusCode::SERVICE_UNAVAILABLE, &h, b"");
+        assert!(e.retry_after().unwrap() >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn the_http_client_builds_with_the_ring_provider_only() {
+        assert!(http_client().is_ok());
+    }
+}
