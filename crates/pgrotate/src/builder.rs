@@ -35,6 +35,9 @@ pub struct PoolBuilder {
     root_cert_file: Option<PathBuf>,
     client_cert: Option<(Vec<u8>, Vec<u8>)>,
     maintenance: Maintenance,
+    pooler_mode: Option<bool>,
+    pooler_retry: Duration,
+    pooler_query_timeout: Duration,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -67,6 +70,9 @@ impl PoolBuilder {
                 min_idle: 0,
                 max_lifetime: None,
             },
+            pooler_mode: None,
+            pooler_retry: Duration::from_secs(15),
+            pooler_query_timeout: Duration::from_secs(30),
         }
     }
 
@@ -234,6 +240,43 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether the URL is a transaction-mode connection pooler's (PgBouncer,
+    /// Heroku's `DATABASE_CONNECTION_POOL_URL`). Default: what the source
+    /// says ([`crate::source::UrlSource::is_pooler_url`]: on when the
+    /// variable read ends in `_CONNECTION_POOL_URL`); never guessed from a
+    /// port.
+    ///
+    /// In pooler mode each new connection is checked with a round trip
+    /// before it is handed out (through PgBouncer a connect succeeds even
+    /// while its logins to the server fail), every `run` and `transaction`
+    /// attempt is bounded by [`PoolBuilder::pooler_query_timeout`], and
+    /// `channel_binding=require` is refused (PgBouncer never offers
+    /// SCRAM-SHA-256-PLUS). See [`crate::Pool::get`] for which client calls
+    /// work through a transaction-mode pooler.
+    pub fn pooler_mode(mut self, on: bool) -> PoolBuilder {
+        self.pooler_mode = Some(on);
+        self
+    }
+
+    /// The shortest wait before retrying when the pooler says it cannot get
+    /// a server connection ("server login has been failing",
+    /// `query_wait_timeout`). Default 15 s, PgBouncer's default
+    /// `server_login_retry`.
+    pub fn pooler_retry_delay(mut self, d: Duration) -> PoolBuilder {
+        self.pooler_retry = d;
+        self
+    }
+
+    /// In pooler mode, the bound on each `run` / `transaction` attempt when
+    /// the retry policy sets no `attempt_timeout`: PgBouncer can hold a
+    /// query for minutes waiting for a server connection. An attempt past
+    /// it is abandoned (its connection closed) and counted as a lost
+    /// connection. Default 30 s.
+    pub fn pooler_query_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.pooler_query_timeout = d;
+        self
+    }
+
     /// Checks the settings, fetches the URL once (a broken source fails
     /// here, with the source and the problem named) and builds the pool. No
     /// connection is opened yet.
@@ -268,6 +311,15 @@ impl PoolBuilder {
             let id = ClientIdentity::from_pem(cert, key).map_err(|e| build_err(e.to_string()))?;
             self.settings.client_identity = Some(id);
         }
+        let pooler = self
+            .pooler_mode
+            .unwrap_or_else(|| self.source.is_pooler_url());
+        self.settings.pooler = pooler;
+        if self.pooler_query_timeout.is_zero() {
+            return Err(build_err(
+                "pooler_query_timeout must be more than zero".into(),
+            ));
+        }
         let counters = Arc::new(Counters::default());
         let refresher = Arc::new(
             Refresher::start(self.source, self.settings, self.refresh, counters.clone()).await?,
@@ -298,6 +350,8 @@ impl PoolBuilder {
             retry: self.retry,
             timeouts,
             shutdown,
+            pooler_retry: self.pooler_retry,
+            pooler_query_timeout: pooler.then_some(self.pooler_query_timeout),
         });
         maintenance::spawn(
             Arc::downgrade(&inner),

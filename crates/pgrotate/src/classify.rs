@@ -8,9 +8,14 @@
 //! | 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now | [`Fault::ServerGoingAway`] | reconnect |
 //! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::ConnectionLost`] | reconnect |
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
+//! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 08P01 from PgBouncer: "server login has been failing", "query_wait_timeout" | [`Fault::PoolerUnavailable`] | back off at least PgBouncer's `server_login_retry`, no refetch |
 //! | anything else | [`Fault::Query`] | the caller's own error: never retried |
 //!
-//! Classification is by SQLSTATE, never by message text.
+//! Classification is by SQLSTATE, never by message text — with one
+//! exception: PgBouncer raises every error of its own as 08P01, so for that
+//! code alone the message tells an authentication failure and a busy pooler
+//! from a broken connection ([`BY_POOLER_MESSAGE`]).
 
 use tokio_postgres::error::SqlState;
 
@@ -35,6 +40,11 @@ pub enum Fault {
     ConnectionLost,
     /// The server has no connection slot left (53300).
     TooManyConnections,
+    /// A connection pooler (PgBouncer) cannot get a server connection now:
+    /// its logins to the server keep failing, or the query waited too long
+    /// for one. Transient; retrying sooner than the pooler's own retry
+    /// interval only adds load.
+    PoolerUnavailable,
     /// The caller's own error: constraint, syntax, types, permissions.
     Query,
 }
@@ -71,6 +81,15 @@ const BY_SQLSTATE: &[(SqlState, Fault)] = &[
     (SqlState::TOO_MANY_CONNECTIONS, Fault::TooManyConnections),
 ];
 
+/// The one place message text counts: PgBouncer's own errors, all 08P01.
+/// The first entry whose text the message contains wins.
+pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
+    ("password authentication failed", Fault::CredentialsRejected),
+    ("SASL authentication failed", Fault::CredentialsRejected),
+    ("server login has been failing", Fault::PoolerUnavailable),
+    ("query_wait_timeout", Fault::PoolerUnavailable),
+];
+
 /// The SQLSTATE class of connection exceptions: 08000, 08003, 08006, 08001,
 /// 08004, 08007, 08P01.
 const CONNECTION_EXCEPTION_CLASS: &str = "08";
@@ -89,6 +108,7 @@ pub fn classify(err: &tokio_postgres::Error) -> Fault {
     let code = err.code();
     classify_parts(
         code,
+        err.as_db_error().map(|d| d.message()),
         err.is_closed(),
         has_io_cause(err),
         is_client_side(err),
@@ -99,12 +119,19 @@ pub fn classify(err: &tokio_postgres::Error) -> Fault {
 /// every code without a server.
 pub(crate) fn classify_parts(
     code: Option<&SqlState>,
+    message: Option<&str>,
     closed: bool,
     io: bool,
     client_side: bool,
 ) -> Fault {
     if let Some(code) = code {
         if let Some((_, fault)) = BY_SQLSTATE.iter().find(|(c, _)| c == code) {
+            return *fault;
+        }
+        if *code == SqlState::PROTOCOL_VIOLATION
+            && let Some(m) = message
+            && let Some((_, fault)) = BY_POOLER_MESSAGE.iter().find(|(t, _)| m.contains(t))
+        {
             return *fault;
         }
         if code.code().starts_with(CONNECTION_EXCEPTION_CLASS) {
@@ -152,7 +179,7 @@ mod tests {
     use super::*;
 
     fn by_code(code: &str) -> Fault {
-        classify_parts(Some(&SqlState::from_code(code)), false, false, false)
+        classify_parts(Some(&SqlState::from_code(code)), None, false, false, false)
     }
 
     #[test]
@@ -208,17 +235,68 @@ mod tests {
     #[test]
     fn closed_and_io_without_code() {
         assert_eq!(
-            classify_parts(None, true, false, false),
+            classify_parts(None, None, true, false, false),
             Fault::ConnectionLost
         );
         assert_eq!(
-            classify_parts(None, false, true, false),
+            classify_parts(None, None, false, true, false),
             Fault::ConnectionLost
         );
-        assert_eq!(classify_parts(None, false, false, true), Fault::Query);
+        assert_eq!(classify_parts(None, None, false, false, true), Fault::Query);
         assert_eq!(
-            classify_parts(None, false, false, false),
+            classify_parts(None, None, false, false, false),
             Fault::ConnectionLost
+        );
+    }
+
+    fn from_pgbouncer(message: &str) -> Fault {
+        classify_parts(
+            Some(&SqlState::PROTOCOL_VIOLATION),
+            Some(message),
+            false,
+            false,
+            false,
+        )
+    }
+
+    #[test]
+    fn pgbouncer_auth_failures_are_rejected_credentials() {
+        assert_eq!(
+            from_pgbouncer("password authentication failed for user \"app\""),
+            Fault::CredentialsRejected
+        );
+        assert_eq!(
+            from_pgbouncer("SASL authentication failed"),
+            Fault::CredentialsRejected
+        );
+    }
+
+    #[test]
+    fn pgbouncer_busy_is_transient_without_refetch() {
+        for m in [
+            "server login has been failing, try again later (server_login_retry)",
+            "query_wait_timeout",
+        ] {
+            let f = from_pgbouncer(m);
+            assert_eq!(f, Fault::PoolerUnavailable, "{m}");
+            assert!(f.is_connection_level());
+            assert!(!f.needs_refetch());
+        }
+    }
+
+    #[test]
+    fn other_08p01_messages_and_other_codes_ignore_the_text() {
+        assert_eq!(from_pgbouncer("client_idle_timeout"), Fault::ConnectionLost);
+        // Message text counts for 08P01 only.
+        assert_eq!(
+            classify_parts(
+                Some(&SqlState::from_code("42601")),
+                Some("password authentication failed"),
+                false,
+                false,
+                false
+            ),
+            Fault::Query
         );
     }
 }

@@ -88,6 +88,11 @@ impl Manager {
                 tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
             }
         });
+        if target.pooler {
+            // Through PgBouncer a connect succeeds even while its logins to
+            // the server fail: only a round trip proves the connection.
+            client.simple_query("select 1").await?;
+        }
         self.counters
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError, TimeoutType, Timeouts};
 use tokio_postgres::error::SqlState;
@@ -25,6 +25,25 @@ const RETRY_TARGET: &str = "pgrotate::retry";
 ///
 /// Cheap to clone: clones share one pool. See the crate docs for the
 /// rotation story.
+///
+/// # Through a transaction-mode pooler (PgBouncer)
+///
+/// With Heroku's `DATABASE_CONNECTION_POOL_URL` (pooler mode, see
+/// [`PoolBuilder::pooler_mode`]) consecutive statements may run on different
+/// server connections, so only what needs no server-side state works:
+///
+/// - **Safe:** the unnamed-statement calls — `query_typed`,
+///   `query_typed_one`, `query_typed_opt`, `query_typed_raw`,
+///   `execute_typed`, `simple_query`, `batch_execute` — and transactions
+///   through [`Pool::transaction`], with `SET LOCAL` for settings.
+/// - **Fails:** named prepared statements — `query(&str, ..)`,
+///   `execute(&str, ..)`, `prepare` — with 26000 "prepared statement does
+///   not exist" or 42P05 "already exists". A parameter or column of a type
+///   that is not built in makes tokio-postgres prepare a named statement to
+///   look the type up: cast it to `text`.
+/// - **Not available:** session state outside a transaction (`SET`,
+///   advisory locks, temporary tables), `LISTEN`, the `options` startup
+///   parameter (PgBouncer 1.18 refuses it), `channel_binding=require`.
 ///
 /// ```no_run
 /// use pgrotate::{Pool, source};
@@ -49,6 +68,10 @@ pub(crate) struct Inner {
     pub(crate) timeouts: Timeouts,
     /// Dropped with the pool, or set by `close`: ends the background task.
     pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// The shortest wait before retrying after `Fault::PoolerUnavailable`.
+    pub(crate) pooler_retry: Duration,
+    /// In pooler mode, the attempt timeout used when the policy has none.
+    pub(crate) pooler_query_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Pool {
@@ -96,7 +119,8 @@ impl Pool {
     ///
     /// The [`Client`] derefs to [`tokio_postgres::Client`] and goes back to
     /// the pool when dropped. Work on it is not retried: use [`Pool::run`]
-    /// or [`Pool::transaction`] for that.
+    /// or [`Pool::transaction`] for that. Through PgBouncer, use only the
+    /// calls listed under [`Pool`]'s "Through a transaction-mode pooler".
     pub async fn get(&self) -> Result<Client, Error> {
         self.get_with(&self.inner.timeouts).await
     }
@@ -136,7 +160,9 @@ impl Pool {
     /// apply twice. A write whose connection dies after the server executed
     /// it may run again; use [`Pool::transaction`] for writes. The caller's
     /// own errors (a unique violation, a syntax error) are never retried:
-    /// they come back at once with [`ErrorKind::Query`].
+    /// they come back at once with [`ErrorKind::Query`]. Through PgBouncer,
+    /// use only the calls listed under [`Pool`]'s "Through a
+    /// transaction-mode pooler".
     ///
     /// In a spawned task (an axum or actix-web handler), write the closure
     /// `async move |c| …` and move clones of what it needs into it: today's
@@ -190,11 +216,12 @@ impl Pool {
     where
         F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
     {
-        let deadline = policy.max_attempt_duration().map(|d| Instant::now() + d);
+        let timeout = self.attempt_timeout(policy);
+        let deadline = timeout.map(|d| Instant::now() + d);
         let generation = client.generation();
         client.set_busy(true);
         match until(deadline, work(&client)).await {
-            Err(()) => Outcome::Retry(abandoned(policy)),
+            Err(()) => Outcome::Retry(abandoned(timeout)),
             Ok(Ok(v)) => {
                 client.set_busy(false);
                 Outcome::Done(v)
@@ -286,16 +313,17 @@ impl Pool {
     where
         F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
     {
-        let deadline = policy.max_attempt_duration().map(|d| Instant::now() + d);
+        let timeout = self.attempt_timeout(policy);
+        let deadline = timeout.map(|d| Instant::now() + d);
         let generation = client.generation();
         client.set_busy(true);
         let tx = match until(deadline, client.transaction()).await {
-            Err(()) => return Outcome::Retry(abandoned(policy)),
+            Err(()) => return Outcome::Retry(abandoned(timeout)),
             Ok(Err(e)) => return self.lost_before_commit(generation, e).await,
             Ok(Ok(tx)) => tx,
         };
         let value = match until(deadline, work(&tx)).await {
-            Err(()) => return Outcome::Retry(abandoned(policy)),
+            Err(()) => return Outcome::Retry(abandoned(timeout)),
             Ok(Ok(v)) => v,
             Ok(Err(e)) if classify(&e).is_connection_level() => {
                 drop(tx);
@@ -343,9 +371,7 @@ impl Pool {
                 ErrorKind::CommitOutcomeUnknown,
                 format!(
                     "no answer to COMMIT within the attempt timeout of {}",
-                    policy
-                        .max_attempt_duration()
-                        .map_or_else(String::new, fmt_duration)
+                    timeout.map_or_else(String::new, fmt_duration)
                 ),
             )),
         }
@@ -370,6 +396,14 @@ impl Pool {
         }
     }
 
+    /// The policy's attempt timeout, or in pooler mode the pooler query
+    /// timeout (PgBouncer can hold a query for minutes).
+    fn attempt_timeout(&self, policy: &RetryPolicy) -> Option<Duration> {
+        policy
+            .max_attempt_duration()
+            .or(self.inner.pooler_query_timeout)
+    }
+
     /// The next attempt's connection, waiting no longer than the deadline.
     /// `Ok(None)`: getting one failed in a way worth retrying, and the
     /// backoff before the next attempt has been waited.
@@ -391,7 +425,12 @@ impl Pool {
     /// Waits before the next attempt, or returns `err` when the policy
     /// allows no more.
     async fn back_off(&self, attempts: &Attempts, err: Error) -> Result<(), Error> {
-        let delay = attempts.backoff.jittered(attempts.n - 1);
+        let mut delay = attempts.backoff.jittered(attempts.n - 1);
+        if err.fault() == Some(Fault::PoolerUnavailable) {
+            // PgBouncer retries its server login every server_login_retry;
+            // asking sooner only adds load.
+            delay = delay.max(self.inner.pooler_retry);
+        }
         if attempts.n >= attempts.max || Instant::now() + delay >= attempts.deadline {
             return Err(err.with_attempts(attempts.n));
         }
@@ -498,14 +537,12 @@ fn callers_error<T>(policy: &RetryPolicy, e: tokio_postgres::Error) -> Outcome<T
     }
 }
 
-fn abandoned(policy: &RetryPolicy) -> Error {
+fn abandoned(timeout: Option<Duration>) -> Error {
     Error::new(
         ErrorKind::ConnectionLost,
         format!(
             "no answer within the attempt timeout of {}; the connection was closed",
-            policy
-                .max_attempt_duration()
-                .map_or_else(String::new, fmt_duration)
+            timeout.map_or_else(String::new, fmt_duration)
         ),
     )
 }
@@ -514,7 +551,9 @@ fn kind_after_work(fault: Fault) -> ErrorKind {
     match fault {
         Fault::CredentialsRejected => ErrorKind::CredentialsRejected,
         Fault::ReadOnly | Fault::Query => ErrorKind::Query,
-        Fault::DatabaseGone | Fault::TooManyConnections => ErrorKind::Connect,
+        Fault::DatabaseGone | Fault::TooManyConnections | Fault::PoolerUnavailable => {
+            ErrorKind::Connect
+        }
         Fault::ServerGoingAway | Fault::ConnectionLost => ErrorKind::ConnectionLost,
     }
 }

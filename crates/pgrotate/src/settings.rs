@@ -258,6 +258,8 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalives_idle: Option<Duration>,
     pub(crate) tcp_user_timeout: Option<Duration>,
+    /// The URL is a transaction-mode pooler's (PgBouncer).
+    pub(crate) pooler: bool,
 }
 
 impl Default for Settings {
@@ -272,6 +274,7 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(10),
             keepalives_idle: Some(Duration::from_secs(30)),
             tcp_user_timeout: None,
+            pooler: false,
         }
     }
 }
@@ -282,6 +285,10 @@ pub(crate) struct Target {
     pub(crate) config: tokio_postgres::Config,
     pub(crate) tls: MakeRustlsConnect,
     pub(crate) sslmode: SslMode,
+    /// Through a transaction-mode pooler: check each new connection with a
+    /// round trip (a connect to PgBouncer proves nothing about its login
+    /// to the server).
+    pub(crate) pooler: bool,
 }
 
 /// Why a URL could not be turned into a [`Target`].
@@ -363,7 +370,16 @@ impl Settings {
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
         });
-        if let Some(cb) = self.effective_channel_binding(parts.channel_binding) {
+        let channel_binding = self.effective_channel_binding(parts.channel_binding);
+        if self.pooler && channel_binding == Some(ChannelBinding::Require) {
+            return Err(TargetError::Url(UrlError::InvalidParameter {
+                name: "channel_binding".into(),
+                problem: "require cannot work through a connection pooler: PgBouncer never offers \
+                          SCRAM-SHA-256-PLUS (use prefer)"
+                    .into(),
+            }));
+        }
+        if let Some(cb) = channel_binding {
             config.channel_binding(cb.into());
         }
         if let Some(name) = &self.application_name {
@@ -393,6 +409,7 @@ impl Settings {
             config,
             tls,
             sslmode,
+            pooler: self.pooler,
         })
     }
 }

@@ -36,4 +36,8 @@ impl UrlSource for Env {
     fn describe(&self) -> String {
         format!("environment variable {}", self.var)
     }
+
+    fn is_pooler_url(&self) -> bool {
+        super::names_pooler_url(&self.var)
+    }
 }

@@ -510,6 +510,10 @@ impl UrlSource for HerokuApi {
         format!("Heroku API app {} var {}", self.app, self.var)
     }
 
+    fn is_pooler_url(&self) -> bool {
+        super::names_pooler_url(&self.var)
+    }
+
     fn min_interval(&self) -> Duration {
         self.min_interval
     }

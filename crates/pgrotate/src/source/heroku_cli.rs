@@ -111,6 +111,10 @@ impl UrlSource for HerokuCli {
         )
     }
 
+    fn is_pooler_url(&self) -> bool {
+        super::names_pooler_url(&self.var)
+    }
+
     fn min_interval(&self) -> Duration {
         self.min_interval
     }

@@ -67,6 +67,19 @@ pub trait UrlSource: Send + Sync + 'static {
     fn min_interval(&self) -> Duration {
         Duration::from_millis(100)
     }
+
+    /// Whether the URL is a connection pooler's (PgBouncer in transaction
+    /// mode), as `DATABASE_CONNECTION_POOL_URL` is on Heroku. The built-in
+    /// sources say so when the variable they read ends in
+    /// `_CONNECTION_POOL_URL`; the builder's `pooler_mode` overrides it.
+    fn is_pooler_url(&self) -> bool {
+        false
+    }
+}
+
+/// Whether a variable name is one Heroku gives a connection pooler's URL.
+pub(crate) fn names_pooler_url(var: &str) -> bool {
+    var.ends_with("_CONNECTION_POOL_URL")
 }
 
 /// Why a source could not give a URL. Holds no URL and no secret: a
@@ -153,6 +166,7 @@ pub(crate) trait DynSource: Send + Sync {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<DatabaseUrl, SourceError>>;
     fn describe(&self) -> String;
     fn min_interval(&self) -> Duration;
+    fn is_pooler_url(&self) -> bool;
 }
 
 impl<S: UrlSource> DynSource for S {
@@ -164,5 +178,8 @@ impl<S: UrlSource> DynSource for S {
     }
     fn min_interval(&self) -> Duration {
         UrlSource::min_interval(self)
+    }
+    fn is_pooler_url(&self) -> bool {
+        UrlSource::is_pooler_url(self)
     }
 }
