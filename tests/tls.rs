@@ -497,3 +497,27 @@ async fn without_a_client_certificate_the_error_says_one_was_required() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_roots_come_from_the_platform_store_and_do_not_trust_the_fixture_ca() {
+    common::bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("tls_native").await.unwrap();
+        let url = cluster.url(&role).replace("127.0.0.1", "localhost");
+        // The platform's store (Debian's ca-certificates) is loaded: the
+        // fixture's private CA is not in it, so verify-full fails as an
+        // unknown issuer rather than connecting or failing to build.
+        let pool = Pool::builder(pgrotate::source::Static::new(url))
+            .sslmode(SslMode::VerifyFull)
+            .native_root_certificates()
+            .build()
+            .await
+            .unwrap();
+        let err = pool.get().await.unwrap_err();
+        assert!(
+            err.to_string().contains("not signed by a trusted root"),
+            "{err}"
+        );
+    })
+    .await;
+}

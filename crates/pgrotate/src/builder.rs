@@ -137,6 +137,15 @@ impl PoolBuilder {
         self
     }
 
+    /// Trusts the platform's certificate store (e.g. `/etc/ssl/certs`) for
+    /// `verify-ca` / `verify-full` instead of Mozilla's roots compiled in,
+    /// unless the URL names its own `sslrootcert`. Feature `native-roots`.
+    #[cfg(feature = "native-roots")]
+    pub fn native_root_certificates(mut self) -> PoolBuilder {
+        self.settings.roots = Roots::Native;
+        self
+    }
+
     /// Like [`PoolBuilder::root_certificates_pem`], from a file read at
     /// `build()`.
     pub fn root_certificates_file(mut self, path: impl Into<PathBuf>) -> PoolBuilder {

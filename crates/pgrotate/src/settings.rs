@@ -361,7 +361,7 @@ impl Settings {
         let mut config = parts.tokio_config().map_err(TargetError::Url)?;
         let roots = match &parts.sslrootcert {
             Some(RootCert::File(path)) => Roots::PemFile(path.clone()),
-            Some(RootCert::System) => Roots::Webpki,
+            Some(RootCert::System) => Roots::system(),
             None => self.roots.clone(),
         };
         let sslmode = self.sslmode_for(parts.sslmode, parts.sslrootcert.as_ref());

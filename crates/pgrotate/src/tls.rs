@@ -42,6 +42,20 @@ pub(crate) enum Roots {
     Pem(Arc<Vec<u8>>),
     /// A PEM file named by the URL's `sslrootcert`.
     PemFile(PathBuf),
+    /// The platform's certificate store (feature `native-roots`).
+    #[cfg(feature = "native-roots")]
+    Native,
+}
+
+impl Roots {
+    /// What `sslrootcert=system` means: the platform's store with the
+    /// `native-roots` feature, Mozilla's roots without it.
+    pub(crate) fn system() -> Roots {
+        #[cfg(feature = "native-roots")]
+        return Roots::Native;
+        #[cfg(not(feature = "native-roots"))]
+        return Roots::Webpki;
+    }
 }
 
 /// A client certificate chain and its private key, for servers that demand
@@ -124,6 +138,21 @@ fn root_store(roots: &Roots) -> Result<RootCertStore, TlsError> {
         }
         Roots::Pem(pem) => pem.as_ref().clone(),
         Roots::PemFile(path) => read_file(path, "sslrootcert")?,
+        #[cfg(feature = "native-roots")]
+        Roots::Native => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                let why = found
+                    .errors
+                    .first()
+                    .map_or_else(|| "it is empty".to_string(), ToString::to_string);
+                return Err(TlsError::new(format!(
+                    "no usable root certificate in the platform's store: {why}"
+                )));
+            }
+            return Ok(store);
+        }
     };
     let certs = read_certs(&pem, "root certificate")?;
     let (added, _ignored) = store.add_parsable_certificates(certs);
