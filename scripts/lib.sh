@@ -36,6 +36,24 @@ ensure_postgres() {
     have_postgres_server || { echo "pgrotate: no PostgreSQL server binaries after installing" >&2; exit 1; }
 }
 
+# PgBouncer: PGBOUNCER, pgbouncer on PATH, or Debian's /usr/sbin/pgbouncer
+# (what pgrotate-testing looks for, in that order). The tests start their own;
+# the package's system service is stopped and never enabled.
+have_pgbouncer() {
+    if [ -n "${PGBOUNCER:-}" ]; then [ -x "$PGBOUNCER" ]; return; fi
+    command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]
+}
+
+ensure_pgbouncer() {
+    have_pgbouncer && return 0
+    apt_install pgbouncer
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo service pgbouncer stop 2>/dev/null || true
+    $sudo update-rc.d pgbouncer disable 2>/dev/null || true
+    have_pgbouncer || { echo "pgrotate: no pgbouncer binary after installing" >&2; exit 1; }
+}
+
 ensure_cargo() {
     command -v cargo >/dev/null 2>&1 || {
         echo "pgrotate: cargo is missing: install Rust (https://rustup.rs) first" >&2

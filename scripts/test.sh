@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite against real servers. Installs the PostgreSQL server
-# from Debian's packages when it is missing.
+# and PgBouncer from Debian's packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_cargo
 ensure_postgres
+ensure_pgbouncer
 exec cargo test --workspace --locked "$@"

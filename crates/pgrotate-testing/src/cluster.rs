@@ -194,6 +194,12 @@ impl Cluster {
         self.port
     }
 
+    /// `127.0.0.1:port`: where the server listens, e.g. the upstream of a
+    /// [`FaultProxy`](crate::FaultProxy).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// The CA that signed the server's certificate.
     pub fn ca(&self) -> &TestCa {
         &self.ca
@@ -257,6 +263,16 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(5))
             .connect(NoTls)
             .await
+    }
+
+    /// The OS user the server runs as (none: the test process's own).
+    pub(crate) fn server_user(&self) -> Option<ServerUser> {
+        self.user
+    }
+
+    /// The server's certificate and key (for `localhost` and `127.0.0.1`).
+    pub(crate) fn server_cert(&self) -> &IssuedCert {
+        &self.server_cert
     }
 
     /// Fast shutdown, then start again on the same port.
@@ -415,6 +431,7 @@ impl Cluster {
                 dir: &self.layout.dir,
                 log,
                 user: self.user,
+                immediate: Stop::Immediate,
             })
             .map_err(|e| FixtureError::io("starting postgres", e))?;
 
@@ -499,7 +516,7 @@ where
 }
 
 /// A temporary directory the server user owns (and so can traverse).
-fn new_cluster_dir(user: Option<ServerUser>) -> Result<TempDir, FixtureError> {
+pub(crate) fn new_cluster_dir(user: Option<ServerUser>) -> Result<TempDir, FixtureError> {
     let dir = tempfile::Builder::new()
         .prefix("pgrotate-testing-")
         .tempdir()
@@ -532,7 +549,7 @@ fn write_server_files(
     )
 }
 
-fn write_file(
+pub(crate) fn write_file(
     path: &Path,
     contents: &str,
     mode: u32,
@@ -552,7 +569,7 @@ fn write_file(
 }
 
 /// A port nothing listens on right now (bind port 0, read, release).
-fn free_port() -> Result<u16, FixtureError> {
+pub(crate) fn free_port() -> Result<u16, FixtureError> {
     std::net::TcpListener::bind((HOST, 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -560,7 +577,7 @@ fn free_port() -> Result<u16, FixtureError> {
 }
 
 /// What the server logged since `offset`, at most its last 4000 bytes.
-fn read_log_since(path: &Path, offset: u64) -> String {
+pub(crate) fn read_log_since(path: &Path, offset: u64) -> String {
     let mut text = Vec::new();
     let read = std::fs::File::open(path).and_then(|mut file| {
         file.seek(SeekFrom::Start(offset))?;

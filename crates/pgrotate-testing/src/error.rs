@@ -25,6 +25,8 @@ pub enum ErrorKind {
     Timeout,
     /// The builder was given settings that cannot work together.
     InvalidConfig,
+    /// No `pgbouncer` binary was found.
+    NoPgBouncer,
 }
 
 /// An error of the test fixture.

@@ -15,9 +15,17 @@
 //!   [`Cluster::crash_and_restart`],
 //! - [`Cluster::start_standby`] and [`Cluster::promote`] — a failover.
 //!
+//! Between a client and a server (or PgBouncer), a [`FaultProxy`] adds
+//! latency, partitions (blackhole), resets, or cuts a connection at a chosen
+//! protocol message — e.g. drops the `COMMIT`, or lets it through and loses
+//! its answer. [`Cluster::start_pgbouncer`] puts a real [`PgBouncer`] in
+//! front of a cluster, in transaction mode with `auth_query`, as Heroku's
+//! connection pooling does.
+//!
 //! Every server stops when its [`Cluster`] drops, and — through a watchdog
 //! that owns the postmaster — when the test process exits without dropping
-//! it, so [`Cluster::shared`] leaves nothing behind either.
+//! it, so [`Cluster::shared`] leaves nothing behind either. The same holds
+//! for a [`PgBouncer`].
 //!
 //! ```no_run
 //! use pgrotate_testing::{Cluster, FixtureError};
@@ -44,7 +52,9 @@ mod certs;
 mod cluster;
 mod conf;
 mod error;
+mod pgbouncer;
 mod process;
+mod proxy;
 mod role;
 mod user;
 
@@ -52,4 +62,9 @@ pub use bin::{find_bindir, find_bindir_in};
 pub use certs::TestCa;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use error::{ErrorKind, FixtureError};
+pub use pgbouncer::{PgBouncer, PgBouncerOptions, PoolStats, find_pgbouncer};
+pub use proxy::{
+    Action, BlackholeMode, Direction, FaultProxy, FrontendMessage, ProxyConnection, ProxyEvents,
+    RuleId, Times,
+};
 pub use role::TestRole;

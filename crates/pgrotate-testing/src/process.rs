@@ -38,7 +38,7 @@ echo "$pid"
   if read -r sig <&3; then
     kill -"$sig" "$pid" 2>/dev/null
   else
-    kill -QUIT "$pid" 2>/dev/null
+    kill -"${PGROTATE_VANISH_SIGNAL:-QUIT}" "$pid" 2>/dev/null
     i=0
     while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
     if [ -n "$PGROTATE_CLEANUP" ]; then rm -rf "$PGROTATE_CLEANUP"; fi
@@ -57,6 +57,9 @@ pub(crate) enum Stop {
     Immediate,
     /// `SIGKILL` to the postmaster alone: a crash.
     Kill,
+    /// `SIGTERM`: PgBouncer's immediate shutdown (it ignores `SIGQUIT`,
+    /// which a non-interactive shell's background jobs ignore anyway).
+    Terminate,
 }
 
 impl Stop {
@@ -65,6 +68,7 @@ impl Stop {
             Stop::Fast => "INT",
             Stop::Immediate => "QUIT",
             Stop::Kill => "KILL",
+            Stop::Terminate => "TERM",
         }
     }
 }
@@ -123,6 +127,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) log: File,
     /// Who runs it.
     pub(crate) user: Option<ServerUser>,
+    /// How to stop it at once: on drop, and when the owner vanishes.
+    pub(crate) immediate: Stop,
 }
 
 /// A running postmaster under its watchdog shell.
@@ -132,6 +138,7 @@ pub(crate) struct Watchdog {
     control: Option<ChildStdin>,
     postmaster: u32,
     exited: bool,
+    immediate: Stop,
 }
 
 impl Watchdog {
@@ -145,6 +152,7 @@ impl Watchdog {
             .arg(launch.postgres)
             .args(launch.args)
             .env("PGROTATE_CLEANUP", launch.dir)
+            .env("PGROTATE_VANISH_SIGNAL", launch.immediate.signal())
             .env("PGROTATE_SETPRIV", setpriv().unwrap_or(Path::new("")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -165,6 +173,7 @@ impl Watchdog {
                 control,
                 postmaster,
                 exited: false,
+                immediate: launch.immediate,
             }),
             (read, _) => {
                 let _ = shell.kill();
@@ -244,7 +253,7 @@ impl Drop for Watchdog {
         if self.has_exited() {
             return;
         }
-        self.signal(Stop::Immediate);
+        self.signal(self.immediate);
         if !self.wait_blocking(Duration::from_secs(5)) {
             self.kill();
         }
@@ -296,6 +305,7 @@ mod tests {
             dir,
             log,
             user: None,
+            immediate: Stop::Immediate,
         })
         .unwrap();
         // Signals sent before `env` has reset their handling would be lost.
