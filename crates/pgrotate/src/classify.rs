@@ -8,7 +8,7 @@
 //! | 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now | [`Fault::ServerGoingAway`] | reconnect |
 //! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::ConnectionLost`] | reconnect |
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
-//! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
 //! | 08P01 from PgBouncer: "server login has been failing", "query_wait_timeout" | [`Fault::PoolerUnavailable`] | back off at least PgBouncer's `server_login_retry`, no refetch |
 //! | anything else | [`Fault::Query`] | the caller's own error: never retried |
 //!
@@ -86,6 +86,8 @@ const BY_SQLSTATE: &[(SqlState, Fault)] = &[
 pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
     ("password authentication failed", Fault::CredentialsRejected),
     ("SASL authentication failed", Fault::CredentialsRejected),
+    // auth_query found no such role: replaced by a new user name.
+    ("no such user", Fault::CredentialsRejected),
     ("server login has been failing", Fault::PoolerUnavailable),
     ("query_wait_timeout", Fault::PoolerUnavailable),
 ];
@@ -269,6 +271,7 @@ mod tests {
             from_pgbouncer("SASL authentication failed"),
             Fault::CredentialsRejected
         );
+        assert_eq!(from_pgbouncer("no such user"), Fault::CredentialsRejected);
     }
 
     #[test]
