@@ -60,14 +60,28 @@ pub(crate) struct Manager {
     pub(crate) max_lifetime: Option<Duration>,
 }
 
-/// A test connection with `target`: connect and one empty query.
-pub(crate) async fn probe(target: &Target) -> Result<(), tokio_postgres::Error> {
-    let (client, connection) = target.config.connect(target.tls.clone()).await?;
-    let task = tokio::spawn(connection);
-    let r = client.simple_query("").await.map(|_| ());
-    drop(client);
-    let _ = task.await;
-    r
+/// A test connection with `target`: connect and one empty query, within
+/// the connect timeout.
+pub(crate) async fn probe(target: &Target) -> Result<(), Error> {
+    let bound = target
+        .config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
+    let attempt = async {
+        let (client, connection) = target.config.connect(target.tls.clone()).await?;
+        let task = tokio::spawn(connection);
+        let r = client.simple_query("").await.map(|_| ());
+        drop(client);
+        let _ = task.await;
+        r
+    };
+    let failed = match tokio::time::timeout(bound, attempt).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => ConnectFailed::Postgres(e),
+        Err(_) => ConnectFailed::TimedOut(bound),
+    };
+    Err(failed.into_error(ErrorKind::Connect))
 }
 
 /// `lifetime` less up to a fifth, at random.
@@ -75,11 +89,76 @@ fn jittered_lifetime(lifetime: Duration) -> Duration {
     lifetime - lifetime.mul_f64(fastrand::f64() / 5.0)
 }
 
+/// Why one connect failed.
+enum ConnectFailed {
+    Postgres(tokio_postgres::Error),
+    /// TCP, TLS, authentication and (in pooler mode) the check round trip
+    /// together took longer than the connect timeout. tokio-postgres's own
+    /// `connect_timeout` bounds only the TCP connect; a partition after it
+    /// (a TLS handshake that never answers) would hang forever.
+    TimedOut(Duration),
+}
+
+impl ConnectFailed {
+    fn fault(&self) -> Fault {
+        match self {
+            ConnectFailed::Postgres(e) => classify(e),
+            ConnectFailed::TimedOut(_) => Fault::ConnectionLost,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            ConnectFailed::Postgres(e) => describe_postgres(e),
+            ConnectFailed::TimedOut(d) => format!(
+                "no answer within the connect timeout of {}",
+                crate::error::fmt_duration(*d)
+            ),
+        }
+    }
+
+    fn into_error(self, kind: ErrorKind) -> Error {
+        let fault = self.fault();
+        match self {
+            ConnectFailed::Postgres(e) => Error::postgres(kind, fault, e),
+            ConnectFailed::TimedOut(_) => Error::new(kind, self.describe()),
+        }
+    }
+}
+
 impl Manager {
-    async fn connect(&self, generation: &Generation) -> Result<Connection, tokio_postgres::Error> {
+    async fn connect(&self, generation: &Generation) -> Result<Connection, ConnectFailed> {
         self.counters
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
+        let target = &generation.target;
+        let bound = target
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let client = tokio::time::timeout(bound, self.open(generation))
+            .await
+            .map_err(|_| ConnectFailed::TimedOut(bound))?
+            .map_err(ConnectFailed::Postgres)?;
+        self.counters
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Connection {
+            client,
+            generation: generation.id,
+            busy: false,
+            refresher: self.refresher.clone(),
+            expires_at: self
+                .max_lifetime
+                .map(|l| Instant::now() + jittered_lifetime(l)),
+        })
+    }
+
+    async fn open(
+        &self,
+        generation: &Generation,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let target = &generation.target;
         let (client, connection) = target.config.connect(target.tls.clone()).await?;
         let id = generation.id;
@@ -93,18 +172,7 @@ impl Manager {
             // the server fail: only a round trip proves the connection.
             client.simple_query("select 1").await?;
         }
-        self.counters
-            .connections_opened
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(Connection {
-            client,
-            generation: id,
-            busy: false,
-            refresher: self.refresher.clone(),
-            expires_at: self
-                .max_lifetime
-                .map(|l| Instant::now() + jittered_lifetime(l)),
-        })
+        Ok(client)
     }
 }
 
@@ -119,14 +187,14 @@ impl managed::Manager for Manager {
         loop {
             attempt += 1;
             let generation = self.refresher.current();
-            let err = match self.connect(&generation).await {
+            let failed = match self.connect(&generation).await {
                 Ok(conn) => {
                     self.refresher.note_connected(generation.id);
                     return Ok(conn);
                 }
                 Err(e) => e,
             };
-            let fault = classify(&err);
+            let fault = failed.fault();
             if !fault.needs_refetch() {
                 if matches!(fault, Fault::ConnectionLost | Fault::ServerGoingAway)
                     && !refetched_for_connect
@@ -143,16 +211,16 @@ impl managed::Manager for Manager {
                         continue;
                     }
                 }
-                return Err(Error::postgres(ErrorKind::Connect, fault, err));
+                return Err(failed.into_error(ErrorKind::Connect));
             }
-            tracing::warn!(target: TARGET, generation = generation.id, attempt, error = %describe_postgres(&err), "connect rejected; asking for a newer URL");
+            tracing::warn!(target: TARGET, generation = generation.id, attempt, error = %failed.describe(), "connect rejected; asking for a newer URL");
             if attempt >= limit {
                 let kind = if fault == Fault::CredentialsRejected {
                     ErrorKind::CredentialsRejected
                 } else {
                     ErrorKind::Connect
                 };
-                return Err(Error::postgres(kind, fault, err).with_attempts(attempt));
+                return Err(failed.into_error(kind).with_attempts(attempt));
             }
             let why = match fault {
                 Fault::CredentialsRejected => "credentials rejected",

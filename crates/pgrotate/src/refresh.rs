@@ -294,8 +294,7 @@ impl Refresher {
             return Ok(());
         }
         crate::manager::probe(target).await.map_err(|e| {
-            Error::postgres(ErrorKind::Connect, crate::classify::classify(&e), e)
-                .with_detail_prefix(&format!(
+            e.with_detail_prefix(&format!(
                     "{} returned a new URL, but a test connection with it failed; keeping generation {}",
                     self.source_name,
                     self.current_id()
