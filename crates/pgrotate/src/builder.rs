@@ -269,8 +269,8 @@ impl PoolBuilder {
 
     /// The shortest wait before retrying when the pooler says it cannot get
     /// a server connection ("server login has been failing",
-    /// `query_wait_timeout`). Default 15 s, PgBouncer's default
-    /// `server_login_retry`.
+    /// `query_wait_timeout`, or the server's "too many connections" passed
+    /// on). Default 15 s, PgBouncer's default `server_login_retry`.
     pub fn pooler_retry_delay(mut self, d: Duration) -> PoolBuilder {
         self.pooler_retry = d;
         self

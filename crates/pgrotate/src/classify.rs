@@ -10,6 +10,7 @@
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
 //! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
 //! | 08P01 from PgBouncer: "server login has been failing", "query_wait_timeout" | [`Fault::PoolerUnavailable`] | back off at least PgBouncer's `server_login_retry`, no refetch |
+//! | 08P01 from PgBouncer: "too many connections" | [`Fault::TooManyConnections`] | back off, reconnect |
 //! | anything else | [`Fault::Query`] | the caller's own error: never retried |
 //!
 //! Classification is by SQLSTATE, never by message text — with one
@@ -56,12 +57,36 @@ impl Fault {
         !matches!(self, Fault::Query)
     }
 
-    /// Whether the pool should fetch the URL again because of it.
+    /// Whether the pool should fetch the URL again because of it: the URL
+    /// in use is wrong now.
     pub fn needs_refetch(self) -> bool {
         matches!(
             self,
             Fault::CredentialsRejected | Fault::DatabaseGone | Fault::ReadOnly
         )
+    }
+
+    /// Whether a *connect* failing this way is worth one refetch: no server
+    /// answers where the URL points (after a failover it may point
+    /// elsewhere). When the source still returns the same URL, the error
+    /// stands. Not [`Fault::PoolerUnavailable`]: after a rotation PgBouncer
+    /// itself rejects the old password at connect, which refetches anyway.
+    pub(crate) fn worth_one_refetch(self) -> bool {
+        matches!(self, Fault::ConnectionLost | Fault::ServerGoingAway)
+    }
+
+    /// A short reason for logs.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Fault::CredentialsRejected => "credentials rejected",
+            Fault::DatabaseGone => "database gone",
+            Fault::ReadOnly => "read-only server",
+            Fault::ServerGoingAway => "server going away",
+            Fault::ConnectionLost => "connection lost",
+            Fault::TooManyConnections => "too many connections",
+            Fault::PoolerUnavailable => "pooler cannot reach the server",
+            Fault::Query => "query error",
+        }
     }
 }
 
@@ -89,6 +114,8 @@ pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
     // auth_query found no such role: replaced by a new user name.
     ("no such user", Fault::CredentialsRejected),
     ("server login has been failing", Fault::PoolerUnavailable),
+    // The server's own refusal of PgBouncer's login, passed on once.
+    ("too many connections", Fault::TooManyConnections),
     ("query_wait_timeout", Fault::PoolerUnavailable),
 ];
 
@@ -284,6 +311,7 @@ mod tests {
             assert_eq!(f, Fault::PoolerUnavailable, "{m}");
             assert!(f.is_connection_level());
             assert!(!f.needs_refetch());
+            assert!(!f.worth_one_refetch());
         }
     }
 

@@ -196,15 +196,13 @@ impl managed::Manager for Manager {
             };
             let fault = failed.fault();
             if !fault.needs_refetch() {
-                if matches!(fault, Fault::ConnectionLost | Fault::ServerGoingAway)
-                    && !refetched_for_connect
-                {
+                if fault.worth_one_refetch() && !refetched_for_connect {
                     // No server where the URL points: after a failover the
                     // URL may have moved. Ask once; same URL, same error.
                     refetched_for_connect = true;
                     let newer = self
                         .refresher
-                        .refresh_after(generation.id, "cannot connect")
+                        .refresh_after(generation.id, fault.reason())
                         .await
                         .is_ok_and(|g| g.id != generation.id);
                     if newer {
@@ -222,11 +220,9 @@ impl managed::Manager for Manager {
                 };
                 return Err(failed.into_error(kind).with_attempts(attempt));
             }
-            let why = match fault {
-                Fault::CredentialsRejected => "credentials rejected",
-                _ => "database gone",
-            };
-            self.refresher.refresh_after(generation.id, why).await?;
+            self.refresher
+                .refresh_after(generation.id, fault.reason())
+                .await?;
         }
     }
 

@@ -391,7 +391,7 @@ impl Pool {
             let _ = self
                 .inner
                 .refresher
-                .refresh_after(generation, "read-only server")
+                .refresh_after(generation, fault.reason())
                 .await;
         }
     }
@@ -426,7 +426,10 @@ impl Pool {
     /// allows no more.
     async fn back_off(&self, attempts: &Attempts, err: Error) -> Result<(), Error> {
         let mut delay = attempts.backoff.jittered(attempts.n - 1);
-        if err.fault() == Some(Fault::PoolerUnavailable) {
+        let pooler_busy = err.fault() == Some(Fault::PoolerUnavailable)
+            || (self.inner.pooler_query_timeout.is_some()
+                && err.fault() == Some(Fault::TooManyConnections));
+        if pooler_busy {
             // PgBouncer retries its server login every server_login_retry;
             // asking sooner only adds load.
             delay = delay.max(self.inner.pooler_retry);
