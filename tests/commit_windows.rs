@@ -32,16 +32,23 @@ async fn setup(prefix: &str, size: usize, policy: RetryPolicy) -> Setup {
         .build()
         .await
         .unwrap();
-    pool.run(async |c| c.batch_execute("create table t (k int primary key, v int not null default 0)").await)
-        .await
-        .unwrap();
+    pool.run(async |c| {
+        c.batch_execute("create table t (k int primary key, v int not null default 0)")
+            .await
+    })
+    .await
+    .unwrap();
     Setup { proxy, pool }
 }
 
 async fn rows(pool: &Pool, k: i32) -> i64 {
-    pool.run(async |c| c.query_one("select count(*) from t where k = $1", &[&k]).await?.try_get(0))
-        .await
-        .unwrap()
+    pool.run(async |c| {
+        c.query_one("select count(*) from t where k = $1", &[&k])
+            .await?
+            .try_get(0)
+    })
+    .await
+    .unwrap()
 }
 
 fn is(sql: &'static str) -> impl Fn(&str) -> bool + Send + Sync + 'static {
@@ -52,7 +59,8 @@ async fn insert(pool: &Pool, k: i32, runs: &AtomicU32) -> Result<(), pgrotate::E
     pool.transaction(async |tx| {
         runs.fetch_add(1, Ordering::SeqCst);
         tx.execute("insert into t (k) values ($1)", &[&k]).await?;
-        tx.execute("update t set v = v + 1 where k = $1", &[&k]).await?;
+        tx.execute("update t set v = v + 1 where k = $1", &[&k])
+            .await?;
         Ok(())
     })
     .await
@@ -65,10 +73,14 @@ async fn each_window_of_a_transaction_gives_its_documented_outcome() {
 
         // 1. BEGIN (tokio-postgres sends START TRANSACTION) never reaches
         //    the server: retried, applied once.
-        s.proxy.on_query(is("START TRANSACTION"), Action::DropAndCut);
+        s.proxy
+            .on_query(is("START TRANSACTION"), Action::DropAndCut);
         let runs = AtomicU32::new(0);
         insert(&s.pool, 1, &runs).await.unwrap();
-        assert_eq!((rows(&s.pool, 1).await, runs.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(
+            (rows(&s.pool, 1).await, runs.load(Ordering::SeqCst)),
+            (1, 1)
+        );
 
         // 2. Cut mid-transaction (the UPDATE never arrives): the server rolls
         //    back, the whole transaction runs again, applied once.
@@ -76,7 +88,10 @@ async fn each_window_of_a_transaction_gives_its_documented_outcome() {
             .on_query(|q| q.starts_with("update t set v"), Action::DropAndCut);
         let runs = AtomicU32::new(0);
         insert(&s.pool, 2, &runs).await.unwrap();
-        assert_eq!((rows(&s.pool, 2).await, runs.load(Ordering::SeqCst)), (1, 2));
+        assert_eq!(
+            (rows(&s.pool, 2).await, runs.load(Ordering::SeqCst)),
+            (1, 2)
+        );
 
         // 3. COMMIT dropped before the server sees it: unknown to the
         //    caller, and in fact not committed. Never retried.
@@ -85,7 +100,10 @@ async fn each_window_of_a_transaction_gives_its_documented_outcome() {
         let err = insert(&s.pool, 3, &runs).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown, "{err}");
         assert!(err.to_string().contains("after COMMIT was sent"), "{err}");
-        assert_eq!((rows(&s.pool, 3).await, runs.load(Ordering::SeqCst)), (0, 1));
+        assert_eq!(
+            (rows(&s.pool, 3).await, runs.load(Ordering::SeqCst)),
+            (0, 1)
+        );
 
         // 4. COMMIT applied, its answer lost: unknown to the caller, and in
         //    fact committed. Never retried (a retry would duplicate it).
@@ -93,7 +111,10 @@ async fn each_window_of_a_transaction_gives_its_documented_outcome() {
         let runs = AtomicU32::new(0);
         let err = insert(&s.pool, 4, &runs).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown, "{err}");
-        assert_eq!((rows(&s.pool, 4).await, runs.load(Ordering::SeqCst)), (1, 1));
+        assert_eq!(
+            (rows(&s.pool, 4).await, runs.load(Ordering::SeqCst)),
+            (1, 1)
+        );
 
         // 5. Cut after COMMIT's answer: the call succeeded; the cut only
         //    costs the next call a fresh connection.
@@ -151,7 +172,8 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
                     let r = pool
                         .transaction(async move |tx| {
                             tx.execute("insert into t (k) values ($1)", &[&k]).await?;
-                            tx.execute("update t set v = v + 1 where k = $1", &[&k]).await?;
+                            tx.execute("update t set v = v + 1 where k = $1", &[&k])
+                                .await?;
                             Ok(())
                         })
                         .await;
@@ -169,7 +191,9 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
             .pool
             .run(async |c| {
                 let rows = c.query("select k, v from t", &[]).await?;
-                rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect()
             })
             .await
             .unwrap();
@@ -177,7 +201,11 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
         let mut unknown = 0;
         for k in 0..N {
             match outcome[&k] {
-                Ok(()) => assert_eq!(present.get(&k), Some(&1), "key {k}: Ok but not applied exactly once"),
+                Ok(()) => assert_eq!(
+                    present.get(&k),
+                    Some(&1),
+                    "key {k}: Ok but not applied exactly once"
+                ),
                 Err(ErrorKind::CommitOutcomeUnknown) => {
                     unknown += 1;
                     assert!(matches!(present.get(&k), None | Some(&1)), "key {k}")
@@ -186,12 +214,18 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
             }
         }
         let events = s.proxy.events();
-        assert!(events.dropped_and_cut + events.forwarded_and_cut > 50, "{events:?}");
+        assert!(
+            events.dropped_and_cut + events.forwarded_and_cut > 50,
+            "{events:?}"
+        );
         eprintln!(
             "1,000 transactions: {} cuts, {} CommitOutcomeUnknown, {} other errors, {} retries",
             events.dropped_and_cut + events.forwarded_and_cut,
             unknown,
-            outcome.values().filter(|r| matches!(r, Err(k) if *k != ErrorKind::CommitOutcomeUnknown)).count(),
+            outcome
+                .values()
+                .filter(|r| matches!(r, Err(k) if *k != ErrorKind::CommitOutcomeUnknown))
+                .count(),
             s.pool.status().retries
         );
     })
@@ -223,7 +257,10 @@ async fn a_blackholed_connection_is_abandoned_within_the_bound() {
         let took = started.elapsed();
         assert_eq!(n, 42);
         assert!(took >= bound, "it did wait for the bound ({took:?})");
-        assert!(took < bound * 4, "and moved on to a new connection soon after ({took:?})");
+        assert!(
+            took < bound * 4,
+            "and moved on to a new connection soon after ({took:?})"
+        );
         assert_eq!(s.pool.status().connections_opened, 2);
     })
     .await;

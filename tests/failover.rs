@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{UrlFile, bounded};
+use common::{UrlFile, bounded, wait_until};
 use pgrotate::{ErrorKind, Pool, RetryPolicy};
 use pgrotate_testing::Cluster;
 use tokio::sync::mpsc;
@@ -20,12 +20,6 @@ fn failover_policy() -> RetryPolicy {
         .attempts(100)
         .deadline(Duration::from_secs(30))
         .backoff(Duration::from_millis(20), Duration::from_millis(300))
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(mut cond: F) {
-    while !cond().await {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

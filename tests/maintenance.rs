@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, role_and_file};
+use common::{bounded, role_and_file, wait_until};
 use pgrotate::Pool;
 use pgrotate_testing::Cluster;
 
@@ -14,12 +14,6 @@ fn alive_tasks() -> usize {
     tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks()
-}
-
-async fn wait_until<F: AsyncFnMut() -> bool>(mut cond: F) {
-    while !cond().await {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -238,21 +238,7 @@ async fn a_future_dropped_inside_a_transaction_closes_its_connection() {
         }
         // Not returned to the pool: closed, so the server rolls back.
         assert_eq!(pool.status().size, 0, "{:?}", pool.status());
-        let su = cluster.superuser().await.unwrap();
-        loop {
-            let n: i64 = su
-                .query_one(
-                    "select count(*) from pg_stat_activity where usename = $1",
-                    &[&role.name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        common::wait_until(async || cluster.connection_count(&role.name).await.unwrap() == 0).await;
         assert_eq!(count(&pool, "select count(*) from t where k = 42").await, 0);
     })
     .await;

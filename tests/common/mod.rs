@@ -19,6 +19,15 @@ pub async fn bounded<F: std::future::Future>(fut: F) -> F::Output {
         .expect("the test did not finish within its bound")
 }
 
+/// Polls `cond` every 10 ms until it holds: for state only observable by
+/// asking (a server's session count, a pool's size). Callers run under
+/// [`bounded`].
+pub async fn wait_until<F: AsyncFnMut() -> bool>(mut cond: F) {
+    while !cond().await {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A file holding `DATABASE_URL`, as a mounted secret would.
 pub struct UrlFile {
     dir: tempfile::TempDir,
