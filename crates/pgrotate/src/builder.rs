@@ -27,7 +27,7 @@ pub struct PoolBuilder {
     max_size: usize,
     wait_timeout: Duration,
     create_timeout: Duration,
-    recycle_timeout: Duration,
+    ping_timeout: Duration,
     ping_after_idle: Duration,
     settings: Settings,
     retry: RetryPolicy,
@@ -57,7 +57,7 @@ impl PoolBuilder {
             max_size: 10,
             wait_timeout: Duration::from_secs(30),
             create_timeout: Duration::from_secs(30),
-            recycle_timeout: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(5),
             ping_after_idle: Duration::from_secs(1),
             settings: Settings::default(),
             retry: RetryPolicy::default(),
@@ -337,12 +337,13 @@ impl PoolBuilder {
             refresher: refresher.clone(),
             counters: counters.clone(),
             ping_after_idle: self.ping_after_idle,
+            ping_timeout: self.ping_timeout,
             max_lifetime: self.maintenance.max_lifetime,
         };
         let timeouts = Timeouts {
             wait: Some(self.wait_timeout),
             create: Some(self.create_timeout),
-            recycle: Some(self.recycle_timeout),
+            recycle: None,
         };
         let pool = managed::Pool::builder(manager)
             .max_size(self.max_size)

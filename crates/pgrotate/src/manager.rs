@@ -57,6 +57,7 @@ pub(crate) struct Manager {
     pub(crate) refresher: Arc<Refresher>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) ping_after_idle: Duration,
+    pub(crate) ping_timeout: Duration,
     pub(crate) max_lifetime: Option<Duration>,
 }
 
@@ -235,11 +236,19 @@ impl managed::Manager for Manager {
             tracing::debug!(target: TARGET, generation = conn.generation, current = self.refresher.current_id(), "closing a connection of an older generation or past its lifetime");
             return Err(RecycleError::message("older generation"));
         }
-        if metrics.last_used() > self.ping_after_idle
-            && let Err(e) = conn.client.simple_query("").await
-        {
-            tracing::debug!(target: TARGET, generation = conn.generation, error = %describe_postgres(&e), "idle connection failed its check");
-            return Err(RecycleError::message("failed its check"));
+        if metrics.last_used() > self.ping_after_idle {
+            // Bounded here rather than by a deadpool recycle timeout, which
+            // would arm a timer on every checkout, ping or not.
+            let check = tokio::time::timeout(self.ping_timeout, conn.client.simple_query("")).await;
+            let failed = match check {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(describe_postgres(&e)),
+                Err(_) => Some("no answer within the check timeout".to_string()),
+            };
+            if let Some(why) = failed {
+                tracing::debug!(target: TARGET, generation = conn.generation, error = %why, "idle connection failed its check");
+                return Err(RecycleError::message("failed its check"));
+            }
         }
         Ok(())
     }
