@@ -60,3 +60,20 @@ ensure_cargo() {
         exit 1
     }
 }
+
+# The container backend's image (pgrotate-testing): builds it with
+# scripts/build-image.sh when a Docker engine answers and exports its tag as
+# PGROTATE_TEST_IMAGE. Without an engine, the tests run on local processes.
+# Skipped when PGROTATE_TEST_IMAGE is already set (e.g. postgres:16) or
+# PGROTATE_TEST_BACKEND=process.
+ensure_image() {
+    if [ -n "${PGROTATE_TEST_IMAGE:-}" ] || [ "${PGROTATE_TEST_BACKEND:-}" = process ]; then
+        return 0
+    fi
+    if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then
+        echo "pgrotate: no Docker engine answers: the tests run PostgreSQL as local processes" >&2
+        return 0
+    fi
+    PGROTATE_TEST_IMAGE=$(bash scripts/build-image.sh)
+    export PGROTATE_TEST_IMAGE
+}

@@ -17,6 +17,14 @@ pub(crate) const CA_FILE: &str = "ca.crt";
 pub(crate) const SERVER_CERT_FILE: &str = "server.crt";
 pub(crate) const SERVER_KEY_FILE: &str = "server.key";
 
+/// Where a container finds the files the fixture copies in (the image's
+/// entrypoint reads certificates from there).
+pub(crate) const CONTAINER_FILES: &str = "/certs";
+/// Where the entrypoint keeps its copy of the server key.
+pub(crate) const CONTAINER_KEY_DIR: &str = "/var/lib/postgresql/certs";
+/// The superuser of a container (`POSTGRES_USER`).
+pub(crate) const CONTAINER_SUPERUSER: &str = "postgres";
+
 /// Where a cluster's files live and how it talks TLS.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
@@ -41,23 +49,32 @@ impl Layout {
         self.dir.join(name)
     }
 
+    /// Settings both backends share.
+    fn common_settings() -> Vec<String> {
+        [
+            "fsync=off",
+            "max_connections=200",
+            "shared_buffers=32MB",
+            "wal_level=replica",
+            "max_wal_senders=10",
+            "hot_standby=on",
+            "password_encryption=scram-sha-256",
+            // Never write a failing statement (it may carry a password) to the log.
+            "log_min_error_statement=panic",
+            "lc_messages=C",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// Arguments for `postgres` listening on `port`.
     pub(crate) fn server_args(&self, port: u16) -> Vec<OsString> {
         let mut settings = vec![
             "listen_addresses=127.0.0.1".to_owned(),
             format!("port={port}"),
             format!("unix_socket_directories={}", self.dir.display()),
-            "fsync=off".to_owned(),
-            "max_connections=200".to_owned(),
-            "shared_buffers=32MB".to_owned(),
-            "wal_level=replica".to_owned(),
-            "max_wal_senders=10".to_owned(),
-            "hot_standby=on".to_owned(),
-            "password_encryption=scram-sha-256".to_owned(),
-            // Never write a failing statement (it may carry a password) to the log.
-            "log_min_error_statement=panic".to_owned(),
-            "lc_messages=C".to_owned(),
         ];
+        settings.extend(Self::common_settings());
         if self.ssl {
             settings.push("ssl=on".to_owned());
             settings.push(setting_path("ssl_cert_file", &self.file(SERVER_CERT_FILE)));
@@ -90,6 +107,95 @@ impl Layout {
              host replication {REPLICATION_ROLE} 127.0.0.1/32 scram-sha-256\n\
              {clients}\n"
         )
+    }
+
+    /// The arguments of a container: `postgres` settings after the image's
+    /// entrypoint (which listens on all addresses, port 5432). Files are
+    /// where [`container_files`](Self::container_files) puts them; the key
+    /// is read from the copy the entrypoint makes (owned by `postgres`,
+    /// mode 0600: PostgreSQL refuses a key others may read).
+    pub(crate) fn container_args(&self) -> Vec<String> {
+        let mut settings = Self::common_settings();
+        settings.push(format!("hba_file={CONTAINER_FILES}/pg_hba.conf"));
+        if self.ssl {
+            settings.push("ssl=on".to_owned());
+            settings.push(format!(
+                "ssl_cert_file={CONTAINER_FILES}/{SERVER_CERT_FILE}"
+            ));
+            settings.push(format!(
+                "ssl_key_file={CONTAINER_KEY_DIR}/{SERVER_KEY_FILE}"
+            ));
+            if self.require_client_cert {
+                settings.push(format!("ssl_ca_file={CONTAINER_FILES}/{CA_FILE}"));
+            }
+        } else {
+            settings.push("ssl=off".to_owned());
+        }
+        settings
+            .into_iter()
+            .flat_map(|setting| ["-c".to_owned(), setting])
+            .collect()
+    }
+
+    /// The `pg_hba.conf` of a container. Clients come through Docker's port
+    /// publishing or the cluster's private network, so from any address.
+    ///
+    /// The fixture's own superuser (its control connections: roles,
+    /// rotations, terminations) logs in over plain TCP with `password`: the
+    /// server checks the cleartext password against the stored SCRAM
+    /// verifier, sparing the client the SCRAM key derivation (about 60 ms
+    /// per connection in a debug build, paid again by every control
+    /// operation, where local processes log in over the Unix socket). It
+    /// does so even when client certificates are required of everyone else.
+    pub(crate) fn container_hba(&self) -> String {
+        let clients = if self.require_client_cert {
+            "hostssl all all all scram-sha-256 clientcert=verify-full"
+        } else {
+            "host all all all scram-sha-256"
+        };
+        format!(
+            "# written by pgrotate-testing\n\
+             local all all trust\n\
+             local replication all trust\n\
+             host replication {REPLICATION_ROLE} all scram-sha-256\n\
+             host all {CONTAINER_SUPERUSER} all password\n\
+             {clients}\n"
+        )
+    }
+
+    /// The files copied into a container before it starts: (path, contents,
+    /// mode).
+    pub(crate) fn container_files(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        ca_pem: &str,
+    ) -> Vec<(String, Vec<u8>, u32)> {
+        let mut files = vec![(
+            format!("{CONTAINER_FILES}/pg_hba.conf"),
+            self.container_hba().into_bytes(),
+            0o644,
+        )];
+        if self.ssl {
+            files.push((
+                format!("{CONTAINER_FILES}/{SERVER_CERT_FILE}"),
+                cert_pem.as_bytes().to_vec(),
+                0o644,
+            ));
+            files.push((
+                format!("{CONTAINER_FILES}/{SERVER_KEY_FILE}"),
+                key_pem.as_bytes().to_vec(),
+                0o600,
+            ));
+            if self.require_client_cert {
+                files.push((
+                    format!("{CONTAINER_FILES}/{CA_FILE}"),
+                    ca_pem.as_bytes().to_vec(),
+                    0o644,
+                ));
+            }
+        }
+        files
     }
 }
 
@@ -129,6 +235,42 @@ mod tests {
         assert!(off.contains(&"ssl=off".to_owned()));
         assert!(off.contains(&"port=5555".to_owned()));
         assert_eq!(off[..2], ["-D".to_owned(), "/tmp/x/data".to_owned()]);
+    }
+
+    #[test]
+    fn container_settings_point_at_the_copied_files() {
+        let args = layout(true, true).container_args();
+        assert!(args.contains(&"hba_file=/certs/pg_hba.conf".to_owned()));
+        assert!(args.contains(&"ssl_key_file=/var/lib/postgresql/certs/server.key".to_owned()));
+        assert!(args.contains(&"ssl_ca_file=/certs/ca.crt".to_owned()));
+        assert!(args.chunks(2).all(|pair| pair[0] == "-c"));
+        let files = layout(true, true).container_files("C", "K", "A");
+        let names: Vec<&str> = files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "/certs/pg_hba.conf",
+                "/certs/server.crt",
+                "/certs/server.key",
+                "/certs/ca.crt"
+            ]
+        );
+        assert_eq!(files[2].2, 0o600);
+        let plain = layout(false, false);
+        assert!(plain.container_args().contains(&"ssl=off".to_owned()));
+        assert_eq!(plain.container_files("C", "K", "A").len(), 1);
+    }
+
+    #[test]
+    fn container_hba_exempts_only_the_fixture_superuser_from_client_certs() {
+        let plain = layout(true, false).container_hba();
+        assert!(plain.contains("\nhost all all all scram-sha-256\n"));
+        assert!(plain.contains("host replication replicator all scram-sha-256"));
+        assert!(plain.contains("\nhost all postgres all password\n"));
+        let mtls = layout(true, true).container_hba();
+        assert!(mtls.contains("\nhost all postgres all password\n"));
+        assert!(mtls.contains("\nhostssl all all all scram-sha-256 clientcert=verify-full\n"));
+        assert!(!mtls.contains("\nhost all all"));
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub enum ErrorKind {
     InvalidConfig,
     /// No `pgbouncer` binary was found.
     NoPgBouncer,
+    /// The Docker engine is unreachable, or refused or failed an operation
+    /// of the container backend.
+    Docker,
+    /// The operation exists only on the other backend (e.g.
+    /// [`Cluster::disconnect_network`](crate::Cluster::disconnect_network)
+    /// on local processes).
+    Unsupported,
 }
 
 /// An error of the test fixture.
@@ -76,6 +83,15 @@ impl FixtureError {
         };
         let message = format!("{}: {detail}", action.into());
         Self::with_source(ErrorKind::Postgres, message, source)
+    }
+
+    /// A failed Docker operation; the message carries the engine's answer.
+    pub(crate) fn docker(
+        action: impl Into<String>,
+        source: impl StdError + Send + Sync + 'static,
+    ) -> Self {
+        let message = format!("{}: {source}", action.into());
+        Self::with_source(ErrorKind::Docker, message, source)
     }
 
     pub(crate) fn certificate(source: rcgen::Error) -> Self {

@@ -1,5 +1,8 @@
 //! The fixture against a real PostgreSQL server: rotation, termination,
-//! role replacement, crash, standby and promotion, cleanup.
+//! role replacement, crash, standby and promotion, cleanup. The generic
+//! tests run on the backend the environment selects; those about local
+//! directories and processes pin `Backend::Process` (the container
+//! backend's own are in tests/containers.rs).
 
 use std::io::BufRead;
 use std::net::TcpStream;
@@ -7,7 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgrotate_testing::{Cluster, ErrorKind, TestRole, find_bindir_in};
+use pgrotate_testing::{Backend, Cluster, ErrorKind, TestRole, find_bindir_in};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
@@ -27,6 +30,15 @@ async fn count_rows(client: &Client) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// A cluster of local processes, whatever the environment selects.
+async fn local() -> Cluster {
+    Cluster::builder()
+        .backend(Backend::Process)
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn ping(client: &Client) -> Result<(), tokio_postgres::Error> {
@@ -149,7 +161,11 @@ async fn standby_replicates_and_promotes_without_losing_rows() {
     let standby = primary.start_standby().await.unwrap();
     let standby_took = started.elapsed();
     assert_ne!(standby.port(), primary.port());
-    assert_ne!(standby.data_dir(), primary.data_dir());
+    assert_eq!(standby.backend(), primary.backend());
+    match primary.backend() {
+        Backend::Process => assert_ne!(standby.data_dir(), primary.data_dir()),
+        _ => assert_ne!(standby.container_id(), primary.container_id()),
+    }
 
     writer
         .batch_execute("INSERT INTO t SELECT generate_series(101, 200)")
@@ -261,7 +277,7 @@ fn missing_binaries_name_the_debian_package() {
 #[tokio::test]
 async fn drop_stops_the_server_and_removes_its_directory() {
     let started = Instant::now();
-    let cluster = Cluster::start().await.unwrap();
+    let cluster = local().await;
     let start_took = started.elapsed();
     let port = cluster.port();
     let data_dir = cluster.data_dir().to_owned();
@@ -285,7 +301,7 @@ async fn drop_stops_the_server_and_removes_its_directory() {
 #[test]
 fn drop_outside_a_runtime_stops_the_server() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let cluster = runtime.block_on(Cluster::start()).unwrap();
+    let cluster = runtime.block_on(local());
     let port = cluster.port();
     let data_dir = cluster.data_dir().to_owned();
     drop(runtime);
@@ -308,6 +324,7 @@ async fn leak_shared_cluster_and_exit() {
 #[test]
 fn process_exit_stops_a_leaked_cluster() {
     let output = Command::new(std::env::current_exe().unwrap())
+        .env("PGROTATE_TEST_BACKEND", "process")
         .args([
             "leak_shared_cluster_and_exit",
             "--exact",

@@ -1,0 +1,485 @@
+//! A server in a Docker container, through testcontainers: start (as a
+//! primary or a streaming standby), stop, kill, start again, cut off from
+//! its network and back, remove.
+//!
+//! Each primary gets a private Docker network of its own (`pgrotate-<session>-<n>`);
+//! its standbys join it and stream from it by its container name. The
+//! server's port 5432 is published on `127.0.0.1` at a fixed host port, so
+//! the port survives `docker stop` / `docker start`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use testcontainers::bollard::models::{
+    NetworkConnectRequest, NetworkDisconnectRequest, PortBinding,
+};
+use testcontainers::bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptions, LogsOptions, RemoveContainerOptions,
+    StopContainerOptions,
+};
+use testcontainers::core::Mount;
+use testcontainers::core::{ContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
+
+use crate::backend::ImageChoice;
+use crate::cluster::{TRACE_TARGET, free_port};
+use crate::docker;
+use crate::error::FixtureError;
+
+/// The line the pgrotate-postgres entrypoint prints once the server accepts
+/// connections.
+pub(crate) const READY_LINE: &str = "PGROTATE READY";
+/// The server's port inside the container.
+const PORT: u16 = 5432;
+/// How long a container may take from creation to its ready line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long `docker stop` waits for the fast shutdown before `SIGKILL`.
+const STOP_TIMEOUT_SECS: i32 = 60;
+/// The data directory inside the container.
+pub(crate) const DATA_DIR: &str = "/var/lib/postgresql/data";
+/// The server's Unix socket directory inside the container (both images'),
+/// a bind mount of [`Spec::socket_dir`].
+const SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// The entrypoint put in front of a foreign image's (the official
+/// `postgres` image's `docker-entrypoint.sh`): a copy of the server key that
+/// only `postgres` reads (PostgreSQL refuses a key others may read, and
+/// files copied in belong to root), and for a standby a `pg_basebackup`
+/// from `PRIMARY_HOST` before the image's own entrypoint, which then finds
+/// a data directory and skips its initialisation.
+const FOREIGN_ENTRYPOINT: &str = r#"
+set -e
+if [ -f /certs/server.key ]; then
+    mkdir -p /var/lib/postgresql/certs
+    cp /certs/server.key /var/lib/postgresql/certs/server.key
+    chown -R postgres:postgres /var/lib/postgresql/certs
+    chmod 700 /var/lib/postgresql/certs
+    chmod 600 /var/lib/postgresql/certs/server.key
+fi
+if [ -n "${PRIMARY_HOST:-}" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+    mkdir -p "$PGDATA"
+    chown postgres:postgres "$PGDATA"
+    chmod 700 "$PGDATA"
+    tries=0
+    until PGPASSWORD="$REPLICATION_PASSWORD" gosu postgres pg_basebackup -D "$PGDATA" -R \
+        -X stream -c fast -w -h "$PRIMARY_HOST" -p "${PRIMARY_PORT:-5432}" \
+        -U "${REPLICATION_USER:-replicator}"; do
+        tries=$((tries + 1))
+        [ "$tries" -lt 120 ] || exit 1
+        rm -rf "${PGDATA:?}"/*
+        sleep 0.5
+    done
+fi
+exec docker-entrypoint.sh "$@"
+"#;
+
+/// What a container starts with.
+pub(crate) struct Spec {
+    /// The image.
+    pub(crate) image: ImageChoice,
+    /// The container's name: its host name on the network.
+    pub(crate) name: String,
+    /// The private network it joins.
+    pub(crate) network: String,
+    /// Environment variables.
+    pub(crate) env: Vec<(String, String)>,
+    /// `postgres` arguments (`-c name=value` pairs).
+    pub(crate) args: Vec<String>,
+    /// Files copied in before it starts: (path, contents, mode).
+    pub(crate) files: Vec<(String, Vec<u8>, u32)>,
+    /// Where the server's output is appended on the host.
+    pub(crate) log_path: PathBuf,
+    /// A host directory (mode 0777) mounted as the server's Unix socket
+    /// directory, `/var/run/postgresql`.
+    pub(crate) socket_dir: PathBuf,
+}
+
+/// A running (or stopped) server container. Dropping it removes the
+/// container with its volume (`docker rm -f -v`) and, with its last
+/// container, the network.
+pub(crate) struct ServerContainer {
+    container: Option<ContainerAsync<GenericImage>>,
+    id: String,
+    name: String,
+    network: String,
+    ip: Mutex<Option<IpAddr>>,
+    running: bool,
+    stop_logs: Arc<AtomicBool>,
+}
+
+impl ServerContainer {
+    /// Creates and starts the container on a free host port; returns it and
+    /// the port. For a pgrotate-postgres image, returns once it printed its
+    /// ready line; the caller then waits for a login.
+    pub(crate) async fn start(spec: Spec) -> Result<(ServerContainer, u16), FixtureError> {
+        let session = docker::session().await?;
+        let labels = session.labels();
+        let log_path = spec.log_path.clone();
+        let (name, network) = (spec.name.clone(), spec.network.clone());
+        let (container, port) = docker::run(async move { create(&spec, &labels).await }).await?;
+        let id = container.id().to_owned();
+        let stop_logs = Arc::new(AtomicBool::new(false));
+        docker::spawn(follow_logs(id.clone(), log_path, Arc::clone(&stop_logs)));
+        let server = ServerContainer {
+            container: Some(container),
+            id,
+            name,
+            network,
+            ip: Mutex::new(None),
+            running: true,
+            stop_logs,
+        };
+        server.refresh_ip().await?;
+        tracing::debug!(target: TRACE_TARGET, name = %server.name, port, "container started");
+        Ok((server, port))
+    }
+
+    /// The container's name, its host name on its network.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The container id.
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The private network's name.
+    pub(crate) fn network(&self) -> &str {
+        &self.network
+    }
+
+    /// The container's address on its network, when connected.
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
+        *self.ip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the container was last started (not stopped or killed).
+    pub(crate) fn running(&self) -> bool {
+        self.running
+    }
+
+    /// `docker stop`: `SIGINT` (the image's stop signal), a fast shutdown;
+    /// `SIGKILL` after 60 s.
+    pub(crate) async fn stop(&mut self) -> Result<(), FixtureError> {
+        let id = self.id.clone();
+        docker::run(async move {
+            let options = StopContainerOptions {
+                t: Some(STOP_TIMEOUT_SECS),
+                ..Default::default()
+            };
+            docker::client()
+                .await?
+                .stop_container(&id, Some(options))
+                .await
+                .map_err(|e| FixtureError::docker("docker stop", e))
+        })
+        .await?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// `docker kill`: `SIGKILL` to the postmaster, and with it (PID 1) to
+    /// every process of the container.
+    pub(crate) async fn kill(&mut self) -> Result<(), FixtureError> {
+        let id = self.id.clone();
+        docker::run(async move {
+            let options = KillContainerOptions {
+                signal: "KILL".to_owned(),
+            };
+            docker::client()
+                .await?
+                .kill_container(&id, Some(options))
+                .await
+                .map_err(|e| FixtureError::docker("docker kill", e))
+        })
+        .await?;
+        self.running = false;
+        Ok(())
+    }
+
+    /// `docker start` of the stopped container (same host port; the
+    /// entrypoint finds the data directory and starts the server).
+    pub(crate) async fn start_again(&mut self) -> Result<(), FixtureError> {
+        let id = self.id.clone();
+        docker::run(async move {
+            docker::client()
+                .await?
+                .start_container(&id, None)
+                .await
+                .map_err(|e| FixtureError::docker("docker start", e))
+        })
+        .await?;
+        self.running = true;
+        self.refresh_ip().await
+    }
+
+    /// `docker network disconnect`: the container leaves its network.
+    pub(crate) async fn disconnect(&self) -> Result<(), FixtureError> {
+        let (id, network) = (self.id.clone(), self.network.clone());
+        docker::run(async move {
+            let request = NetworkDisconnectRequest {
+                container: id,
+                force: Some(true),
+            };
+            docker::client()
+                .await?
+                .disconnect_network(&network, request)
+                .await
+                .map_err(|e| FixtureError::docker("docker network disconnect", e))
+        })
+        .await?;
+        *self.ip.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// `docker network connect`: back on its network (by its name, as
+    /// before; its address may differ).
+    pub(crate) async fn reconnect(&self) -> Result<(), FixtureError> {
+        let (id, network) = (self.id.clone(), self.network.clone());
+        docker::run(async move {
+            let request = NetworkConnectRequest {
+                container: id,
+                endpoint_config: None,
+            };
+            docker::client()
+                .await?
+                .connect_network(&network, request)
+                .await
+                .map_err(|e| FixtureError::docker("docker network connect", e))
+        })
+        .await?;
+        self.refresh_ip().await
+    }
+
+    /// Reads the container's address on its network.
+    async fn refresh_ip(&self) -> Result<(), FixtureError> {
+        let (id, network) = (self.id.clone(), self.network.clone());
+        let ip = docker::run(async move {
+            let inspected = docker::client()
+                .await?
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| FixtureError::docker("docker inspect", e))?;
+            Ok(inspected
+                .network_settings
+                .and_then(|settings| settings.networks)
+                .and_then(|mut networks| networks.remove(&network))
+                .and_then(|endpoint| endpoint.ip_address)
+                .and_then(|ip| ip.parse::<IpAddr>().ok()))
+        })
+        .await?;
+        *self.ip.lock().unwrap_or_else(|e| e.into_inner()) = ip;
+        Ok(())
+    }
+}
+
+impl Drop for ServerContainer {
+    fn drop(&mut self) {
+        self.stop_logs.store(true, Ordering::SeqCst);
+        if let Some(container) = self.container.take() {
+            let name = self.name.clone();
+            docker::run_blocking(
+                async move {
+                    if let Err(error) = container.rm().await {
+                        tracing::warn!(target: TRACE_TARGET, %name, %error, "removing the container failed");
+                    }
+                },
+                Duration::from_secs(60),
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContainer")
+            .field("name", &self.name)
+            .field("id", &self.id)
+            .field("network", &self.network)
+            .field("ip", &self.ip())
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The testcontainers request for `spec`, its port 5432 published on
+/// `127.0.0.1:port`.
+fn request(
+    spec: &Spec,
+    port: u16,
+    labels: &[(String, String)],
+) -> testcontainers::ContainerRequest<GenericImage> {
+    let image = GenericImage::new(spec.image.name.clone(), spec.image.tag.clone())
+        .with_exposed_port(ContainerPort::Tcp(PORT));
+    let (image, cmd) = if spec.image.native {
+        (
+            image.with_wait_for(WaitFor::message_on_stdout(READY_LINE)),
+            spec.args.clone(),
+        )
+    } else {
+        let mut cmd = vec![
+            "-c".to_owned(),
+            FOREIGN_ENTRYPOINT.to_owned(),
+            "pgrotate-entrypoint".to_owned(),
+            "postgres".to_owned(),
+        ];
+        cmd.extend(spec.args.iter().cloned());
+        (image.with_entrypoint("/bin/sh"), cmd)
+    };
+    let mut request = image
+        .with_container_name(spec.name.clone())
+        .with_network(spec.network.clone())
+        .with_labels(labels.iter().cloned())
+        .with_startup_timeout(STARTUP_TIMEOUT)
+        .with_mount(Mount::bind_mount(
+            spec.socket_dir.display().to_string(),
+            SOCKET_DIR,
+        ))
+        .with_cmd(cmd)
+        .with_host_config_modifier(move |host_config| {
+            host_config.publish_all_ports = Some(false);
+            host_config.port_bindings = Some(
+                [(
+                    format!("{PORT}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".to_owned()),
+                        host_port: Some(port.to_string()),
+                    }]),
+                )]
+                .into(),
+            );
+        });
+    for (name, value) in &spec.env {
+        request = request.with_env_var(name.clone(), value.clone());
+    }
+    for (path, contents, mode) in &spec.files {
+        request = request.with_copy_to(
+            CopyTargetOptions::new(path.clone()).with_mode(*mode),
+            contents.clone(),
+        );
+    }
+    request
+}
+
+/// Creates and starts the container, on another free host port while the
+/// chosen one turns out taken. A container that fails to start is removed,
+/// its output (when it has any) quoted in the error.
+async fn create(
+    spec: &Spec,
+    labels: &[(String, String)],
+) -> Result<(ContainerAsync<GenericImage>, u16), FixtureError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let port = free_port()?;
+        let error = match request(spec, port, labels).start().await {
+            Ok(container) => return Ok((container, port)),
+            Err(error) => error,
+        };
+        let output = output_of(&spec.name).await;
+        remove(&spec.name).await;
+        let text = error.to_string();
+        let port_taken =
+            text.contains("port is already allocated") || text.contains("address already in use");
+        if port_taken && attempts < 5 {
+            tracing::debug!(target: TRACE_TARGET, port, "host port taken; trying another");
+            continue;
+        }
+        let mut action = format!(
+            "starting container {} from {}:{}",
+            spec.name, spec.image.name, spec.image.tag
+        );
+        if !output.is_empty() {
+            action.push_str(&format!(" (its output:\n{output}\n)"));
+        }
+        return Err(FixtureError::docker(action, error));
+    }
+}
+
+/// The last lines a container printed, empty when there are none (or it is
+/// gone).
+async fn output_of(name: &str) -> String {
+    let Ok(client) = docker::client().await else {
+        return String::new();
+    };
+    let options = LogsOptions {
+        stdout: true,
+        stderr: true,
+        tail: "40".to_owned(),
+        ..Default::default()
+    };
+    let mut text = String::new();
+    let mut logs = client.logs(name, Some(options));
+    while let Some(Ok(entry)) = logs.next().await {
+        text.push_str(&String::from_utf8_lossy(&entry.into_bytes()));
+    }
+    text.trim_end().to_owned()
+}
+
+/// `docker rm -f -v name`, errors ignored (it may not exist).
+async fn remove(name: &str) {
+    if let Ok(client) = docker::client().await {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        let _ = client.remove_container(name, Some(options)).await;
+    }
+}
+
+/// Appends the container's output (stdout and stderr, as `docker logs`
+/// shows it) to `path` until `stop` is set or the container is gone,
+/// across stops and starts: each time the stream ends (the container
+/// stopped), it is opened again and the entries already written skipped.
+async fn follow_logs(id: String, path: PathBuf, stop: Arc<AtomicBool>) {
+    {
+        use tokio::io::AsyncWriteExt;
+        let Ok(client) = docker::client().await else {
+            return;
+        };
+        let Ok(mut file) = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+        else {
+            return;
+        };
+        let mut written = 0usize;
+        while !stop.load(Ordering::SeqCst) {
+            let options = LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            };
+            let mut logs = client.logs(&id, Some(options));
+            let mut seen = 0usize;
+            while let Some(entry) = logs.next().await {
+                match entry {
+                    Ok(output) => {
+                        seen += 1;
+                        if seen > written {
+                            let _ = file.write_all(&output.into_bytes()).await;
+                            let _ = file.flush().await;
+                            written = seen;
+                        }
+                    }
+                    Err(testcontainers::bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => return,
+                    Err(_) => break,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
