@@ -364,3 +364,55 @@ async fn a_partitioned_primary_is_left_within_the_bound_for_the_promoted_standby
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_the_watch_could_not_test_is_adopted_at_once_when_the_current_one_fails() {
+    bounded(async {
+        let old = Cluster::shared().await.unwrap();
+        let mut new = Cluster::start().await.unwrap();
+        let old_role = old.create_role("pending_old").await.unwrap();
+        let new_role = new.create_role("pending_new").await.unwrap();
+        let file = UrlFile::new(&old.url(&old_role));
+        // A costly source: fetches at least 5 s apart, the watch's too.
+        let pool = Pool::builder(file.source())
+            .watch(Duration::from_millis(100))
+            .min_refetch_interval(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        let db = async |pool: &Pool| {
+            pool.run(async |c| {
+                c.query_one("select current_database()::text", &[])
+                    .await?
+                    .try_get::<_, String>(0)
+            })
+            .await
+        };
+        assert_eq!(db(&pool).await.unwrap(), old_role.database);
+
+        // The platform moves the URL to a server still starting: the watch
+        // fetches it (once the minimum interval allows) but cannot connect,
+        // so it keeps the current one.
+        new.stop().await.unwrap();
+        file.set(&new.url(&new_role));
+        wait_until(async || pool.status().last_refresh_error.is_some()).await;
+        assert_eq!(pool.status().generation, 1);
+
+        // The new server comes up and the old one refuses the pool.
+        new.start_again().await.unwrap();
+        old.rotate_password(&old_role).await.unwrap();
+        old.terminate_backends(&old_role.name).await.unwrap();
+        let started = Instant::now();
+        assert_eq!(db(&pool).await.unwrap(), new_role.database);
+        // A paced refetch would still be seconds away (5 s after the
+        // watch's fetch); the URL already fetched is taken at once.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "adopted the fetched URL at once ({:?})",
+            started.elapsed()
+        );
+        assert_eq!(pool.status().generation, 2);
+    })
+    .await;
+}

@@ -349,6 +349,10 @@ impl PoolBuilder {
             .max_size(self.max_size)
             .timeouts(timeouts)
             .runtime(Runtime::Tokio1)
+            // The most recently returned connection first: under load the
+            // same few stay warm and skip the idle check, and idle ones at
+            // the back age out for idle_timeout.
+            .queue_mode(deadpool::managed::QueueMode::Lifo)
             .build()
             .map_err(|e| build_err(e.to_string()))?;
         let generations = refresher.subscribe();

@@ -50,7 +50,7 @@ impl Maintenance {
 
 /// The next tick, or the next watch poll if it comes sooner.
 fn next_wake(tick: Duration, next_watch: Option<Instant>) -> Instant {
-    let tick_at = Instant::now() + tick;
+    let tick_at = crate::retry::after(tick);
     next_watch.map_or(tick_at, |w| w.min(tick_at))
 }
 
@@ -67,7 +67,7 @@ pub(crate) fn spawn(
 ) {
     tokio::spawn(async move {
         let tick = config.tick();
-        let mut next_watch = config.watch.map(|w| Instant::now() + jittered(w));
+        let mut next_watch = config.watch.map(|w| crate::retry::after(jittered(w)));
         loop {
             tokio::select! {
                 biased;
@@ -90,7 +90,7 @@ pub(crate) fn spawn(
                     if let (Some(every), Some(at)) = (config.watch, next_watch)
                         && Instant::now() >= at
                     {
-                        next_watch = Some(Instant::now() + jittered(every));
+                        next_watch = Some(crate::retry::after(jittered(every)));
                         let refresher = inner.refresher.clone();
                         drop(inner);
                         // Errors are logged and kept in the status by the

@@ -152,7 +152,7 @@ impl Manager {
             refresher: self.refresher.clone(),
             expires_at: self
                 .max_lifetime
-                .map(|l| Instant::now() + jittered_lifetime(l)),
+                .map(|l| crate::retry::after(jittered_lifetime(l))),
         })
     }
 

@@ -198,7 +198,7 @@ impl Pool {
             let Some(client) = self.next_client(&mut attempts).await? else {
                 continue;
             };
-            let err = match self.run_once(policy, &mut work, client).await {
+            let err = match self.run_once(policy, &attempts, &mut work, client).await {
                 Outcome::Done(v) => return Ok(v),
                 Outcome::Fail(e) => return Err(attempts.fail(e)),
                 Outcome::Retry(e) => e,
@@ -210,6 +210,7 @@ impl Pool {
     async fn run_once<T, F>(
         &self,
         policy: &RetryPolicy,
+        attempts: &Attempts,
         work: &mut F,
         mut client: Client,
     ) -> Outcome<T>
@@ -217,7 +218,7 @@ impl Pool {
         F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
     {
         let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(|d| Instant::now() + d);
+        let deadline = timeout.map(crate::retry::after);
         let generation = client.generation();
         client.set_busy(true);
         match until(deadline, work(&client)).await {
@@ -233,7 +234,7 @@ impl Pool {
                     return Outcome::Fail(Error::postgres(ErrorKind::Query, fault, e));
                 }
                 drop(client);
-                self.after_fault(generation, fault).await;
+                self.after_fault(attempts, generation, fault).await;
                 Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
             }
         }
@@ -295,7 +296,10 @@ impl Pool {
             let Some(client) = self.next_client(&mut attempts).await? else {
                 continue;
             };
-            let err = match self.transaction_once(policy, &mut work, client).await {
+            let err = match self
+                .transaction_once(policy, &attempts, &mut work, client)
+                .await
+            {
                 Outcome::Done(v) => return Ok(v),
                 Outcome::Fail(e) => return Err(attempts.fail(e)),
                 Outcome::Retry(e) => e,
@@ -307,6 +311,7 @@ impl Pool {
     async fn transaction_once<T, F>(
         &self,
         policy: &RetryPolicy,
+        attempts: &Attempts,
         work: &mut F,
         mut client: Client,
     ) -> Outcome<T>
@@ -314,12 +319,12 @@ impl Pool {
         F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
     {
         let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(|d| Instant::now() + d);
+        let deadline = timeout.map(crate::retry::after);
         let generation = client.generation();
         client.set_busy(true);
         let tx = match until(deadline, client.transaction()).await {
             Err(()) => return Outcome::Retry(abandoned(timeout)),
-            Ok(Err(e)) => return self.lost_before_commit(generation, e).await,
+            Ok(Err(e)) => return self.lost_before_commit(attempts, generation, e).await,
             Ok(Ok(tx)) => tx,
         };
         let value = match until(deadline, work(&tx)).await {
@@ -327,11 +332,12 @@ impl Pool {
             Ok(Ok(v)) => v,
             Ok(Err(e)) if classify(&e).is_connection_level() => {
                 drop(tx);
-                return self.lost_before_commit(generation, e).await;
+                return self.lost_before_commit(attempts, generation, e).await;
             }
             Ok(Err(e)) => {
-                // The caller's own error: roll back, keep the connection.
-                let rolled_back = tx.rollback().await.is_ok();
+                // The caller's own error: roll back, keep the connection
+                // (closed instead if the rollback does not answer in time).
+                let rolled_back = matches!(until(deadline, tx.rollback()).await, Ok(Ok(())));
                 if rolled_back {
                     client.set_busy(false);
                 }
@@ -342,11 +348,17 @@ impl Pool {
             // Known dead before COMMIT was handed over: nothing was sent.
             drop(tx);
             drop(client);
-            self.after_fault(generation, Fault::ConnectionLost).await;
+            self.after_fault(attempts, generation, Fault::ConnectionLost)
+                .await;
             return Outcome::Retry(Error::new(
                 ErrorKind::ConnectionLost,
                 "the connection closed before COMMIT was sent",
             ));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            // Out of time before COMMIT was sent: nothing was committed, so
+            // this is a plain abandoned attempt, not an unknown outcome.
+            return Outcome::Retry(abandoned(timeout));
         }
         match until(deadline, tx.commit()).await {
             Ok(Ok(())) => {
@@ -377,22 +389,28 @@ impl Pool {
         }
     }
 
-    async fn lost_before_commit<T>(&self, generation: u64, e: tokio_postgres::Error) -> Outcome<T> {
+    async fn lost_before_commit<T>(
+        &self,
+        attempts: &Attempts,
+        generation: u64,
+        e: tokio_postgres::Error,
+    ) -> Outcome<T> {
         let fault = classify(&e);
-        self.after_fault(generation, fault).await;
+        self.after_fault(attempts, generation, fault).await;
         Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
     }
 
     /// A connection of `generation` failed with `fault`: refetch if the
     /// fault says the URL may point elsewhere now. A failed refetch shows up
-    /// in the next `get`.
-    async fn after_fault(&self, generation: u64, fault: Fault) {
+    /// in the next `get`. Waits no longer than the call's deadline: a paced
+    /// refetch can be far off, and the next connect refetches anyway.
+    async fn after_fault(&self, attempts: &Attempts, generation: u64, fault: Fault) {
         if fault.needs_refetch() {
-            let _ = self
+            let refresh = self
                 .inner
                 .refresher
-                .refresh_after(generation, fault.reason())
-                .await;
+                .refresh_after(generation, fault.reason());
+            let _ = tokio::time::timeout_at(attempts.deadline.into(), refresh).await;
         }
     }
 
@@ -412,6 +430,7 @@ impl Pool {
         let mut timeouts = self.inner.timeouts;
         let left = attempts.deadline.saturating_duration_since(Instant::now());
         timeouts.wait = Some(timeouts.wait.map_or(left, |w| w.min(left)));
+        timeouts.create = Some(timeouts.create.map_or(left, |c| c.min(left)));
         match self.get_with(&timeouts).await {
             Ok(client) => Ok(Some(client)),
             Err(e) if e.is_retryable() => {
@@ -434,7 +453,7 @@ impl Pool {
             // asking sooner only adds load.
             delay = delay.max(self.inner.pooler_retry);
         }
-        if attempts.n >= attempts.max || Instant::now() + delay >= attempts.deadline {
+        if attempts.n >= attempts.max || crate::retry::after(delay) >= attempts.deadline {
             return Err(err.with_attempts(attempts.n));
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -515,7 +534,7 @@ impl Attempts {
         Ok(Attempts {
             n: 0,
             max: policy.max_attempts(),
-            deadline: Instant::now() + policy.max_duration(),
+            deadline: crate::retry::after(policy.max_duration()),
             backoff,
         })
     }

@@ -56,6 +56,10 @@ struct FetchState {
     last_fetch: Option<Instant>,
     not_before: Option<Instant>,
     last_outcome: Result<(), Error>,
+    /// A new URL the watch fetched but whose test connection failed while
+    /// the current URL still worked. When the current URL fails too, it is
+    /// adopted at once, without waiting for a paced fetch.
+    pending: Option<(DatabaseUrl, Target)>,
 }
 
 pub(crate) struct Refresher {
@@ -111,6 +115,7 @@ impl Refresher {
                 last_fetch: Some(Instant::now()),
                 not_before: None,
                 last_outcome: Ok(()),
+                pending: None,
             }),
             fetches_done: AtomicU64::new(1),
             fruitless: AtomicU32::new(0),
@@ -171,6 +176,13 @@ impl Refresher {
         let cur = self.current();
         if cur.id != failed {
             return Ok(cur);
+        }
+        if let Some((url, target)) = state.pending.take()
+            && url != cur.url
+        {
+            let new = self.adopt(&cur, url, target);
+            tracing::info!(target: TARGET, generation = new.id, reason = why, "adopted the new URL the watch had fetched");
+            return Ok(new);
         }
         if self.fetches_done.load(Ordering::Acquire) != seen {
             // A fetch finished while we waited for the lock: its outcome is
@@ -252,24 +264,29 @@ impl Refresher {
         let fetched = self.source.fetch_boxed().await;
         state.last_fetch = Some(Instant::now());
         state.not_before = None;
+        state.pending = None;
         let err = match fetched {
             Err(e) => {
-                state.not_before = e.retry_after().map(|d| Instant::now() + d);
+                state.not_before = e.retry_after().map(crate::retry::after);
                 Error::source_failed(&self.source_name, e)
             }
             Ok(url) if url == cur.url => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if adopt == Adopt::Directly {
                     self.fruitless.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target: TARGET, generation = cur.id, elapsed = %fmt_duration(started.elapsed()), "the source still returns the URL in use");
+                    state.last_outcome = Ok(());
+                    self.fetches_done.fetch_add(1, Ordering::Release);
                 }
-                state.last_outcome = Ok(());
-                self.fetches_done.fetch_add(1, Ordering::Release);
                 return Ok(cur);
             }
             Ok(url) => match self.settings.target(&url) {
                 Err(e) => unusable_url(&self.source_name, e),
                 Ok(target) => match self.probe_if(adopt, &target).await {
-                    Err(e) => e,
+                    Err(e) => {
+                        state.pending = Some((url, target));
+                        e
+                    }
                     Ok(()) => {
                         let new = self.adopt(&cur, url, target);
                         tracing::info!(target: TARGET, generation = new.id, reason = why, elapsed = %fmt_duration(started.elapsed()), "adopted a new database URL");
@@ -280,12 +297,17 @@ impl Refresher {
                 },
             },
         };
-        self.fruitless.fetch_add(1, Ordering::Relaxed);
         self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %err, "refetching the database URL failed");
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
-        state.last_outcome = Err(err.clone());
-        self.fetches_done.fetch_add(1, Ordering::Release);
+        if adopt == Adopt::Directly {
+            // Only failure-driven fetches pace the next one and hand their
+            // outcome to the callers that waited for them; the watch's do
+            // not, so a failed poll never delays a failover.
+            self.fruitless.fetch_add(1, Ordering::Relaxed);
+            state.last_outcome = Err(err.clone());
+            self.fetches_done.fetch_add(1, Ordering::Release);
+        }
         Err(err)
     }
 

@@ -156,23 +156,22 @@ fn redact_one(url: &str) -> String {
 }
 
 fn redact_password_params(text: &str) -> String {
+    // Case-insensitive and wherever it stands (`?password=`, `PGPASSWORD=`,
+    // after a newline): hiding too much is safe, too little is not.
+    const KEY: &str = "password=";
+    let lower = text.to_ascii_lowercase();
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(pos) = rest.find("password=") {
-        let preceded_ok = pos == 0 || matches!(rest.as_bytes()[pos - 1], b'?' | b'&' | b' ');
-        let (head, tail) = rest.split_at(pos + "password=".len());
-        out.push_str(head);
-        if preceded_ok {
-            let end = tail
-                .find(|c: char| c == '&' || c.is_whitespace())
-                .unwrap_or(tail.len());
-            out.push('_');
-            rest = &tail[end..];
-        } else {
-            rest = tail;
-        }
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find(KEY) {
+        let value_start = from + pos + KEY.len();
+        out.push_str(&text[from..value_start]);
+        let end = text[value_start..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(text.len(), |e| value_start + e);
+        out.push('_');
+        from = end;
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out
 }
 

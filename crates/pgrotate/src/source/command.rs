@@ -18,7 +18,7 @@ use crate::url::{DatabaseUrl, redact};
 /// let source = pgrotate::source::Command::new("heroku", ["config:get", "DATABASE_URL", "-a", "my-app"])
 ///     .timeout(Duration::from_secs(20));
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Command {
     program: PathBuf,
     args: Vec<OsString>,
@@ -47,6 +47,16 @@ impl Command {
     pub fn timeout(mut self, timeout: Duration) -> Command {
         self.timeout = timeout;
         self
+    }
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Command")
+            .field("program", &self.program)
+            .field("args", &format_args!("[{} hidden]", self.args.len()))
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -98,13 +108,15 @@ impl UrlSource for Command {
         Ok(DatabaseUrl::parse(stdout)?)
     }
 
+    /// The program and how many arguments it gets: arguments may carry a
+    /// token (`-H "Authorization: Bearer …"`), so none is ever shown.
     fn describe(&self) -> String {
-        let mut s = format!("command {}", self.program.display());
-        for a in &self.args {
-            s.push(' ');
-            s.push_str(&redact(&a.to_string_lossy()));
-        }
-        s
+        format!(
+            "command {} ({} argument{})",
+            self.program.display(),
+            self.args.len(),
+            if self.args.len() == 1 { "" } else { "s" }
+        )
     }
 
     fn min_interval(&self) -> Duration {

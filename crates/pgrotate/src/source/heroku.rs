@@ -423,7 +423,7 @@ impl HerokuApi {
     /// The error for a non-success status, with the `Retry-After` to honour.
     fn status_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceError {
         let retry_after = header_u64(headers, header::RETRY_AFTER.as_str())
-            .map(|s| jittered(Duration::from_secs(s)));
+            .map(|s| jittered(Duration::from_secs(s.min(3600))));
         // Heroku's error bodies are `{"id":"unauthorized","message":"..."}`;
         // the id is a fixed word and safe to show.
         let id = error_id(body);

@@ -120,9 +120,10 @@ impl SourceError {
         }
     }
 
-    /// Tells the pool not to fetch again before this long.
+    /// Tells the pool not to fetch again before this long (at most an
+    /// hour: a source cannot keep a pool from following a rotation longer).
     pub fn with_retry_after(mut self, after: Duration) -> SourceError {
-        self.retry_after = Some(after);
+        self.retry_after = Some(after.min(MAX_RETRY_AFTER));
         self
     }
 
@@ -158,6 +159,9 @@ impl From<UrlError> for SourceError {
         SourceError::new(SourceErrorKind::Malformed, e.to_string())
     }
 }
+
+/// The longest `Retry-After` a source can impose.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
