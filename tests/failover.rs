@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{UrlFile, bounded, wait_until};
+use common::{UrlFile, bounded, current_database, select_one, wait_until};
 use pgrotate::{ErrorKind, Pool, RetryPolicy};
 use pgrotate_testing::Cluster;
 use tokio::sync::mpsc;
@@ -163,16 +163,7 @@ async fn the_watch_follows_a_promote_and_drains_the_old_server_which_stays_up() 
             .build()
             .await
             .unwrap();
-        let db = async |pool: &Pool| {
-            pool.run(async |c| {
-                c.query_one("select current_database()::text", &[])
-                    .await?
-                    .try_get::<_, String>(0)
-            })
-            .await
-            .unwrap()
-        };
-        assert_eq!(db(&pool).await, old_role.database);
+        assert_eq!(current_database(&pool).await.unwrap(), old_role.database);
         let held = pool.get().await.unwrap(); // checked out across the move
         assert!(old.connection_count(&old_role.name).await.unwrap() >= 1);
 
@@ -186,7 +177,7 @@ async fn the_watch_follows_a_promote_and_drains_the_old_server_which_stays_up() 
             picked_up < interval * 11 / 10 + Duration::from_secs(1),
             "the watch picks a change up within one interval ({picked_up:?})"
         );
-        assert_eq!(db(&pool).await, new_role.database);
+        assert_eq!(current_database(&pool).await.unwrap(), new_role.database);
 
         // The checked-out connection was not touched; it closes on return.
         held.query_one("select 1", &[]).await.unwrap();
@@ -216,16 +207,7 @@ async fn a_new_url_that_cannot_connect_is_reported_and_not_adopted() {
             .build()
             .await
             .unwrap();
-        let one = async |pool: &Pool| {
-            pool.run(async |c| {
-                c.query_one("select 1::int8", &[])
-                    .await?
-                    .try_get::<_, i64>(0)
-            })
-            .await
-            .unwrap()
-        };
-        assert_eq!(one(&pool).await, 1);
+        assert_eq!(select_one(&pool).await.unwrap(), 1);
         let mut wrong = role.clone();
         wrong.password = "not-the-password".into();
         file.set(&cluster.url(&wrong));
@@ -236,7 +218,11 @@ async fn a_new_url_that_cannot_connect_is_reported_and_not_adopted() {
         assert!(msg.contains("keeping generation 1"), "{msg}");
         assert!(!msg.contains("not-the-password"), "{msg}");
         assert_eq!(status.generation, 1);
-        assert_eq!(one(&pool).await, 1, "the current URL keeps serving");
+        assert_eq!(
+            select_one(&pool).await.unwrap(),
+            1,
+            "the current URL keeps serving"
+        );
     })
     .await;
 }
@@ -381,15 +367,7 @@ async fn a_url_the_watch_could_not_test_is_adopted_at_once_when_the_current_one_
             .build()
             .await
             .unwrap();
-        let db = async |pool: &Pool| {
-            pool.run(async |c| {
-                c.query_one("select current_database()::text", &[])
-                    .await?
-                    .try_get::<_, String>(0)
-            })
-            .await
-        };
-        assert_eq!(db(&pool).await.unwrap(), old_role.database);
+        assert_eq!(current_database(&pool).await.unwrap(), old_role.database);
 
         // The platform moves the URL to a server still starting: the watch
         // fetches it (once the minimum interval allows) but cannot connect,
@@ -404,7 +382,7 @@ async fn a_url_the_watch_could_not_test_is_adopted_at_once_when_the_current_one_
         old.rotate_password(&old_role).await.unwrap();
         old.terminate_backends(&old_role.name).await.unwrap();
         let started = Instant::now();
-        assert_eq!(db(&pool).await.unwrap(), new_role.database);
+        assert_eq!(current_database(&pool).await.unwrap(), new_role.database);
         // A paced refetch would still be seconds away (5 s after the
         // watch's fetch); the URL already fetched is taken at once.
         assert!(

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::heroku_server::{ApiServer, Scripted, Seen};
-use common::{bounded, capture_tracing, captured_logs};
+use common::{bounded, capture_tracing, captured_logs, select_one};
 use pgrotate::source::{HerokuApi, HerokuCli, SourceErrorKind};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::Cluster;
@@ -32,11 +32,6 @@ fn api(server: &ApiServer) -> HerokuApi {
     HerokuApi::new(APP, TOKEN)
         .base_url(server.base_url())
         .min_interval(MIN_INTERVAL)
-}
-
-async fn select_one(pool: &Pool) -> Result<i64, pgrotate::Error> {
-    pool.run(async |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
-        .await
 }
 
 fn source_kind(e: &pgrotate::Error) -> SourceErrorKind {

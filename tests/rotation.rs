@@ -8,15 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{bounded, capture_tracing, captured_logs, role_and_file};
+use common::{bounded, capture_tracing, captured_logs, role_and_file, select_one};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::Cluster;
 use tokio::sync::mpsc;
-
-async fn select_one(pool: &Pool) -> Result<i64, pgrotate::Error> {
-    pool.run(async |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
-        .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {

@@ -91,27 +91,19 @@ async fn at_runtime_the_pool_serves_on_and_reports_the_source_error_when_it_need
             .build()
             .await
             .unwrap();
-        let one = async |pool: &Pool| {
-            pool.run(async |c| {
-                c.query_one("select 1::int8", &[])
-                    .await?
-                    .try_get::<_, i64>(0)
-            })
-            .await
-        };
-        assert_eq!(one(&pool).await.unwrap(), 1);
+        assert_eq!(common::select_one(&pool).await.unwrap(), 1);
 
         // The source breaks; nothing needs it: the pool serves on, even
         // through a reconnect with the credentials it has.
         file.remove();
         cluster.terminate_backends(&role.name).await.unwrap();
-        assert_eq!(one(&pool).await.unwrap(), 1);
+        assert_eq!(common::select_one(&pool).await.unwrap(), 1);
 
         // Now the credentials change: the pool needs the source, and says
         // what is wrong with it.
         cluster.rotate_password(&role).await.unwrap();
         cluster.terminate_backends(&role.name).await.unwrap();
-        let e = one(&pool).await.unwrap_err();
+        let e = common::select_one(&pool).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Source, "{e}");
         assert!(
             e.to_string().contains(&file.path().display().to_string()),

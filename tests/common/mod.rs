@@ -28,6 +28,22 @@ pub async fn wait_until<F: AsyncFnMut() -> bool>(mut cond: F) {
     }
 }
 
+/// `select 1` through `Pool::run`.
+pub async fn select_one(pool: &pgrotate::Pool) -> Result<i64, pgrotate::Error> {
+    pool.run(async |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
+        .await
+}
+
+/// The database the pool's connections are on, through `Pool::run`.
+pub async fn current_database(pool: &pgrotate::Pool) -> Result<String, pgrotate::Error> {
+    pool.run(async |c| {
+        c.query_one("select current_database()::text", &[])
+            .await?
+            .try_get(0)
+    })
+    .await
+}
+
 /// A file holding `DATABASE_URL`, as a mounted secret would.
 pub struct UrlFile {
     dir: tempfile::TempDir,
