@@ -359,10 +359,11 @@ async fn a_url_the_watch_could_not_test_is_adopted_at_once_when_the_current_one_
         let old_role = old.create_role("pending_old").await.unwrap();
         let new_role = new.create_role("pending_new").await.unwrap();
         let file = UrlFile::new(&old.url(&old_role));
-        // A costly source: fetches at least 5 s apart, the watch's too.
+        // A costly source: one fetch banked, one more every 5 s; the
+        // watch's poll takes the token the build's fetch left to refill.
         let pool = Pool::builder(file.source())
             .watch(Duration::from_millis(100))
-            .min_refetch_interval(Duration::from_secs(5))
+            .refetch_budget(pgrotate::source::Budget::new(1, Duration::from_secs(5)).reserve(0))
             .connect_timeout(Duration::from_secs(2))
             .build()
             .await
@@ -383,7 +384,7 @@ async fn a_url_the_watch_could_not_test_is_adopted_at_once_when_the_current_one_
         old.terminate_backends(&old_role.name).await.unwrap();
         let started = Instant::now();
         assert_eq!(current_database(&pool).await.unwrap(), new_role.database);
-        // A paced refetch would still be seconds away (5 s after the
+        // The budget's next token is still seconds away (5 s after the
         // watch's fetch); the URL already fetched is taken at once.
         assert!(
             started.elapsed() < Duration::from_secs(2),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::heroku_server::{ApiServer, Scripted, Seen};
 use common::{bounded, capture_tracing, captured_logs, select_one};
-use pgrotate::source::{HerokuApi, HerokuCli, SourceErrorKind};
+use pgrotate::source::{Budget, HerokuApi, HerokuCli, SourceErrorKind};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::Cluster;
 use tokio::sync::mpsc;
@@ -26,12 +26,13 @@ const APP: &str = "pgrotate-test-app";
 /// fetches at build and on refresh_now; it connects only on `get`).
 const FAKE_URL: &str = "postgres://app:fakepw-never-printed@127.0.0.1:1/app";
 const FAKE_URL_2: &str = "postgres://app:fakepw2-never-printed@127.0.0.1:1/app";
-const MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// A generous budget for tests about answers, not pacing.
+const ROOMY: Budget = Budget::new(20, Duration::from_millis(50));
 
 fn api(server: &ApiServer) -> HerokuApi {
     HerokuApi::new(APP, TOKEN)
         .base_url(server.base_url())
-        .min_interval(MIN_INTERVAL)
+        .budget(ROOMY)
 }
 
 fn source_kind(e: &pgrotate::Error) -> SourceErrorKind {
@@ -300,45 +301,44 @@ async fn server_errors_three_times_then_success_with_bounded_spaced_requests() {
         let seen = server.seen();
         assert_eq!(
             seen.iter().map(|s| s.status).collect::<Vec<_>>(),
-            [200, 500, 500, 500, 200]
+            [200, 500, 500, 500, 200],
+            "one request per refresh_now, no retry loop inside the source"
         );
-        for i in 1..seen.len() {
-            assert!(
-                gap(&seen, i) >= MIN_INTERVAL,
-                "request {i} came {:?} after the one before",
-                gap(&seen, i)
-            );
-        }
         assert_eq!(pool.status().fetch_failures, 3);
     })
     .await;
 }
 
 #[tokio::test]
-async fn the_min_interval_counts_from_the_last_fetch() {
+async fn a_burst_goes_out_back_to_back_then_the_refill_paces() {
     bounded(async {
-        let interval = Duration::from_millis(800);
+        let refill = Duration::from_millis(800);
         let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
-        let pool = Pool::builder(api(&server).min_interval(interval))
+        let pool = Pool::builder(api(&server).budget(Budget::new(3, refill).reserve(0)))
             .build()
             .await
             .unwrap();
-        // Time passes (no synchronisation here: the property is about time):
-        // a rotation long after the last fetch refetches at once.
-        tokio::time::sleep(interval + Duration::from_millis(100)).await;
-        server.set_var("DATABASE_URL", Some(FAKE_URL_2));
+        // The build spent one token; two more go out at once, whatever
+        // fetch came just before.
         let asked = Instant::now();
+        server.set_var("DATABASE_URL", Some(FAKE_URL_2));
         assert_eq!(pool.refresh_now().await.unwrap(), 2);
+        pool.refresh_now().await.unwrap();
         assert!(
-            asked.elapsed() < interval / 2,
-            "the refetch waited {:?}",
+            asked.elapsed() < refill / 2,
+            "the burst waited {:?}",
             asked.elapsed()
         );
-        // Right after a fetch, the next one waits out the interval.
+        assert_eq!(pool.status().budget.tokens, 0, "{:?}", pool.status().budget);
+        // The bucket is empty: the next request waits for the refill.
         pool.refresh_now().await.unwrap();
         let seen = server.seen();
-        assert_eq!(seen.len(), 3);
-        assert!(gap(&seen, 2) >= interval, "{:?}", gap(&seen, 2));
+        assert_eq!(seen.len(), 4);
+        assert!(
+            seen[3].at.duration_since(seen[0].at) >= refill,
+            "{:?}",
+            seen[3].at.duration_since(seen[0].at)
+        );
     })
     .await;
 }
@@ -524,17 +524,22 @@ async fn a_refused_token_names_the_app_and_not_the_token() {
 async fn a_low_ratelimit_remaining_spaces_requests_further_and_warns() {
     capture_tracing();
     bounded(async {
-        let interval = Duration::from_millis(200);
+        let refill = Duration::from_millis(200);
         let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
         server.set_remaining(42);
-        let pool = Pool::builder(api(&server).min_interval(interval))
+        let pool = Pool::builder(api(&server).budget(Budget::new(1, refill).reserve(0)))
             .build()
             .await
             .unwrap();
+        assert_eq!(
+            pool.status().budget.refill,
+            2 * refill,
+            "the account is low: half the refill"
+        );
         pool.refresh_now().await.unwrap();
         let seen = server.seen();
         assert_eq!(seen.len(), 2);
-        assert!(gap(&seen, 1) >= 2 * interval, "{:?}", gap(&seen, 1));
+        assert!(gap(&seen, 1) >= 2 * refill, "{:?}", gap(&seen, 1));
         assert!(
             captured_logs().contains("the account's Platform API budget is nearly spent"),
             "a warning is logged"

@@ -295,13 +295,14 @@ async fn terminated_backends_reconnect_with_the_same_credentials_without_a_refet
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_still_wrong_after_refetch_end_in_a_clear_error() {
+async fn credentials_still_wrong_are_retried_until_the_deadline_then_end_in_a_clear_error() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = role_and_file(cluster, "rot_wrong").await;
+        let deadline = Duration::from_secs(3);
         let pool = Pool::builder(file.source())
             .max_size(1)
-            .rejected_attempts(3)
+            .create_timeout(deadline)
             .build()
             .await
             .unwrap();
@@ -314,23 +315,32 @@ async fn credentials_still_wrong_after_refetch_end_in_a_clear_error() {
 
         let started = Instant::now();
         let err = select_one(&pool).await.unwrap_err();
+        let took = started.elapsed();
         assert_eq!(err.kind(), ErrorKind::CredentialsRejected, "{err}");
         assert_eq!(
             err.code(),
             Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
         );
+        let msg = err.to_string();
+        assert!(msg.contains("password authentication failed"), "{msg}");
         assert!(
-            err.to_string().contains("password authentication failed"),
-            "{err}"
+            msg.contains("still returns the URL that failed") && msg.contains("next request in"),
+            "the error says the source is the problem, and when it is asked again: {msg}"
+        );
+        // Bounded by time, not a count: fetches on the backoff's schedule
+        // (0, then 0.25–0.5, 0.5–1, 1–2 s apart) until the deadline.
+        assert!(
+            took >= deadline / 2 && took <= deadline + Duration::from_secs(1),
+            "gave up after {took:?}"
         );
         let after = pool.status();
-        assert_eq!(
-            after.connect_attempts - before.connect_attempts,
-            3,
-            "bounded attempts, no hot loop: {after:?}"
+        let fetches = after.fetches - before.fetches;
+        assert!((2..=5).contains(&fetches), "no hot loop: {after:?}");
+        assert!(
+            after.connect_attempts - before.connect_attempts <= fetches + 1,
+            "one connect per fetch: {after:?}"
         );
-        assert_eq!(after.fetches - before.fetches, 2, "{after:?}");
-        eprintln!("gave up after {:?}", started.elapsed());
+        eprintln!("gave up after {took:?}, {fetches} fetches");
     })
     .await;
 }

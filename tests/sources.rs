@@ -87,7 +87,6 @@ async fn at_runtime_the_pool_serves_on_and_reports_the_source_error_when_it_need
         let (role, file) = role_and_file(cluster, "src_runtime").await;
         let pool = Pool::builder(file.source())
             .max_size(2)
-            .rejected_attempts(2)
             .build()
             .await
             .unwrap();

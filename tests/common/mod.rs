@@ -123,3 +123,6 @@ pub fn capture_tracing() {
 
 /// A local stand-in for the Heroku Platform API (tests/heroku_api.rs).
 pub mod heroku_server;
+
+/// A steady load of callers with error counts and recovery times.
+pub mod load;

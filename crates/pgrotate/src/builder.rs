@@ -12,10 +12,10 @@ use crate::error::{Error, ErrorKind};
 use crate::maintenance::{self, Maintenance};
 use crate::manager::Manager;
 use crate::pool::{Inner, Pool};
-use crate::refresh::{RefreshPolicy, Refresher};
+use crate::refresh::{Probe, RefreshConfig, Refresher};
 use crate::retry::RetryPolicy;
 use crate::settings::{ChannelBinding, Settings, SslMode};
-use crate::source::DynSource;
+use crate::source::{Budget, DynSource};
 use crate::stats::Counters;
 use crate::tls::{ClientIdentity, Roots};
 
@@ -31,7 +31,7 @@ pub struct PoolBuilder {
     ping_after_idle: Duration,
     settings: Settings,
     retry: RetryPolicy,
-    refresh: RefreshPolicy,
+    refresh: RefreshConfig,
     root_cert_file: Option<PathBuf>,
     client_cert: Option<(Vec<u8>, Vec<u8>)>,
     maintenance: Maintenance,
@@ -61,7 +61,7 @@ impl PoolBuilder {
             ping_after_idle: Duration::from_secs(1),
             settings: Settings::default(),
             retry: RetryPolicy::default(),
-            refresh: RefreshPolicy::default(),
+            refresh: RefreshConfig::default(),
             root_cert_file: None,
             client_cert: None,
             maintenance: Maintenance {
@@ -192,25 +192,35 @@ impl PoolBuilder {
         self
     }
 
-    /// The shortest time between two fetches of the URL. Default: the
-    /// source's own ([`crate::source::UrlSource::min_interval`]); a larger
-    /// value here wins.
-    pub fn min_refetch_interval(mut self, d: Duration) -> PoolBuilder {
-        self.refresh.min_interval = d;
+    /// How often the source may be fetched: a token bucket
+    /// ([`Budget`]). Default: the source's own
+    /// ([`crate::source::UrlSource::budget`]: [`Budget::heroku`] for the
+    /// Heroku sources, [`Budget::local`] for files and variables).
+    pub fn refetch_budget(mut self, budget: Budget) -> PoolBuilder {
+        self.refresh.budget = Some(budget);
         self
     }
 
-    /// The longest gap between fetches while they keep bringing nothing new.
-    /// Default 5 s.
+    /// The longest gap between failure-driven fetches while they keep
+    /// bringing nothing new (the source still returns the URL that failed,
+    /// or fails itself): they back off from 500 ms, doubling up to this.
+    /// Default 5 s. Rejected credentials are retried this way until the
+    /// caller's deadline (the create timeout for `get`, the retry deadline
+    /// for `run` and `transaction`), then fail with
+    /// [`ErrorKind::CredentialsRejected`] saying when the source may be
+    /// asked again.
     pub fn refetch_backoff_cap(mut self, d: Duration) -> PoolBuilder {
         self.refresh.backoff_cap = d;
         self
     }
 
-    /// How many rejected connects (each after a refetch) before `get` gives
-    /// up with [`ErrorKind::CredentialsRejected`]. Default 6.
-    pub fn rejected_attempts(mut self, n: u32) -> PoolBuilder {
-        self.refresh.rejected_attempts = n;
+    /// How long one fetch from the source may take before it counts as
+    /// failed (`Unavailable`), the watch's included: a source that never
+    /// answers (an HTTP call over a partitioned link, a user's source
+    /// without a timeout) cannot hold the pool. Callers wait for a fetch no
+    /// longer than their own deadline either way. Default 30 s.
+    pub fn fetch_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.refresh.fetch_timeout = d;
         self
     }
 
@@ -220,10 +230,17 @@ impl PoolBuilder {
     /// tell the pool to move. A changed URL becomes a new generation after a
     /// test connection with it succeeds; one that cannot connect while the
     /// current one works is reported (tracing, `Status::last_refresh_error`)
-    /// and not adopted. The source's own minimum interval still applies.
+    /// and not adopted.
+    ///
+    /// The watch spends only the budget's tokens above its reserve, and
+    /// polls no more often than every two refills (for [`Budget::heroku`],
+    /// 160 s), so it uses at most half of what the budget gains and never
+    /// leaves a failure waiting. The first poll comes at a random point of
+    /// the first interval, so a fleet started together polls spread out.
     /// Default: no watch.
     pub fn watch(mut self, interval: Duration) -> PoolBuilder {
         self.maintenance.watch = Some(interval);
+        self.refresh.watch = Some(interval);
         self
     }
 
@@ -307,8 +324,16 @@ impl PoolBuilder {
                 "watch, idle_timeout and max_lifetime must be more than zero".into(),
             ));
         }
-        if self.refresh.rejected_attempts == 0 {
-            return Err(build_err("rejected_attempts must be at least 1".into()));
+        if self.refresh.backoff_cap.is_zero() {
+            return Err(build_err(
+                "refetch_backoff_cap must be more than zero".into(),
+            ));
+        }
+        if self.refresh.fetch_timeout.is_zero() {
+            return Err(build_err("fetch_timeout must be more than zero".into()));
+        }
+        if let Some(b) = &self.refresh.budget {
+            b.validate().map_err(build_err)?;
         }
         if let Some(path) = &self.root_cert_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -330,15 +355,23 @@ impl PoolBuilder {
             ));
         }
         let counters = Arc::new(Counters::default());
-        let refresher = Arc::new(
-            Refresher::start(self.source, self.settings, self.refresh, counters.clone()).await?,
-        );
+        let probe: Probe =
+            Arc::new(|target| Box::pin(async move { crate::manager::probe(&target).await }));
+        let refresher = Refresher::start(
+            Arc::from(self.source),
+            self.settings,
+            self.refresh,
+            probe,
+            counters.clone(),
+        )
+        .await?;
         let manager = Manager {
             refresher: refresher.clone(),
             counters: counters.clone(),
             ping_after_idle: self.ping_after_idle,
             ping_timeout: self.ping_timeout,
             max_lifetime: self.maintenance.max_lifetime,
+            create_timeout: self.create_timeout,
         };
         let timeouts = Timeouts {
             wait: Some(self.wait_timeout),

@@ -90,6 +90,9 @@ pub struct Error {
     detail: String,
     attempts: Option<u32>,
     cause: Option<Cause>,
+    /// No server answered where the URL points (refused, no answer in
+    /// time, shutting down): nothing ran, and the server may be back soon.
+    outage: bool,
 }
 
 impl Error {
@@ -100,6 +103,7 @@ impl Error {
             detail: detail.into(),
             attempts: None,
             cause: None,
+            outage: false,
         }
     }
 
@@ -114,6 +118,28 @@ impl Error {
     pub(crate) fn with_detail_prefix(mut self, prefix: &str) -> Error {
         self.detail = format!("{prefix}: {}", self.detail);
         self
+    }
+
+    pub(crate) fn with_detail_suffix(mut self, suffix: &str) -> Error {
+        if !suffix.is_empty() {
+            self.detail = if self.detail.is_empty() {
+                suffix.to_string()
+            } else {
+                format!("{}; {suffix}", self.detail)
+            };
+        }
+        self
+    }
+
+    /// Marks a connect that found no server: the retry loops try again
+    /// until their deadline rather than counting it as an attempt.
+    pub(crate) fn as_outage(mut self) -> Error {
+        self.outage = true;
+        self
+    }
+
+    pub(crate) fn is_outage(&self) -> bool {
+        self.outage
     }
 
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
@@ -131,6 +157,7 @@ impl Error {
             detail,
             attempts: None,
             cause: Some(Arc::new(err)),
+            outage: false,
         }
     }
 

@@ -1,7 +1,5 @@
 //! [`Pool::from_env`]: the source picked by the environment variables set.
 
-use std::time::Duration;
-
 use crate::error::{Error, ErrorKind};
 use crate::source::{Env, SourceError, UrlSource};
 use crate::url::DatabaseUrl;
@@ -69,11 +67,11 @@ impl UrlSource for EnvSource {
         }
     }
 
-    fn min_interval(&self) -> Duration {
+    fn budget(&self) -> crate::source::Budget {
         match self {
             #[cfg(feature = "heroku")]
-            EnvSource::Heroku(s) => UrlSource::min_interval(s.as_ref()),
-            EnvSource::Env(s) => s.min_interval(),
+            EnvSource::Heroku(s) => UrlSource::budget(s.as_ref()),
+            EnvSource::Env(s) => s.budget(),
         }
     }
 }
@@ -147,7 +145,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.describe(), "Heroku API app my-app var DATABASE_URL");
-        assert_eq!(s.min_interval(), Duration::from_secs(80));
+        assert_eq!(s.budget(), crate::source::Budget::heroku());
         let s = pick(&[("HEROKU_APP", "other"), ("HEROKU_API_KEY", "key-secret-1")]).unwrap();
         assert_eq!(s.describe(), "Heroku API app other var DATABASE_URL");
         let EnvSource::Heroku(api) = s else {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod budget;
 mod builder;
 mod classify;
 mod client;
@@ -25,6 +26,6 @@ pub use error::{Error, ErrorKind};
 pub use pool::Pool;
 pub use retry::{Backoff, RetryPolicy};
 pub use settings::{ChannelBinding, SslMode};
-pub use stats::Status;
+pub use stats::{BudgetStatus, Status};
 pub use tls::TlsError;
 pub use url::{DatabaseUrl, UrlError};

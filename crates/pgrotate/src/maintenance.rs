@@ -1,9 +1,9 @@
 //! The pool's one background task. It closes idle connections of older
 //! generations as soon as a new generation exists, closes connections past
 //! their lifetime and idle ones above `min_idle` past `idle_timeout`, and —
-//! when asked with `PoolBuilder::watch` — polls the source for a URL that
-//! changed without any error (a `pg:promote`: the old database still
-//! answers).
+//! when asked with `PoolBuilder::watch` — asks the refresher to poll the
+//! source for a URL that changed without any error (a `pg:promote`: the
+//! old database still answers) whenever the budget lets the watch spend.
 //!
 //! The task belongs to the pool: it holds only a `Weak` to it, upgraded
 //! once per event and dropped before the next wait, and it ends when the
@@ -13,7 +13,7 @@
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -31,14 +31,15 @@ pub(crate) struct Maintenance {
 }
 
 impl Maintenance {
-    /// How often lifetimes and idleness are checked: often enough for the
-    /// shortest configured bound, at most once a second, at least every
-    /// 10 ms.
+    /// How often lifetimes, idleness and the watch are checked: often
+    /// enough for the shortest configured bound, at most once a second, at
+    /// least every 10 ms.
     fn tick(&self) -> Duration {
         [
             Some(Duration::from_secs(1)),
             self.idle_timeout.map(|d| d / 4),
             self.max_lifetime.map(|d| d / 10),
+            self.watch.map(|d| d / 4),
         ]
         .into_iter()
         .flatten()
@@ -46,17 +47,6 @@ impl Maintenance {
         .unwrap_or(Duration::from_secs(1))
         .max(Duration::from_millis(10))
     }
-}
-
-/// The next tick, or the next watch poll if it comes sooner.
-fn next_wake(tick: Duration, next_watch: Option<Instant>) -> Instant {
-    let tick_at = crate::retry::after(tick);
-    next_watch.map_or(tick_at, |w| w.min(tick_at))
-}
-
-/// `every` give or take a tenth, at random, so a fleet polls out of step.
-fn jittered(every: Duration) -> Duration {
-    every.mul_f64(0.9 + fastrand::f64() / 5.0)
 }
 
 pub(crate) fn spawn(
@@ -67,7 +57,6 @@ pub(crate) fn spawn(
 ) {
     tokio::spawn(async move {
         let tick = config.tick();
-        let mut next_watch = config.watch.map(|w| crate::retry::after(jittered(w)));
         loop {
             tokio::select! {
                 biased;
@@ -83,19 +72,15 @@ pub(crate) fn spawn(
                     }
                     close_stale(&inner);
                 }
-                _ = tokio::time::sleep_until(next_wake(tick, next_watch).into()) => {
+                _ = tokio::time::sleep(tick) => {
                     let Some(inner) = pool.upgrade() else { break };
                     close_stale(&inner);
                     close_idle(&inner, &config);
-                    if let (Some(every), Some(at)) = (config.watch, next_watch)
-                        && Instant::now() >= at
-                    {
-                        next_watch = Some(crate::retry::after(jittered(every)));
-                        let refresher = inner.refresher.clone();
-                        drop(inner);
-                        // Errors are logged and kept in the status by the
-                        // refresher; the watch carries on.
-                        let _ = refresher.check_for_change().await;
+                    if config.watch.is_some() {
+                        // Starts a fetch of its own when the budget allows
+                        // it, never waiting: its errors are logged and kept
+                        // in the status by the refresher.
+                        inner.refresher.poll_for_change();
                     }
                 }
             }

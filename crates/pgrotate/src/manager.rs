@@ -1,13 +1,16 @@
 //! The deadpool `Manager`: connections tagged with the generation they were
 //! opened with.
 //!
-//! - `create` connects with the newest generation; when the server rejects
-//!   the credentials (or the database is gone) it asks the refresh
-//!   coordinator for a newer generation and tries again, at most
-//!   `rejected_attempts` times, then returns `CredentialsRejected`.
-//!   A connect that fails for lack of a server (refused, timed out, the
-//!   server shutting down) also asks for a refetch, once: after a failover
-//!   the URL may point elsewhere; when it does not, the error is returned.
+//! - `create` connects with the newest generation, within the caller's
+//!   checkout deadline. When the server rejects the credentials (or the
+//!   database is gone) it asks the refresh coordinator for a newer
+//!   generation and tries again, until the deadline: then
+//!   `CredentialsRejected`, saying what the source returned and when it may
+//!   be asked again. A connect that finds no server (refused, no answer,
+//!   the server shutting down) asks for a refetch only when one can go out
+//!   now (after a failover the URL may point elsewhere); otherwise the
+//!   error goes back to the caller's retry loop at once, so calls resume as
+//!   soon as the server is back.
 //! - `recycle` (when a connection is handed out again) drops closed
 //!   connections, busy ones (their work was abandoned), those of an older
 //!   generation or drain epoch, and those past their lifetime; one idle
@@ -22,13 +25,20 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
+use crate::budget::{Trigger, later};
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind, describe_postgres};
-use crate::refresh::{Generation, Refresher};
+use crate::refresh::{Generation, Refresher, Wait};
 use crate::settings::Target;
 use crate::stats::Counters;
 
 const TARGET: &str = "pgrotate::manager";
+
+tokio::task_local! {
+    /// The deadline of the checkout in progress, set by the pool around
+    /// `get`: a `create` runs inside the caller's task, so it can see it.
+    pub(crate) static CHECKOUT_DEADLINE: tokio::time::Instant;
+}
 
 /// One pooled connection.
 pub(crate) struct Connection {
@@ -59,6 +69,8 @@ pub(crate) struct Manager {
     pub(crate) ping_after_idle: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) max_lifetime: Option<Duration>,
+    /// The create deadline when no caller set one.
+    pub(crate) create_timeout: Duration,
 }
 
 /// A test connection with `target`: connect and one empty query, within
@@ -118,17 +130,42 @@ impl ConnectFailed {
         }
     }
 
+    /// No server answered: refused, no answer in time, shutting down or
+    /// starting. Not a TLS failure (a server answered, and the same
+    /// settings will fail again).
+    fn is_outage(&self) -> bool {
+        match self {
+            ConnectFailed::TimedOut(_) => true,
+            ConnectFailed::Postgres(e) => {
+                classify(e).worth_one_refetch() && crate::tls::describe_failure(e).is_none()
+            }
+        }
+    }
+
     fn into_error(self, kind: ErrorKind) -> Error {
         let fault = self.fault();
-        match self {
+        let outage = self.is_outage();
+        let e = match self {
             ConnectFailed::Postgres(e) => Error::postgres(kind, fault, e),
             ConnectFailed::TimedOut(_) => Error::new(kind, self.describe()),
-        }
+        };
+        if outage { e.as_outage() } else { e }
     }
 }
 
 impl Manager {
-    async fn connect(&self, generation: &Generation) -> Result<Connection, ConnectFailed> {
+    /// The caller's checkout deadline, or the create timeout from now.
+    fn checkout_deadline(&self) -> tokio::time::Instant {
+        CHECKOUT_DEADLINE
+            .try_with(|d| *d)
+            .unwrap_or_else(|_| later(tokio::time::Instant::now(), self.create_timeout))
+    }
+
+    async fn connect(
+        &self,
+        generation: &Generation,
+        deadline: tokio::time::Instant,
+    ) -> Result<Connection, ConnectFailed> {
         self.counters
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
@@ -137,7 +174,8 @@ impl Manager {
             .config
             .get_connect_timeout()
             .copied()
-            .unwrap_or(Duration::from_secs(10));
+            .unwrap_or(Duration::from_secs(10))
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let client = tokio::time::timeout(bound, self.open(generation))
             .await
             .map_err(|_| ConnectFailed::TimedOut(bound))?
@@ -182,13 +220,11 @@ impl managed::Manager for Manager {
     type Error = Error;
 
     async fn create(&self) -> Result<Connection, Error> {
-        let limit = self.refresher.policy().rejected_attempts.max(1);
-        let mut attempt = 0;
-        let mut refetched_for_connect = false;
+        let deadline = self.checkout_deadline();
+        let mut asked_for_outage = false;
         loop {
-            attempt += 1;
             let generation = self.refresher.current();
-            let failed = match self.connect(&generation).await {
+            let failed = match self.connect(&generation, deadline).await {
                 Ok(conn) => {
                     self.refresher.note_connected(generation.id);
                     return Ok(conn);
@@ -196,34 +232,49 @@ impl managed::Manager for Manager {
                 Err(e) => e,
             };
             let fault = failed.fault();
-            if !fault.needs_refetch() {
-                if fault.worth_one_refetch() && !refetched_for_connect {
-                    // No server where the URL points: after a failover the
-                    // URL may have moved. Ask once; same URL, same error.
-                    refetched_for_connect = true;
-                    let newer = self
-                        .refresher
-                        .refresh_after(generation.id, fault.reason())
-                        .await
-                        .is_ok_and(|g| g.id != generation.id);
-                    if newer {
-                        continue;
-                    }
-                }
-                return Err(failed.into_error(ErrorKind::Connect));
-            }
-            tracing::warn!(target: TARGET, generation = generation.id, attempt, error = %failed.describe(), "connect rejected; asking for a newer URL");
-            if attempt >= limit {
+            if fault.needs_refetch() {
+                tracing::warn!(target: TARGET, generation = generation.id, error = %failed.describe(), "connect rejected; asking for a newer URL");
                 let kind = if fault == Fault::CredentialsRejected {
                     ErrorKind::CredentialsRejected
                 } else {
                     ErrorKind::Connect
                 };
-                return Err(failed.into_error(kind).with_attempts(attempt));
+                match self
+                    .refresher
+                    .refresh_after(
+                        generation.id,
+                        Trigger::Failure,
+                        fault.reason(),
+                        Wait::Deadline,
+                        deadline,
+                    )
+                    .await
+                {
+                    Ok(_) if tokio::time::Instant::now() < deadline => continue,
+                    Ok(_) => return Err(failed.into_error(kind)),
+                    Err(f) => return Err(f.into_error(failed.into_error(kind))),
+                }
             }
-            self.refresher
-                .refresh_after(generation.id, fault.reason())
-                .await?;
+            if failed.is_outage() && !asked_for_outage {
+                // No server where the URL points: after a failover the URL
+                // may have moved. Ask once if the budget allows it now.
+                asked_for_outage = true;
+                let newer = self
+                    .refresher
+                    .refresh_after(
+                        generation.id,
+                        Trigger::Outage,
+                        fault.reason(),
+                        Wait::OnceNow,
+                        deadline,
+                    )
+                    .await
+                    .is_ok_and(|g| g.id != generation.id);
+                if newer && tokio::time::Instant::now() < deadline {
+                    continue;
+                }
+            }
+            return Err(failed.into_error(ErrorKind::Connect));
         }
     }
 

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, PoolError, TimeoutType, Timeouts};
 use tokio_postgres::error::SqlState;
 
+use crate::budget::{Trigger, later};
 use crate::builder::PoolBuilder;
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, fmt_duration};
-use crate::manager::Manager;
-use crate::refresh::Refresher;
+use crate::manager::{CHECKOUT_DEADLINE, Manager};
+use crate::refresh::{Refresher, Wait};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
@@ -74,6 +75,13 @@ pub(crate) struct Inner {
     pub(crate) pooler_query_timeout: Option<Duration>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends a fetch under way: the pool's tasks end with the pool.
+        self.refresher.close();
+    }
+}
+
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
@@ -122,20 +130,42 @@ impl Pool {
     /// or [`Pool::transaction`] for that. Through PgBouncer, use only the
     /// calls listed under [`Pool`]'s "Through a transaction-mode pooler".
     pub async fn get(&self) -> Result<Client, Error> {
-        self.get_with(&self.inner.timeouts).await
+        let create = self
+            .inner
+            .timeouts
+            .create
+            .unwrap_or(Duration::from_secs(30));
+        let deadline = later(tokio::time::Instant::now(), create);
+        self.get_with(self.inner.timeouts, deadline).await
     }
 
-    async fn get_with(&self, timeouts: &Timeouts) -> Result<Client, Error> {
-        match self.inner.pool.timeout_get(timeouts).await {
+    /// A connection, with every connect and refetch of the checkout ending
+    /// by `deadline` (the manager's `create` reads it).
+    async fn get_with(
+        &self,
+        mut timeouts: Timeouts,
+        deadline: tokio::time::Instant,
+    ) -> Result<Client, Error> {
+        // deadpool's own create timeout is only a backstop: the manager
+        // ends its work by the deadline with an error that says why.
+        let create = timeouts.create;
+        timeouts.create = Some(
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+                + Duration::from_secs(1),
+        );
+        let got = CHECKOUT_DEADLINE
+            .scope(deadline, self.inner.pool.timeout_get(&timeouts))
+            .await;
+        match got {
             Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
             Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                Err(Error::timeout("waiting for a connection", timeouts.wait))
+                Err(self.explained(Error::timeout("waiting for a connection", timeouts.wait)))
             }
-            Err(PoolError::Timeout(TimeoutType::Create)) => Err(Error::timeout(
+            Err(PoolError::Timeout(TimeoutType::Create)) => Err(self.explained(Error::timeout(
                 "opening a connection (with refetches)",
-                timeouts.create,
-            )),
+                create,
+            ))),
             Err(PoolError::Timeout(TimeoutType::Recycle)) => Err(Error::timeout(
                 "checking an idle connection",
                 timeouts.recycle,
@@ -149,6 +179,16 @@ impl Pool {
                 ErrorKind::Connect,
                 format!("post-create hook: {e}"),
             )),
+        }
+    }
+
+    /// A timeout's error with what holds refetches back, if anything does
+    /// (the source keeps the URL that failed; its budget allows the next
+    /// request in …).
+    fn explained(&self, e: Error) -> Error {
+        match self.inner.refresher.explain() {
+            Some(why) => e.with_detail_suffix(&format!("meanwhile: {why}")),
+            None => e,
         }
     }
 
@@ -406,11 +446,17 @@ impl Pool {
     /// refetch can be far off, and the next connect refetches anyway.
     async fn after_fault(&self, attempts: &Attempts, generation: u64, fault: Fault) {
         if fault.needs_refetch() {
-            let refresh = self
+            let _ = self
                 .inner
                 .refresher
-                .refresh_after(generation, fault.reason());
-            let _ = tokio::time::timeout_at(attempts.deadline.into(), refresh).await;
+                .refresh_after(
+                    generation,
+                    Trigger::Failure,
+                    fault.reason(),
+                    Wait::Once,
+                    attempts.deadline.into(),
+                )
+                .await;
         }
     }
 
@@ -425,14 +471,30 @@ impl Pool {
     /// The next attempt's connection, waiting no longer than the deadline.
     /// `Ok(None)`: getting one failed in a way worth retrying, and the
     /// backoff before the next attempt has been waited.
+    ///
+    /// A connect that found no server is not counted as an attempt (no work
+    /// ran): it is tried again, backing off up to the policy's cap, until
+    /// the deadline, so a server restart costs the caller nothing.
     async fn next_client(&self, attempts: &mut Attempts) -> Result<Option<Client>, Error> {
         attempts.n += 1;
         let mut timeouts = self.inner.timeouts;
         let left = attempts.deadline.saturating_duration_since(Instant::now());
         timeouts.wait = Some(timeouts.wait.map_or(left, |w| w.min(left)));
-        timeouts.create = Some(timeouts.create.map_or(left, |c| c.min(left)));
-        match self.get_with(&timeouts).await {
+        let create = timeouts.create.map_or(left, |c| c.min(left));
+        let deadline = later(tokio::time::Instant::now(), create);
+        match self.get_with(timeouts, deadline).await {
             Ok(client) => Ok(Some(client)),
+            Err(e) if e.is_outage() => {
+                attempts.n -= 1;
+                let delay = attempts.backoff.jittered(attempts.outages);
+                attempts.outages = attempts.outages.saturating_add(1);
+                if crate::retry::after(delay) >= attempts.deadline {
+                    return Err(attempts.fail(e));
+                }
+                tracing::debug!(target: RETRY_TARGET, delay = %fmt_duration(delay), error = %e, "no server answers; trying again");
+                tokio::time::sleep(delay).await;
+                Ok(None)
+            }
             Err(e) if e.is_retryable() => {
                 self.back_off(attempts, e).await?;
                 Ok(None)
@@ -480,14 +542,19 @@ impl Pool {
             stale_closed: Counters::get(&c.stale_closed),
             retries: Counters::get(&c.retries),
             last_refresh_error: self.inner.refresher.last_error(),
+            budget: self.inner.refresher.budget_status(),
         }
     }
 
-    /// Fetches the URL now (paced like every fetch) and adopts it if it
-    /// changed; returns the current generation. For a user who knows the
-    /// URL changed.
+    /// Fetches the URL now and adopts it if it changed; returns the
+    /// current generation. For a user who knows the URL changed. It spends
+    /// a token of the source's budget, waiting for one (and for a
+    /// `Retry-After`) no longer than the wait timeout; the fetch itself is
+    /// bounded by the fetch timeout.
     pub async fn refresh_now(&self) -> Result<u64, Error> {
-        Ok(self.inner.refresher.refresh_now().await?.id)
+        let wait = self.inner.timeouts.wait.unwrap_or(Duration::from_secs(30));
+        let deadline = later(tokio::time::Instant::now(), wait);
+        Ok(self.inner.refresher.refresh_now(deadline).await?.id)
     }
 
     /// Closes the pool: waiting and future `get` calls fail with
@@ -495,6 +562,7 @@ impl Pool {
     /// when they come back.
     pub fn close(&self) {
         self.inner.shutdown.send_replace(true);
+        self.inner.refresher.close();
         self.inner.pool.close();
     }
 
@@ -502,9 +570,9 @@ impl Pool {
     /// ones when they come back — so that the next ones connect afresh with
     /// the current URL. For a user who knows the endpoint changed (like
     /// pgx's `Reset` or psycopg's `drain`). Work in flight finishes.
-    /// Returns the new generation.
+    /// Returns the new generation. Never waits for a fetch under way.
     pub async fn drain(&self) -> u64 {
-        let generation = self.inner.refresher.bump().await;
+        let generation = self.inner.refresher.bump();
         crate::maintenance::close_stale(&self.inner);
         generation.id
     }
@@ -521,6 +589,8 @@ impl Pool {
 /// `Send`.
 struct Attempts {
     n: u32,
+    /// Connects that found no server (not counted in `n`).
+    outages: u32,
     max: u32,
     deadline: Instant,
     backoff: Backoff,
@@ -533,6 +603,7 @@ impl Attempts {
             .map_err(|m| Error::new(ErrorKind::Build, m))?;
         Ok(Attempts {
             n: 0,
+            outages: 0,
             max: policy.max_attempts(),
             deadline: crate::retry::after(policy.max_duration()),
             backoff,

@@ -1,27 +1,34 @@
 //! The refresh coordinator: the current *generation* of connection settings,
-//! and the one place a refetch of the URL is decided, single-flighted and
-//! rate-limited.
+//! and the one place a refetch of the URL is started, shared and recorded.
 //!
 //! - **Single flight.** However many callers fail at once, one fetch runs;
-//!   the others wait for it and share its outcome.
-//! - **Rate limit.** Two fetches are at least `min_interval` apart (the
-//!   larger of the source's and the builder's). Each fetch that brings
-//!   nothing new (the same URL, or an error) doubles the gap, with jitter, up
-//!   to `backoff_cap`; a source's `Retry-After` is honoured. A successful
-//!   connection with the current generation resets the gap.
-//! - **No hot loop.** `Manager::create` gives up with
-//!   `ErrorKind::CredentialsRejected` after `rejected_attempts` rejected
-//!   connects, each separated by a refetch under this rate limit.
+//!   the others join it and share its outcome.
+//! - **Budgeted.** When a fetch may go out is the schedule's call
+//!   ([`crate::budget`]): a failure goes out at once while a token is left;
+//!   the watch and outages spend only tokens above the reserve.
+//! - **Bounded and owned.** A fetch runs as a task of its own, bounded by
+//!   the fetch timeout; callers only wait for it (each within its own
+//!   deadline), so a caller that gives up cancels nothing and books nothing.
+//!   `close()` and drop abort it; `drain()` never waits for it.
+//! - **Time, not a count.** While the source keeps returning the URL that
+//!   failed, a failure-driven caller refetches on the budget's schedule
+//!   until its deadline, then gets an error that says when the next request
+//!   is allowed.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
 
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::budget::{Brought, Budget, Schedule, Trigger};
 use crate::error::{Error, ErrorKind, fmt_duration};
-use crate::retry::Backoff;
 use crate::settings::{Settings, Target};
-use crate::source::DynSource;
-use crate::stats::Counters;
+use crate::source::{DynSource, SourceError, SourceErrorKind};
+use crate::stats::{BudgetStatus, Counters};
 use crate::url::DatabaseUrl;
 
 /// Tracing target of refresh events.
@@ -34,95 +41,186 @@ pub(crate) struct Generation {
     pub(crate) target: Target,
 }
 
-/// How refetches are paced.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RefreshPolicy {
-    pub(crate) min_interval: Duration,
-    pub(crate) backoff_cap: Duration,
-    pub(crate) rejected_attempts: u32,
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL's own Debug redacts its password.
+        f.debug_struct("Generation")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
-impl Default for RefreshPolicy {
-    fn default() -> RefreshPolicy {
-        RefreshPolicy {
-            min_interval: Duration::ZERO,
+/// A test connection with a URL the watch found, before it is adopted.
+pub(crate) type Probe =
+    Arc<dyn Fn(Target) -> Pin<Box<dyn Future<Output = Result<(), Error>> + Send>> + Send + Sync>;
+
+/// The refresher's settings, from the builder.
+#[derive(Clone, Copy)]
+pub(crate) struct RefreshConfig {
+    /// Replaces the source's own budget.
+    pub(crate) budget: Option<Budget>,
+    pub(crate) backoff_cap: Duration,
+    pub(crate) fetch_timeout: Duration,
+    pub(crate) watch: Option<Duration>,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> RefreshConfig {
+        RefreshConfig {
+            budget: None,
             backoff_cap: Duration::from_secs(5),
-            rejected_attempts: 6,
+            fetch_timeout: Duration::from_secs(30),
+            watch: None,
         }
     }
 }
 
-struct FetchState {
-    last_fetch: Option<Instant>,
-    not_before: Option<Instant>,
-    last_outcome: Result<(), Error>,
-    /// A new URL the watch fetched but whose test connection failed while
-    /// the current URL still worked. When the current URL fails too, it is
-    /// adopted at once, without waiting for a paced fetch.
+/// How long a caller of [`Refresher::refresh_after`] stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Until a newer generation exists or the deadline passes: fetch again
+    /// on the budget's schedule while the source brings nothing new.
+    Deadline,
+    /// One fetch, waiting for the budget until the deadline.
+    Once,
+    /// One fetch if one can go out now (or is under way); never waits for
+    /// the budget.
+    OnceNow,
+}
+
+/// Why a refetch brought no newer generation in time.
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshFailed {
+    /// The source's own error, when the last fetch failed.
+    pub(crate) source_error: Option<Error>,
+    /// What the caller is told: the source, and when it may be asked again.
+    pub(crate) note: String,
+    pub(crate) closed: bool,
+    /// The fetch itself failed (rather than the budget or the deadline
+    /// running out).
+    pub(crate) fetch_failed: bool,
+}
+
+impl RefreshFailed {
+    /// The error to hand a caller whose work failed with `failed`.
+    pub(crate) fn into_error(self, failed: Error) -> Error {
+        if self.closed {
+            return Error::new(ErrorKind::Closed, "");
+        }
+        match self.source_error {
+            Some(e) if !e.is_retryable() => e,
+            _ => failed.with_detail_suffix(&self.note),
+        }
+    }
+}
+
+struct InFlight {
+    task: tokio::task::AbortHandle,
+}
+
+struct State {
+    schedule: Schedule,
+    in_flight: Option<InFlight>,
+    /// Fetches finished so far (the build's not counted).
+    finished: u64,
+    /// The last finished fetch's error, if it failed.
+    last_fetch_error: Option<Error>,
+    /// The last failure-driven fetch brought the URL in use again.
+    stale: bool,
+    /// A new URL the watch fetched whose test connection has not succeeded
+    /// (yet): adopted at once when the current URL fails.
     pending: Option<(DatabaseUrl, Target)>,
+    last_error: Option<String>,
+    closed: bool,
 }
 
 pub(crate) struct Refresher {
-    source: Box<dyn DynSource>,
+    me: Weak<Refresher>,
+    source: Arc<dyn DynSource>,
     source_name: String,
     settings: Settings,
-    policy: RefreshPolicy,
-    backoff: Backoff,
+    config: RefreshConfig,
+    probe: Probe,
     current: RwLock<Arc<Generation>>,
     current_id: AtomicU64,
-    state: tokio::sync::Mutex<FetchState>,
-    fetches_done: AtomicU64,
-    fruitless: AtomicU32,
-    last_error: Mutex<Option<String>>,
+    state: Mutex<State>,
+    done: watch::Sender<u64>,
     counters: Arc<Counters>,
-    generation_tx: tokio::sync::watch::Sender<u64>,
+    generation_tx: watch::Sender<u64>,
+}
+
+impl Drop for Refresher {
+    fn drop(&mut self) {
+        if let Some(f) = self.lock().in_flight.take() {
+            f.task.abort();
+        }
+    }
 }
 
 impl Refresher {
-    /// Fetches once and makes generation 1; a broken source fails here.
+    /// Fetches once (within the fetch timeout) and makes generation 1; a
+    /// broken source fails here.
     pub(crate) async fn start(
-        source: Box<dyn DynSource>,
+        source: Arc<dyn DynSource>,
         settings: Settings,
-        mut policy: RefreshPolicy,
+        config: RefreshConfig,
+        probe: Probe,
         counters: Arc<Counters>,
-    ) -> Result<Refresher, Error> {
+    ) -> Result<Arc<Refresher>, Error> {
         let source_name = source.describe();
-        policy.min_interval = policy.min_interval.max(source.min_interval());
-        let backoff = Backoff::new(
-            policy.min_interval.max(Duration::from_millis(1)),
-            policy.backoff_cap.max(policy.min_interval),
-        )
-        .expect("base is non-zero and at most the cap");
+        let budget = config.budget.unwrap_or_else(|| source.budget());
+        budget
+            .validate()
+            .map_err(|m| Error::new(ErrorKind::Build, format!("{m} (source {source_name})")))?;
+        let now = Instant::now();
+        let mut schedule = Schedule::new(
+            budget,
+            config.backoff_cap,
+            config.watch,
+            fastrand::f64(),
+            now,
+        );
+        let _ = schedule.try_start(now, Trigger::Build);
         counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let url = source
-            .fetch_boxed()
+        let url = fetch_bounded(source.as_ref(), config.fetch_timeout)
             .await
             .map_err(|e| Error::source_failed(&source_name, e))?;
+        if config.budget.is_none() {
+            schedule.set_budget(source.budget(), Instant::now());
+        }
         let target = settings
             .target(&url)
             .map_err(|e| unusable_url(&source_name, e))?;
         let generation = Arc::new(Generation { id: 1, url, target });
         tracing::info!(target: TARGET, generation = 1, sslmode = %generation.target.sslmode, source = %source_name, "fetched the database URL");
-        Ok(Refresher {
+        Ok(Arc::new_cyclic(|me| Refresher {
+            me: me.clone(),
             source,
             source_name,
             settings,
-            policy,
-            backoff,
+            config,
+            probe,
             current: RwLock::new(generation),
             current_id: AtomicU64::new(1),
-            state: tokio::sync::Mutex::new(FetchState {
-                last_fetch: Some(Instant::now()),
-                not_before: None,
-                last_outcome: Ok(()),
+            state: Mutex::new(State {
+                schedule,
+                in_flight: None,
+                finished: 0,
+                last_fetch_error: None,
+                stale: false,
                 pending: None,
+                last_error: None,
+                closed: false,
             }),
-            fetches_done: AtomicU64::new(1),
-            fruitless: AtomicU32::new(0),
-            last_error: Mutex::new(None),
+            done: watch::Sender::new(0),
             counters,
-            generation_tx: tokio::sync::watch::Sender::new(1),
-        })
+            generation_tx: watch::Sender::new(1),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn current(&self) -> Arc<Generation> {
@@ -136,213 +234,384 @@ impl Refresher {
         self.current_id.load(Ordering::Acquire)
     }
 
-    pub(crate) fn policy(&self) -> &RefreshPolicy {
-        &self.policy
-    }
-
     pub(crate) fn source_name(&self) -> &str {
         &self.source_name
     }
 
     pub(crate) fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().last_error.clone()
+    }
+
+    /// The budget as `Status` shows it.
+    pub(crate) fn budget_status(&self) -> BudgetStatus {
+        let mut st = self.lock();
+        let budget = st.schedule.budget();
+        let (tokens, next_token_in, next_refetch_in) = st.schedule.snapshot(Instant::now());
+        BudgetStatus {
+            burst: budget.burst(),
+            reserve: budget.reserved(),
+            refill: budget.refill(),
+            tokens,
+            next_token_in,
+            next_refetch_in,
+        }
     }
 
     /// A connection with generation `id` succeeded: the current URL works,
-    /// so the next failure may refetch at the minimum interval again.
+    /// so the next failure may refetch at once again, and any outage is
+    /// over.
     pub(crate) fn note_connected(&self, id: u64) {
         if id == self.current_id() {
-            self.fruitless.store(0, Ordering::Relaxed);
+            let mut st = self.lock();
+            st.schedule.connected();
+            st.stale = false;
         }
     }
 
-    /// Generation `failed` did not work (`why`). Returns a newer generation
-    /// when one exists or a fetch brings one, otherwise the current one
-    /// after a paced fetch that brought nothing new; or the fetch's error.
-    pub(crate) async fn refresh_after(
-        &self,
-        failed: u64,
-        why: &'static str,
-    ) -> Result<Arc<Generation>, Error> {
-        let seen = self.fetches_done.load(Ordering::Acquire);
-        let cur = self.current();
-        if cur.id != failed {
-            return Ok(cur);
-        }
-        let mut state = self.state.lock().await;
-        let cur = self.current();
-        if cur.id != failed {
-            return Ok(cur);
-        }
-        if let Some((url, target)) = state.pending.take()
-            && url != cur.url
-        {
-            let new = self.adopt(&cur, url, target);
-            tracing::info!(target: TARGET, generation = new.id, reason = why, "adopted the new URL the watch had fetched");
-            return Ok(new);
-        }
-        if self.fetches_done.load(Ordering::Acquire) != seen {
-            // A fetch finished while we waited for the lock: its outcome is
-            // ours too.
-            return state.last_outcome.clone().map(|()| cur);
-        }
-        self.fetch_paced(&mut state, why).await
-    }
-
-    /// Fetches now (still paced) and adopts a changed URL.
-    pub(crate) async fn refresh_now(&self) -> Result<Arc<Generation>, Error> {
-        let mut state = self.state.lock().await;
-        self.fetch_paced(&mut state, "requested").await
-    }
-
-    /// The watch's poll: fetch if the minimum interval allows (never
-    /// waiting for it), and adopt a changed URL only after a test
-    /// connection with it succeeded. A new URL that cannot connect while
-    /// the current one still works is reported and not adopted.
-    pub(crate) async fn check_for_change(&self) -> Result<Arc<Generation>, Error> {
-        let Ok(mut state) = self.state.try_lock() else {
-            // A refetch is under way already.
-            return Ok(self.current());
+    /// Why callers may be waiting, for a timeout's message: the source
+    /// keeps the URL that failed or fails itself, and when it may be asked
+    /// again. `None` when nothing holds refetches back.
+    pub(crate) fn explain(&self) -> Option<String> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let next = st
+            .schedule
+            .ready_at(now, Trigger::Failure)
+            .saturating_duration_since(now);
+        let what = match (&st.last_fetch_error, st.stale) {
+            (Some(e), _) => e.to_string(),
+            (None, true) => format!("{} still returns the URL that failed", self.source_name),
+            (None, false) if st.in_flight.is_some() => {
+                format!("a fetch from {} is under way", self.source_name)
+            }
+            (None, false) => return None,
         };
-        let ready = state
-            .last_fetch
-            .is_none_or(|t| t.elapsed() >= self.policy.min_interval)
-            && state.not_before.is_none_or(|nb| Instant::now() >= nb);
-        if !ready {
-            return Ok(self.current());
-        }
-        self.fetch_once(&mut state, "watch", Adopt::AfterProbe)
-            .await
-    }
-
-    async fn fetch_paced(
-        &self,
-        state: &mut FetchState,
-        why: &'static str,
-    ) -> Result<Arc<Generation>, Error> {
-        let fruitless = self.fruitless.load(Ordering::Relaxed);
-        // Never less than the minimum interval: the jitter band of the
-        // backoff reaches down to half its step.
-        let gap = if fruitless == 0 {
-            self.policy.min_interval
+        Some(if next.is_zero() {
+            what
         } else {
-            self.backoff
-                .jittered(fruitless - 1)
-                .max(self.policy.min_interval)
-        };
-        let mut ready_at = state.last_fetch.map(|t| t + gap);
-        if let Some(nb) = state.not_before {
-            ready_at = Some(ready_at.map_or(nb, |r| r.max(nb)));
-        }
-        if let Some(at) = ready_at {
-            let now = Instant::now();
-            if at > now {
-                tracing::debug!(target: TARGET, wait = %fmt_duration(at - now), "pacing the next fetch");
-                tokio::time::sleep_until(at.into()).await;
-            }
-        }
-        self.fetch_once(state, why, Adopt::Directly).await
-    }
-
-    async fn fetch_once(
-        &self,
-        state: &mut FetchState,
-        why: &'static str,
-        adopt: Adopt,
-    ) -> Result<Arc<Generation>, Error> {
-        let cur = self.current();
-        let started = Instant::now();
-        if adopt == Adopt::Directly {
-            tracing::info!(target: TARGET, generation = cur.id, reason = why, source = %self.source_name, "refetching the database URL");
-        } else {
-            tracing::debug!(target: TARGET, generation = cur.id, reason = why, source = %self.source_name, "polling the database URL");
-        }
-        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetched = self.source.fetch_boxed().await;
-        state.last_fetch = Some(Instant::now());
-        state.not_before = None;
-        state.pending = None;
-        let err = match fetched {
-            Err(e) => {
-                state.not_before = e.retry_after().map(crate::retry::after);
-                Error::source_failed(&self.source_name, e)
-            }
-            Ok(url) if url == cur.url => {
-                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                if adopt == Adopt::Directly {
-                    self.fruitless.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(target: TARGET, generation = cur.id, elapsed = %fmt_duration(started.elapsed()), "the source still returns the URL in use");
-                    state.last_outcome = Ok(());
-                    self.fetches_done.fetch_add(1, Ordering::Release);
-                }
-                return Ok(cur);
-            }
-            Ok(url) => match self.settings.target(&url) {
-                Err(e) => unusable_url(&self.source_name, e),
-                Ok(target) => match self.probe_if(adopt, &target).await {
-                    Err(e) => {
-                        state.pending = Some((url, target));
-                        e
-                    }
-                    Ok(()) => {
-                        let new = self.adopt(&cur, url, target);
-                        tracing::info!(target: TARGET, generation = new.id, reason = why, elapsed = %fmt_duration(started.elapsed()), "adopted a new database URL");
-                        state.last_outcome = Ok(());
-                        self.fetches_done.fetch_add(1, Ordering::Release);
-                        return Ok(new);
-                    }
-                },
-            },
-        };
-        self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %err, "refetching the database URL failed");
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(err.to_string());
-        if adopt == Adopt::Directly {
-            // Only failure-driven fetches pace the next one and hand their
-            // outcome to the callers that waited for them; the watch's do
-            // not, so a failed poll never delays a failover.
-            self.fruitless.fetch_add(1, Ordering::Relaxed);
-            state.last_outcome = Err(err.clone());
-            self.fetches_done.fetch_add(1, Ordering::Release);
-        }
-        Err(err)
-    }
-
-    async fn probe_if(&self, adopt: Adopt, target: &Target) -> Result<(), Error> {
-        if adopt == Adopt::Directly {
-            return Ok(());
-        }
-        crate::manager::probe(target).await.map_err(|e| {
-            e.with_detail_prefix(&format!(
-                    "{} returned a new URL, but a test connection with it failed; keeping generation {}",
-                    self.source_name,
-                    self.current_id()
-                ))
+            format!(
+                "{what}; its budget allows the next request in {}",
+                fmt_duration(next)
+            )
         })
     }
 
-    fn adopt(&self, cur: &Generation, url: DatabaseUrl, target: Target) -> Arc<Generation> {
+    /// Generation `failed` did not work (`why`). Returns a newer generation
+    /// once one exists (a fetch brought it, or the watch had one pending);
+    /// with [`Wait::Once`] / [`Wait::OnceNow`] the current one when one
+    /// fetch brought nothing new. Never waits past `deadline`.
+    pub(crate) async fn refresh_after(
+        &self,
+        failed: u64,
+        trigger: Trigger,
+        why: &'static str,
+        wait: Wait,
+        deadline: Instant,
+    ) -> Result<Arc<Generation>, RefreshFailed> {
+        let mut said_why = false;
+        loop {
+            let step = self.step(failed, trigger, why)?;
+            match step {
+                Step::Done(g) => return Ok(g),
+                Step::Join(seen) => {
+                    let mut rx = self.done.subscribe();
+                    if tokio::time::timeout_at(deadline, rx.wait_for(|&n| n > seen))
+                        .await
+                        .is_err()
+                    {
+                        return Err(self.gave_up(format!(
+                            "{} had not answered by this call's deadline (fetch timeout {})",
+                            self.source_name,
+                            fmt_duration(self.config.fetch_timeout)
+                        )));
+                    }
+                    let st = self.lock();
+                    let cur = self.current();
+                    if st.closed {
+                        return Err(closed());
+                    }
+                    if cur.id != failed {
+                        return Ok(cur);
+                    }
+                    let source_error = st.last_fetch_error.clone();
+                    drop(st);
+                    match source_error {
+                        Some(e) if !e.is_retryable() || trigger == Trigger::Requested => {
+                            return Err(RefreshFailed {
+                                note: e.to_string(),
+                                source_error: Some(e),
+                                closed: false,
+                                fetch_failed: true,
+                            });
+                        }
+                        _ => {}
+                    }
+                    if wait != Wait::Deadline {
+                        return Ok(cur);
+                    }
+                }
+                Step::NotNow(at) => {
+                    let now = Instant::now();
+                    if wait == Wait::OnceNow {
+                        return Ok(self.current());
+                    }
+                    if at >= deadline {
+                        return Err(self.budget_exhausted(trigger, at - now));
+                    }
+                    if !said_why {
+                        said_why = true;
+                        tracing::info!(target: TARGET, source = %self.source_name, reason = why, wait = %fmt_duration(at - now), "waiting for the source's budget before refetching the database URL");
+                    }
+                    tokio::time::sleep_until(at).await;
+                }
+            }
+        }
+    }
+
+    /// One decision under the lock: done, join the fetch under way (start
+    /// one if the budget allows), or not before a time.
+    fn step(
+        &self,
+        failed: u64,
+        trigger: Trigger,
+        why: &'static str,
+    ) -> Result<Step, RefreshFailed> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(closed());
+        }
+        let cur = self.current();
+        if cur.id != failed {
+            return Ok(Step::Done(cur));
+        }
+        if let Some((url, target)) = st.pending.take()
+            && url != cur.url
+        {
+            let new = self.adopt(&mut st, &cur, url, target);
+            tracing::info!(target: TARGET, generation = new.id, reason = why, "adopted the new URL the watch had fetched");
+            return Ok(Step::Done(new));
+        }
+        if st.in_flight.is_some() {
+            return Ok(Step::Join(st.finished));
+        }
+        match st.schedule.try_start(Instant::now(), trigger) {
+            Ok(()) => {
+                let seen = st.finished;
+                self.spawn_fetch(&mut st, trigger, why);
+                Ok(Step::Join(seen))
+            }
+            Err(at) => Ok(Step::NotNow(at)),
+        }
+    }
+
+    fn gave_up(&self, note: String) -> RefreshFailed {
+        RefreshFailed {
+            source_error: self.lock().last_fetch_error.clone(),
+            note,
+            closed: false,
+            fetch_failed: false,
+        }
+    }
+
+    fn budget_exhausted(&self, trigger: Trigger, wait: Duration) -> RefreshFailed {
+        let st = self.lock();
+        let what = match &st.last_fetch_error {
+            Some(e) => e.to_string(),
+            None if trigger == Trigger::Requested => {
+                format!("{} was asked recently", self.source_name)
+            }
+            None => format!("{} still returns the URL that failed", self.source_name),
+        };
+        let note = format!(
+            "{what}; its budget allows the next request in {}, after this call's deadline",
+            fmt_duration(wait)
+        );
+        tracing::warn!(target: TARGET, source = %self.source_name, next_request_in = %fmt_duration(wait), "giving up on a newer database URL within the caller's deadline");
+        RefreshFailed {
+            source_error: st.last_fetch_error.clone(),
+            note,
+            closed: false,
+            fetch_failed: false,
+        }
+    }
+
+    /// Fetches now (waiting for the budget until `deadline`) and adopts a
+    /// changed URL; returns the current generation. For a user who knows
+    /// the URL changed.
+    pub(crate) async fn refresh_now(&self, deadline: Instant) -> Result<Arc<Generation>, Error> {
+        let failed = self.current_id();
+        match self
+            .refresh_after(
+                failed,
+                Trigger::Requested,
+                "requested",
+                Wait::Once,
+                deadline,
+            )
+            .await
+        {
+            Ok(g) => Ok(g),
+            Err(f) if f.closed => Err(Error::new(ErrorKind::Closed, "")),
+            Err(f) => Err(match f.source_error {
+                Some(e) if f.fetch_failed => e,
+                _ => Error::new(ErrorKind::Timeout, f.note),
+            }),
+        }
+    }
+
+    /// The watch's poll: starts a fetch if the budget lets the watch spend
+    /// a token now (never waiting for it). A changed URL is adopted only
+    /// after a test connection with it succeeds.
+    pub(crate) fn poll_for_change(&self) {
+        let mut st = self.lock();
+        if st.closed || st.in_flight.is_some() {
+            return;
+        }
+        if st
+            .schedule
+            .try_start(Instant::now(), Trigger::Watch)
+            .is_ok()
+        {
+            self.spawn_fetch(&mut st, Trigger::Watch, "watch");
+        }
+    }
+
+    fn spawn_fetch(&self, st: &mut State, trigger: Trigger, why: &'static str) {
+        let cur = self.current_id();
+        if trigger == Trigger::Watch {
+            tracing::debug!(target: TARGET, generation = cur, reason = why, source = %self.source_name, "polling the database URL");
+        } else {
+            tracing::info!(target: TARGET, generation = cur, reason = why, trigger = trigger.as_str(), source = %self.source_name, "refetching the database URL");
+        }
+        self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        let me = self.me.clone();
+        let source = self.source.clone();
+        let timeout = self.config.fetch_timeout;
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let fetched = fetch_bounded(source.as_ref(), timeout).await;
+            let budget = source.budget();
+            drop(source);
+            if let Some(this) = me.upgrade() {
+                this.finish(trigger, why, started, fetched, budget).await;
+            }
+        });
+        st.in_flight = Some(InFlight {
+            task: task.abort_handle(),
+        });
+    }
+
+    /// Records what a fetch brought: adopts a new URL (after a test
+    /// connection, for the watch), paces the next fetch, wakes the callers
+    /// that joined it.
+    async fn finish(
+        &self,
+        trigger: Trigger,
+        why: &'static str,
+        started: Instant,
+        fetched: Result<DatabaseUrl, SourceError>,
+        budget: Budget,
+    ) {
+        let cur = self.current();
+        let mut outcome = match fetched {
+            Err(e) => {
+                let after = e.retry_after();
+                Outcome::Failed(Error::source_failed(&self.source_name, e), after)
+            }
+            Ok(url) if url == cur.url => Outcome::Same,
+            Ok(url) => match self.settings.target(&url) {
+                Err(e) => Outcome::Failed(unusable_url(&self.source_name, e), None),
+                Ok(target) => Outcome::New(url, target),
+            },
+        };
+        if trigger == Trigger::Watch
+            && let Outcome::New(url, target) = &outcome
+        {
+            self.lock().pending = Some((url.clone(), target.clone()));
+            if let Err(e) = (self.probe)(target.clone()).await {
+                outcome = Outcome::ProbeFailed(e.with_detail_prefix(&format!(
+                    "{} returned a new URL, but a test connection with it failed; keeping generation {}",
+                    self.source_name,
+                    self.current_id()
+                )));
+            }
+        }
+        let now = Instant::now();
+        let elapsed = fmt_duration(now - started);
+        let mut st = self.lock();
+        st.in_flight = None;
+        st.finished += 1;
+        if self.config.budget.is_none() {
+            st.schedule.set_budget(budget, now);
+        }
+        match outcome {
+            Outcome::New(url, target) => {
+                st.schedule.finished(now, trigger, Brought::New);
+                st.pending = None;
+                st.last_fetch_error = None;
+                st.stale = false;
+                st.last_error = None;
+                let cur = self.current();
+                if cur.url != url {
+                    let new = self.adopt(&mut st, &cur, url, target);
+                    tracing::info!(target: TARGET, generation = new.id, reason = why, elapsed = %elapsed, "adopted a new database URL");
+                }
+            }
+            Outcome::Same => {
+                st.schedule.finished(now, trigger, Brought::Same);
+                st.last_fetch_error = None;
+                if matches!(trigger, Trigger::Failure | Trigger::Outage) {
+                    st.stale = true;
+                    tracing::warn!(target: TARGET, generation = cur.id, reason = why, elapsed = %elapsed, source = %self.source_name, "the source still returns the URL in use");
+                }
+            }
+            Outcome::Failed(err, after) => {
+                st.schedule.finished(now, trigger, Brought::Error(after));
+                self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %err, "refetching the database URL failed");
+                st.last_error = Some(err.to_string());
+                st.last_fetch_error = Some(err);
+            }
+            Outcome::ProbeFailed(err) => {
+                st.schedule.finished(now, trigger, Brought::Same);
+                self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: TARGET, generation = cur.id, error = %err, "not adopting the URL the watch found");
+                st.last_error = Some(err.to_string());
+            }
+        }
+        let finished = st.finished;
+        drop(st);
+        self.done.send_replace(finished);
+    }
+
+    fn adopt(
+        &self,
+        st: &mut State,
+        cur: &Generation,
+        url: DatabaseUrl,
+        target: Target,
+    ) -> Arc<Generation> {
         let new = Arc::new(Generation {
-            id: cur.id + 1,
+            id: cur.id.max(self.current_id()) + 1,
             url,
             target,
         });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         self.current_id.store(new.id, Ordering::Release);
-        self.fruitless.store(0, Ordering::Relaxed);
+        st.schedule
+            .finished(Instant::now(), Trigger::Failure, Brought::New);
+        st.stale = false;
+        st.last_error = None;
         self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.generation_tx.send_replace(new.id);
         new
     }
 
     /// A new generation with the same URL: every connection open now is
     /// of an older one and is closed instead of reused (`Pool::drain`).
-    pub(crate) async fn bump(&self) -> Arc<Generation> {
-        let _state = self.state.lock().await;
+    /// Never waits for a fetch under way.
+    pub(crate) fn bump(&self) -> Arc<Generation> {
+        let _st = self.lock();
         let cur = self.current();
         let new = Arc::new(Generation {
             id: cur.id + 1,
@@ -356,20 +625,65 @@ impl Refresher {
         new
     }
 
+    /// Ends the fetch under way and every wait for one; no fetch starts
+    /// after this.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        if let Some(f) = st.in_flight.take() {
+            f.task.abort();
+        }
+        st.finished += 1;
+        let finished = st.finished;
+        drop(st);
+        self.done.send_replace(finished);
+    }
+
     /// A receiver that sees every new generation id.
-    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation_tx.subscribe()
     }
 }
 
-/// How a fetched URL that differs from the current one is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Adopt {
-    /// After a failure: the current URL does not work, take the new one.
-    Directly,
-    /// From the watch: the current URL works; take the new one only if a
-    /// test connection with it succeeds.
-    AfterProbe,
+enum Step {
+    Done(Arc<Generation>),
+    /// Wait for the fetch that finishes after `finished` fetches.
+    Join(u64),
+    NotNow(Instant),
+}
+
+enum Outcome {
+    New(DatabaseUrl, Target),
+    Same,
+    Failed(Error, Option<Duration>),
+    ProbeFailed(Error),
+}
+
+fn closed() -> RefreshFailed {
+    RefreshFailed {
+        source_error: None,
+        note: "the pool was closed".into(),
+        closed: true,
+        fetch_failed: false,
+    }
+}
+
+/// One fetch, bounded by the fetch timeout.
+async fn fetch_bounded(
+    source: &dyn DynSource,
+    timeout: Duration,
+) -> Result<DatabaseUrl, SourceError> {
+    let at = crate::budget::later(Instant::now(), timeout);
+    match tokio::time::timeout_at(at, source.fetch_boxed()).await {
+        Ok(r) => r,
+        Err(_) => Err(SourceError::new(
+            SourceErrorKind::Unavailable,
+            format!(
+                "no answer within the fetch timeout of {}",
+                fmt_duration(timeout)
+            ),
+        )),
+    }
 }
 
 fn unusable_url(source: &str, e: crate::settings::TargetError) -> Error {
@@ -379,3 +693,6 @@ fn unusable_url(source: &str, e: crate::settings::TargetError) -> Error {
     )
     .with_cause(e)
 }
+
+#[cfg(test)]
+mod tests;

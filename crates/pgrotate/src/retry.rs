@@ -27,6 +27,11 @@ impl Backoff {
         (!base.is_zero() && base <= cap).then_some(Backoff { base, cap })
     }
 
+    /// A backoff that never grows: every delay is drawn from `[d/2, d]`.
+    pub(crate) const fn fixed(d: Duration) -> Backoff {
+        Backoff { base: d, cap: d }
+    }
+
     /// The first delay's upper bound.
     pub fn base(&self) -> Duration {
         self.base

@@ -1,6 +1,7 @@
 //! What the pool counts, and the [`Status`] it reports.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Counters shared by the pool's parts. Relaxed atomics: they are reports,
 /// not synchronisation.
@@ -58,4 +59,36 @@ pub struct Status {
     pub retries: u64,
     /// The last refetch error, if the last refetch failed.
     pub last_refresh_error: Option<String>,
+    /// The source's refetch budget: tokens left, next refill.
+    pub budget: BudgetStatus,
+}
+
+/// Where the source's refetch budget ([`crate::source::Budget`]) stands.
+///
+/// ```
+/// # fn demo(pool: &pgrotate::Pool) {
+/// let b = pool.status().budget;
+/// println!("{} of {} fetches banked ({} reserved for failures)", b.tokens, b.burst, b.reserve);
+/// if let Some(wait) = b.next_refetch_in {
+///     println!("a failure could refetch in {wait:?}");
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BudgetStatus {
+    /// The most fetches banked.
+    pub burst: u32,
+    /// Tokens kept for failure-driven fetches.
+    pub reserve: u32,
+    /// One more token every this long.
+    pub refill: Duration,
+    /// Tokens left now.
+    pub tokens: u32,
+    /// When the next token arrives; `None` when the bucket is full.
+    pub next_token_in: Option<Duration>,
+    /// How long until a failure-driven refetch could go out (the bucket,
+    /// a backoff after fetches that brought nothing new, or the source's
+    /// `Retry-After`); `None` when it could go out now.
+    pub next_refetch_in: Option<Duration>,
 }

@@ -119,7 +119,8 @@ impl UrlSource for Command {
         )
     }
 
-    fn min_interval(&self) -> Duration {
-        Duration::from_secs(1)
+    /// A program may be costly to run: 5 runs banked, one more a second.
+    fn budget(&self) -> super::Budget {
+        super::Budget::new(5, Duration::from_secs(1))
     }
 }

@@ -9,8 +9,7 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use super::heroku_cli::HEROKU_MIN_INTERVAL;
-use super::{SourceError, SourceErrorKind, UrlSource};
+use super::{Budget, SourceError, SourceErrorKind, UrlSource};
 use crate::error::fmt_duration;
 use crate::url::{DatabaseUrl, redact};
 
@@ -26,8 +25,8 @@ const ACCEPT: &str = "application/vnd.heroku+json; version=3";
 const USER_AGENT: &str = concat!("pgrotate/", env!("CARGO_PKG_VERSION"));
 
 /// Below this many requests left in the account's bucket
-/// (`RateLimit-Remaining`), requests are spaced twice as far apart and a
-/// warning is logged.
+/// (`RateLimit-Remaining`), the budget refills half as fast and a warning
+/// is logged.
 const LOW_REMAINING: u64 = 100;
 
 /// How many `*_URL` names an error about a missing var lists at most.
@@ -89,13 +88,15 @@ impl fmt::Display for HerokuToken {
 /// - **Cheap when nothing changed.** The last `ETag` is sent back as
 ///   `If-None-Match`; a `304 Not Modified` returns the URL of the last
 ///   answer, so the pool keeps its generation.
-/// - **Within the account's budget.** The account has 4,500 requests an
-///   hour, shared by every process using one of its tokens. By default this
-///   source sends at most one request every 80 s (4,500 / 100 processes =
-///   45 an hour each), twice that while `RateLimit-Remaining` is below 100;
-///   it honours `Retry-After` on 429 and 5xx answers, with jitter. The pool
-///   measures the interval from the last fetch, so the first refetch after
-///   a rotation hours after the last fetch is immediate.
+/// - **Within the account's budget.** The account's bucket holds 4,500
+///   requests and refills about 75 a minute, shared by every process using
+///   one of its tokens. The pool spends this source's [`Budget`]
+///   (default [`Budget::heroku`], sized for 100 processes: a burst of 8,
+///   one more every 80 s; [`HerokuApi::fleet_size`] for another fleet): a
+///   rotation's refetch goes out at once, whatever fetch came just before.
+///   While `RateLimit-Remaining` is below 100 the budget refills half as
+///   fast; `Retry-After` on 429 and 5xx answers is honoured, with jitter.
+///   The source itself never waits: the pool paces.
 /// - **Errors a user can act on**, none with a secret in it: a refused token
 ///   (401/403) names the app, never the token; 404 says there is no such
 ///   app; a missing var lists the names of the app's `*_URL` vars, never a
@@ -115,7 +116,7 @@ pub struct HerokuApi {
     token: HerokuToken,
     base_url: String,
     timeout: Duration,
-    min_interval: Duration,
+    budget: Budget,
     client: Result<reqwest::Client, String>,
     memo: Mutex<Memo>,
 }
@@ -125,9 +126,6 @@ pub struct HerokuApi {
 struct Memo {
     /// The `ETag` of the last answer that gave a usable URL, with that URL.
     etag: Option<(HeaderValue, DatabaseUrl)>,
-    /// When the last request ended (or, while one is on its way, when it
-    /// was sent).
-    last_request: Option<Instant>,
     /// The `RateLimit-Remaining` of the last answer, when it said.
     remaining: Option<u64>,
 }
@@ -140,7 +138,7 @@ impl fmt::Debug for HerokuApi {
             .field("token", &self.token)
             .field("base_url", &redact(&self.base_url))
             .field("timeout", &self.timeout)
-            .field("min_interval", &self.min_interval)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -148,7 +146,7 @@ impl fmt::Debug for HerokuApi {
 impl HerokuApi {
     /// A source reading `DATABASE_URL` of `app` (its name or id) with
     /// `token`. Defaults: base URL `https://api.heroku.com`, a 10 s request
-    /// timeout, at most one request every 80 s.
+    /// timeout, [`Budget::heroku`].
     pub fn new(app: impl Into<String>, token: impl Into<HerokuToken>) -> HerokuApi {
         HerokuApi {
             app: app.into(),
@@ -156,7 +154,7 @@ impl HerokuApi {
             token: token.into(),
             base_url: DEFAULT_BASE_URL.into(),
             timeout: Duration::from_secs(10),
-            min_interval: HEROKU_MIN_INTERVAL,
+            budget: Budget::heroku(),
             client: http_client(),
             memo: Mutex::default(),
         }
@@ -186,12 +184,19 @@ impl HerokuApi {
         self
     }
 
-    /// The shortest time between two requests (default 80 s). Divide the
-    /// account's 4,500 requests an hour by the number of processes sharing
-    /// it: `3600 s × processes / 4500`.
+    /// How many processes share the account's API budget (default 100):
+    /// the budget becomes [`Budget::heroku_fleet`]`(processes)`, one token
+    /// every `3,600 s × processes / 4,500`.
     #[must_use]
-    pub fn min_interval(mut self, d: Duration) -> HerokuApi {
-        self.min_interval = d;
+    pub fn fleet_size(self, processes: u32) -> HerokuApi {
+        self.budget(Budget::heroku_fleet(processes))
+    }
+
+    /// The budget the pool spends on this source (default
+    /// [`Budget::heroku`]).
+    #[must_use]
+    pub fn budget(mut self, budget: Budget) -> HerokuApi {
+        self.budget = budget;
         self
     }
 
@@ -222,32 +227,16 @@ impl HerokuApi {
         Ok(url)
     }
 
-    /// Waits until the next request is allowed and books its slot, so two
-    /// requests are never closer than the spacing, whoever calls `fetch`.
-    async fn wait_for_slot(&self) {
-        let send_at = {
-            let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let send_at = match memo.last_request {
-                Some(last) => now.max(last + self.spacing(memo.remaining)),
-                None => now,
-            };
-            memo.last_request = Some(send_at);
-            send_at
-        };
-        let now = Instant::now();
-        if send_at > now {
-            tracing::debug!(target: TARGET, app = %self.app, wait = %fmt_duration(send_at - now), "spacing requests to the Platform API");
-            tokio::time::sleep_until(send_at.into()).await;
-        }
-    }
-
-    /// The gap between two requests: the minimum interval, doubled while
-    /// the account's bucket is low.
-    fn spacing(&self, remaining: Option<u64>) -> Duration {
+    /// The budget as it stands: the account's bucket running low
+    /// (`RateLimit-Remaining` below 100) halves the refill.
+    fn current_budget(&self, remaining: Option<u64>) -> Budget {
         match remaining {
-            Some(r) if r < LOW_REMAINING => self.min_interval.saturating_mul(2),
-            _ => self.min_interval,
+            Some(r) if r < LOW_REMAINING => {
+                Budget::new(self.budget.burst(), self.budget.refill().saturating_mul(2))
+                    .reserve(self.budget.reserved())
+                    .outage_grace(self.budget.grace())
+            }
+            _ => self.budget,
         }
     }
 
@@ -290,7 +279,7 @@ impl HerokuApi {
         if let Some(r) = remaining
             && r < LOW_REMAINING
         {
-            tracing::warn!(target: TARGET, app = %self.app, remaining = r, next_request_in = %fmt_duration(self.spacing(Some(r))), "the account's Platform API budget is nearly spent (RateLimit-Remaining); spacing requests further");
+            tracing::warn!(target: TARGET, app = %self.app, remaining = r, refill = %fmt_duration(self.current_budget(Some(r)).refill()), "the account's Platform API budget is nearly spent (RateLimit-Remaining); refilling this pool's budget half as fast");
         }
         remaining
     }
@@ -446,7 +435,7 @@ impl HerokuApi {
                 ),
             ),
             StatusCode::TOO_MANY_REQUESTS => {
-                let after = retry_after.unwrap_or_else(|| jittered(self.min_interval * 2));
+                let after = retry_after.unwrap_or_else(|| jittered(self.budget.refill()));
                 let left = self
                     .memo
                     .lock()
@@ -495,15 +484,7 @@ impl UrlSource for HerokuApi {
                 )
             })?;
         auth.set_sensitive(true);
-        self.wait_for_slot().await;
-        let result = self.request(client, url, auth).await;
-        // The spacing counts from the end of this request, so two requests
-        // are at least that far apart on the server's side too.
-        self.memo
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_request = Some(Instant::now());
-        result
+        self.request(client, url, auth).await
     }
 
     fn describe(&self) -> String {
@@ -514,8 +495,13 @@ impl UrlSource for HerokuApi {
         super::names_pooler_url(&self.var)
     }
 
-    fn min_interval(&self) -> Duration {
-        self.min_interval
+    fn budget(&self) -> Budget {
+        let remaining = self
+            .memo
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remaining;
+        self.current_budget(remaining)
     }
 }
 
@@ -573,16 +559,20 @@ mod tests {
     }
 
     #[test]
-    fn the_default_interval_keeps_100_processes_within_4500_an_hour() {
-        let per_process_per_hour = 3600.0 / UrlSource::min_interval(&source()).as_secs_f64();
+    fn the_default_budget_keeps_100_processes_within_the_account_refill() {
+        let per_process_per_hour = 3600.0 / UrlSource::budget(&source()).refill().as_secs_f64();
         assert!(per_process_per_hour * 100.0 <= 4500.0);
         assert_eq!(
-            source().spacing(Some(LOW_REMAINING - 1)),
+            source().current_budget(Some(LOW_REMAINING - 1)).refill(),
             Duration::from_secs(160)
         );
         assert_eq!(
-            source().spacing(Some(LOW_REMAINING)),
+            source().current_budget(Some(LOW_REMAINING)).refill(),
             Duration::from_secs(80)
+        );
+        assert_eq!(
+            UrlSource::budget(&source().fleet_size(1000)).refill(),
+            Duration::from_secs(800)
         );
     }
 
@@ -653,7 +643,7 @@ mod tests {
         assert_eq!(e.retry_after(), None);
         let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
         let after = e.retry_after().unwrap();
-        assert!(after >= Duration::from_secs(160) && after <= Duration::from_secs(192));
+        assert!(after >= Duration::from_secs(80) && after <= Duration::from_secs(96));
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
         let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
         assert_eq!(e.kind(), SourceErrorKind::RateLimited);

@@ -3,30 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Command, SourceError, UrlSource};
+use super::{Budget, Command, SourceError, UrlSource};
 use crate::url::DatabaseUrl;
-
-/// The shortest time between two requests one process makes to the Heroku
-/// Platform API by default: 80 s.
-///
-/// The account's budget is a token bucket of 4,500 requests, refilled at
-/// about 75 a minute (4,500 an hour), shared by every process and tool that
-/// uses a token of the account. A fleet of 100 processes that all refetch as
-/// fast as they are allowed stays within it when each makes at most
-/// 4,500 / 100 = 45 requests an hour, one every 3,600 s / 45 = 80 s.
-pub(crate) const HEROKU_MIN_INTERVAL: Duration = Duration::from_secs(80);
 
 /// Runs the Heroku CLI, `heroku config:get VAR -a APP` (no shell), and reads
 /// the URL it prints, through [`Command`].
 ///
 /// The CLI authenticates with `HEROKU_API_KEY` when set, else with the token
 /// `heroku login` stored; it never appears here. Each run costs one request
-/// of the account's Platform API budget, so the same minimum interval
-/// between fetches applies as for
-#[cfg_attr(feature = "heroku", doc = "[`HerokuApi`](super::HerokuApi)")]
-#[cfg_attr(not(feature = "heroku"), doc = "`HerokuApi`")]
-/// (80 s by default; see the crate docs for the arithmetic). An unset var
-/// (the CLI prints an empty line) is a `NotFound` error.
+/// of the account's Platform API budget, so the same [`Budget::heroku`]
+/// applies as for the Platform API source (see [`Budget::heroku_fleet`]
+/// for the arithmetic). An unset var (the CLI prints an empty line) is a
+/// `NotFound` error.
 ///
 /// ```
 /// use std::time::Duration;
@@ -41,20 +29,20 @@ pub struct HerokuCli {
     var: String,
     binary: PathBuf,
     timeout: Duration,
-    min_interval: Duration,
+    budget: Budget,
 }
 
 impl HerokuCli {
     /// A source reading `DATABASE_URL` of `app` with the `heroku` found on
     /// `PATH`. Default timeout 30 s (the CLI may check for updates first),
-    /// default minimum interval 80 s.
+    /// default budget [`Budget::heroku`].
     pub fn new(app: impl Into<String>) -> HerokuCli {
         HerokuCli {
             app: app.into(),
             var: "DATABASE_URL".into(),
             binary: PathBuf::from("heroku"),
             timeout: Duration::from_secs(30),
-            min_interval: HEROKU_MIN_INTERVAL,
+            budget: Budget::heroku(),
         }
     }
 
@@ -80,11 +68,18 @@ impl HerokuCli {
         self
     }
 
-    /// The shortest time between two runs (default 80 s, which keeps 100
-    /// processes sharing one account within its 4,500 requests an hour).
+    /// How many processes share the account's API budget (default 100):
+    /// the budget becomes [`Budget::heroku_fleet`]`(processes)`.
     #[must_use]
-    pub fn min_interval(mut self, d: Duration) -> HerokuCli {
-        self.min_interval = d;
+    pub fn fleet_size(self, processes: u32) -> HerokuCli {
+        self.budget(Budget::heroku_fleet(processes))
+    }
+
+    /// The budget the pool spends on this source (default
+    /// [`Budget::heroku`]).
+    #[must_use]
+    pub fn budget(mut self, budget: Budget) -> HerokuCli {
+        self.budget = budget;
         self
     }
 
@@ -115,8 +110,8 @@ impl UrlSource for HerokuCli {
         super::names_pooler_url(&self.var)
     }
 
-    fn min_interval(&self) -> Duration {
-        self.min_interval
+    fn budget(&self) -> Budget {
+        self.budget
     }
 }
 
@@ -131,10 +126,10 @@ mod tests {
             cli.describe(),
             "Heroku CLI `heroku config:get HEROKU_POSTGRESQL_VIOLET_URL -a my-app`"
         );
-        assert_eq!(UrlSource::min_interval(&cli), Duration::from_secs(80));
+        assert_eq!(UrlSource::budget(&cli), Budget::heroku());
         assert_eq!(
-            UrlSource::min_interval(&cli.min_interval(Duration::from_secs(5))),
-            Duration::from_secs(5)
+            UrlSource::budget(&cli.fleet_size(10)).refill(),
+            Duration::from_secs(8)
         );
     }
 }

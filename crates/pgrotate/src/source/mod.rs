@@ -4,8 +4,8 @@
 //! [`UrlSource::fetch`]. Built in: [`Env`], [`File`], [`Command`] (for example
 //! `heroku config:get DATABASE_URL -a app`) and [`Static`]; for Heroku,
 //! [`HerokuApi`] (the Platform API's config vars, feature `heroku`, on by
-//! default) and [`HerokuCli`] (`heroku config:get VAR -a APP`), both spaced
-//! 80 s apart by default to keep a fleet within the account's API budget.
+//! default) and [`HerokuCli`] (`heroku config:get VAR -a APP`), both with
+//! [`Budget::heroku`] to keep a fleet within the account's API budget.
 //! A user's own source (AWS Secrets Manager, Vault, a Kubernetes secret) is
 //! one impl:
 //!
@@ -40,6 +40,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use crate::budget::{
+    Budget, HEROKU_ACCOUNT_BURST, HEROKU_ACCOUNT_REFILL_PER_MINUTE, HEROKU_DEFAULT_FLEET,
+};
 pub use command::Command;
 pub use env::Env;
 pub use file::File;
@@ -61,11 +64,15 @@ pub trait UrlSource: Send + Sync + 'static {
         std::any::type_name::<Self>().to_string()
     }
 
-    /// The shortest time between two fetches the pool may make, however many
-    /// callers fail at once. Cheap local sources keep the default (100 ms);
-    /// a source that costs money or API budget returns more.
-    fn min_interval(&self) -> Duration {
-        Duration::from_millis(100)
+    /// How often the pool may fetch: a token bucket ([`Budget`]). Cheap
+    /// local sources keep the default, [`Budget::local`]; a source that
+    /// costs money or API budget returns a smaller one, as the Heroku
+    /// sources do ([`Budget::heroku`]). The pool reads it again after every
+    /// fetch, so a source may slow its refill when its upstream asks (the
+    /// Heroku API while `RateLimit-Remaining` is low). A source never waits
+    /// for its budget itself: the pool paces.
+    fn budget(&self) -> Budget {
+        Budget::local()
     }
 
     /// Whether the URL is a connection pooler's (PgBouncer in transaction
@@ -169,7 +176,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait DynSource: Send + Sync {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<DatabaseUrl, SourceError>>;
     fn describe(&self) -> String;
-    fn min_interval(&self) -> Duration;
+    fn budget(&self) -> Budget;
     fn is_pooler_url(&self) -> bool;
 }
 
@@ -180,8 +187,8 @@ impl<S: UrlSource> DynSource for S {
     fn describe(&self) -> String {
         UrlSource::describe(self)
     }
-    fn min_interval(&self) -> Duration {
-        UrlSource::min_interval(self)
+    fn budget(&self) -> Budget {
+        UrlSource::budget(self)
     }
     fn is_pooler_url(&self) -> bool {
         UrlSource::is_pooler_url(self)
