@@ -66,7 +66,11 @@ async fn a_rotation_one_second_after_the_build_recovers_at_once_with_one_request
         let role = cluster.create_role("budget_build").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
         let built = Instant::now();
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
         // The scenario is a time: a rotation 1 s after the build's fetch.
@@ -75,7 +79,10 @@ async fn a_rotation_one_second_after_the_build_recovers_at_once_with_one_request
         let (new, first, requests) = rotate_and_recover(cluster, &role, &server, &load).await;
         let (ok, errors) = load.stop().await;
         assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
-        assert!(first <= Duration::from_secs(1), "first success {first:?} after the rotation");
+        assert!(
+            first <= Duration::from_secs(1),
+            "first success {first:?} after the rotation"
+        );
         assert_eq!(requests, 1, "one API request for the rotation");
         assert_eq!(pool.status().generation, 2);
         eprintln!("first success {first:?} after a rotation 1 s after the build");
@@ -109,7 +116,10 @@ async fn a_rotation_one_second_after_a_watch_poll_recovers_at_once_with_one_requ
         let (_new, first, requests) = rotate_and_recover(cluster, &role, &server, &load).await;
         let (ok, errors) = load.stop().await;
         assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
-        assert!(first <= Duration::from_secs(1), "first success {first:?} after the rotation");
+        assert!(
+            first <= Duration::from_secs(1),
+            "first success {first:?} after the rotation"
+        );
         assert_eq!(requests, 1, "one API request for the rotation");
         eprintln!("first success {first:?} after a rotation 1 s after a watch poll");
     })
@@ -122,7 +132,11 @@ async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
         let cluster = Cluster::shared().await.unwrap();
         let role = cluster.create_role("budget_twice").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
 
@@ -134,7 +148,12 @@ async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
         assert_eq!((requests_a, requests_b), (1, 1));
         assert!(first_a <= Duration::from_secs(1) && first_b <= Duration::from_secs(1));
         assert_eq!(pool.status().generation, 3);
-        assert_eq!(pool.status().budget.tokens, 8 - 3, "{:?}", pool.status().budget);
+        assert_eq!(
+            pool.status().budget.tokens,
+            8 - 3,
+            "{:?}",
+            pool.status().budget
+        );
     })
     .await;
 }
@@ -145,7 +164,11 @@ async fn a_slow_answer_a_cancelled_caller_and_a_low_account_leave_the_next_rotat
         let cluster = Cluster::shared().await.unwrap();
         let role = cluster.create_role("budget_slow").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
 
@@ -156,12 +179,19 @@ async fn a_slow_answer_a_cancelled_caller_and_a_low_account_leave_the_next_rotat
         let new = rotate(cluster, &role, &server).await;
         load.mark();
         let impatient = tokio::time::timeout(Duration::from_millis(200), select_one(&pool)).await;
-        assert!(impatient.is_err(), "the caller gave up while the fetch was on its way");
+        assert!(
+            impatient.is_err(),
+            "the caller gave up while the fetch was on its way"
+        );
         let first = load.first_success_after_mark().await;
         assert!(first <= Duration::from_millis(2500), "{first:?}");
         server.set_delay(Duration::ZERO);
         let status = pool.status();
-        assert_eq!(status.budget.refill, Duration::from_secs(160), "the account is low: {status:?}");
+        assert_eq!(
+            status.budget.refill,
+            Duration::from_secs(160),
+            "the account is low: {status:?}"
+        );
 
         // Rotation B right after: still one request, recovered at once.
         let (_new, first, requests) = rotate_and_recover(cluster, &new, &server, &load).await;
@@ -199,7 +229,11 @@ async fn a_fetch_that_never_answers_holds_nothing_and_the_pool_recovers_when_it_
         let role = cluster.create_role("budget_hang").await.unwrap();
         let file = UrlFile::new(&cluster.url(&role));
         let hang = Arc::new(AtomicBool::new(false));
-        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
         let baseline = tasks();
         let pool = Pool::builder(Hanging {
             file: file.source(),
@@ -230,7 +264,10 @@ async fn a_fetch_that_never_answers_holds_nothing_and_the_pool_recovers_when_it_
         hang.store(false, Ordering::SeqCst);
         load.mark();
         let first = load.first_success_after_mark().await;
-        assert!(first <= Duration::from_secs(3), "recovered {first:?} after the source answered");
+        assert!(
+            first <= Duration::from_secs(3),
+            "recovered {first:?} after the source answered"
+        );
         let (ok, errors) = load.stop().await;
         assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
 
@@ -245,7 +282,10 @@ async fn a_fetch_that_never_answers_holds_nothing_and_the_pool_recovers_when_it_
             tokio::task::yield_now().await;
         }
         pool.close();
-        assert!(stuck.await.unwrap().is_err(), "refresh_now ends with the pool");
+        assert!(
+            stuck.await.unwrap().is_err(),
+            "refresh_now ends with the pool"
+        );
         drop(pool);
         common::wait_until(async || tasks() <= baseline).await;
     })
@@ -258,7 +298,11 @@ async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_sec
         let mut cluster = Cluster::start().await.unwrap();
         let role = cluster.create_role("budget_restart").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
         let before = server.seen().len();
@@ -270,7 +314,10 @@ async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_sec
         let first = load.first_success_after_mark().await;
         let (ok, errors) = load.stop().await;
         assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
-        assert!(first <= Duration::from_secs(1), "resumed {first:?} after the server was back");
+        assert!(
+            first <= Duration::from_secs(1),
+            "resumed {first:?} after the server was back"
+        );
         assert_eq!(server.seen().len(), before, "no API request for an outage");
         eprintln!("resumed {first:?} after the restart");
     })
@@ -283,7 +330,11 @@ async fn a_url_published_five_seconds_late_costs_callers_nothing() {
         let cluster = Cluster::shared().await.unwrap();
         let role = cluster.create_role("budget_late").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
 
@@ -299,7 +350,10 @@ async fn a_url_published_five_seconds_late_costs_callers_nothing() {
         assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
         let requests = requests_since(&server, since);
         assert!(requests <= 7, "within the burst: {requests} requests");
-        assert!(first <= Duration::from_secs(6), "{first:?} after the URL was published");
+        assert!(
+            first <= Duration::from_secs(6),
+            "{first:?} after the URL was published"
+        );
         eprintln!("late URL: {requests} requests, first success {first:?} after publication");
     })
     .await;
@@ -311,15 +365,22 @@ async fn three_429s_and_three_500s_after_a_rotation_are_waited_out() {
         let cluster = Cluster::shared().await.unwrap();
         let role = cluster.create_role("budget_429").await.unwrap();
         let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server)).max_size(4).build().await.unwrap();
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
 
         for _ in 0..3 {
             server.script(
-                Scripted::body(429, r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#)
-                    .header("Retry-After", "1")
-                    .header("RateLimit-Remaining", "0"),
+                Scripted::body(
+                    429,
+                    r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#,
+                )
+                .header("Retry-After", "1")
+                .header("RateLimit-Remaining", "0"),
             );
         }
         for _ in 0..3 {
@@ -337,7 +398,10 @@ async fn three_429s_and_three_500s_after_a_rotation_are_waited_out() {
         assert_eq!(requests, 7);
         for i in 2..=4 {
             let gap = seen[i].at.duration_since(seen[i - 1].at);
-            assert!(gap >= Duration::from_secs(1), "Retry-After honoured: {gap:?}");
+            assert!(
+                gap >= Duration::from_secs(1),
+                "Retry-After honoured: {gap:?}"
+            );
         }
         eprintln!("429×3 + 500×3: first success {first:?} after the rotation");
     })

@@ -133,7 +133,7 @@ impl Error {
 
     /// Marks a connect that found no server: the retry loops try again
     /// until their deadline rather than counting it as an attempt.
-    pub(crate) fn as_outage(mut self) -> Error {
+    pub(crate) fn into_outage(mut self) -> Error {
         self.outage = true;
         self
     }

@@ -149,7 +149,7 @@ impl ConnectFailed {
             ConnectFailed::Postgres(e) => Error::postgres(kind, fault, e),
             ConnectFailed::TimedOut(_) => Error::new(kind, self.describe()),
         };
-        if outage { e.as_outage() } else { e }
+        if outage { e.into_outage() } else { e }
     }
 }
 

@@ -384,6 +384,14 @@ impl Refresher {
         if cur.id != failed {
             return Ok(Step::Done(cur));
         }
+        if !self.source.may_change() && trigger != Trigger::Requested {
+            return Err(RefreshFailed {
+                source_error: None,
+                note: format!("{} never changes", self.source_name),
+                closed: false,
+                fetch_failed: false,
+            });
+        }
         if let Some((url, target)) = st.pending.take()
             && url != cur.url
         {
@@ -521,14 +529,14 @@ impl Refresher {
             Ok(url) if url == cur.url => Outcome::Same,
             Ok(url) => match self.settings.target(&url) {
                 Err(e) => Outcome::Failed(unusable_url(&self.source_name, e), None),
-                Ok(target) => Outcome::New(url, target),
+                Ok(target) => Outcome::New(url, Box::new(target)),
             },
         };
         if trigger == Trigger::Watch
             && let Outcome::New(url, target) = &outcome
         {
-            self.lock().pending = Some((url.clone(), target.clone()));
-            if let Err(e) = (self.probe)(target.clone()).await {
+            self.lock().pending = Some((url.clone(), (**target).clone()));
+            if let Err(e) = (self.probe)((**target).clone()).await {
                 outcome = Outcome::ProbeFailed(e.with_detail_prefix(&format!(
                     "{} returned a new URL, but a test connection with it failed; keeping generation {}",
                     self.source_name,
@@ -553,7 +561,7 @@ impl Refresher {
                 st.last_error = None;
                 let cur = self.current();
                 if cur.url != url {
-                    let new = self.adopt(&mut st, &cur, url, target);
+                    let new = self.adopt(&mut st, &cur, url, *target);
                     tracing::info!(target: TARGET, generation = new.id, reason = why, elapsed = %elapsed, "adopted a new database URL");
                 }
             }
@@ -653,7 +661,7 @@ enum Step {
 }
 
 enum Outcome {
-    New(DatabaseUrl, Target),
+    New(DatabaseUrl, Box<Target>),
     Same,
     Failed(Error, Option<Duration>),
     ProbeFailed(Error),

@@ -38,4 +38,8 @@ impl UrlSource for Static {
     fn describe(&self) -> String {
         "static URL".into()
     }
+
+    fn may_change(&self) -> bool {
+        false
+    }
 }

@@ -3,7 +3,7 @@
 //! A source is one small async trait with one required method,
 //! [`UrlSource::fetch`]. Built in: [`Env`], [`File`], [`Command`] (for example
 //! `heroku config:get DATABASE_URL -a app`) and [`Static`]; for Heroku,
-//! [`HerokuApi`] (the Platform API's config vars, feature `heroku`, on by
+//! `HerokuApi` (the Platform API's config vars, feature `heroku`, on by
 //! default) and [`HerokuCli`] (`heroku config:get VAR -a APP`), both with
 //! [`Budget::heroku`] to keep a fleet within the account's API budget.
 //! A user's own source (AWS Secrets Manager, Vault, a Kubernetes secret) is
@@ -73,6 +73,13 @@ pub trait UrlSource: Send + Sync + 'static {
     /// for its budget itself: the pool paces.
     fn budget(&self) -> Budget {
         Budget::local()
+    }
+
+    /// Whether a fetch can ever bring another URL. [`Static`] says no, so
+    /// credentials it holds that the server rejects fail at once instead of
+    /// being retried until the caller's deadline. Default: yes.
+    fn may_change(&self) -> bool {
+        true
     }
 
     /// Whether the URL is a connection pooler's (PgBouncer in transaction
@@ -177,6 +184,7 @@ pub(crate) trait DynSource: Send + Sync {
     fn fetch_boxed(&self) -> BoxFuture<'_, Result<DatabaseUrl, SourceError>>;
     fn describe(&self) -> String;
     fn budget(&self) -> Budget;
+    fn may_change(&self) -> bool;
     fn is_pooler_url(&self) -> bool;
 }
 
@@ -189,6 +197,9 @@ impl<S: UrlSource> DynSource for S {
     }
     fn budget(&self) -> Budget {
         UrlSource::budget(self)
+    }
+    fn may_change(&self) -> bool {
+        UrlSource::may_change(self)
     }
     fn is_pooler_url(&self) -> bool {
         UrlSource::is_pooler_url(self)
