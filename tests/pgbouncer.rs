@@ -292,3 +292,78 @@ async fn transactions_through_pgbouncer_and_the_commit_window() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pgbouncer_is_too_many_connections_not_a_lost_connection() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let mut bouncer = cluster
+            .start_pgbouncer(PgBouncerOptions::default().max_client_conn(2))
+            .await
+            .unwrap();
+        let role = cluster.create_role("bouncer_full").await.unwrap();
+        let file = UrlFile::new(&bouncer.url(&role));
+        let pool = pool(&file, 8).await;
+        // Take client slots until PgBouncer refuses one.
+        let mut held = Vec::new();
+        let refused = loop {
+            match pool.get().await {
+                Ok(c) => held.push(c),
+                Err(e) => break e,
+            }
+            assert!(
+                held.len() <= 2,
+                "PgBouncer admitted more than max_client_conn"
+            );
+        };
+        assert_eq!(
+            refused.fault(),
+            Some(Fault::TooManyConnections),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("no more connections allowed"),
+            "{refused}"
+        );
+        assert!(refused.is_retryable(), "{refused}");
+        assert_eq!(pool.status().fetches, 1, "no refetch for a full pooler");
+        drop(held);
+        bouncer.stop().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_pgbouncer_killed_for_running_too_long_is_not_run_again() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let mut bouncer = cluster
+            .start_pgbouncer(PgBouncerOptions::default().query_timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        let role = cluster.create_role("bouncer_qtimeout").await.unwrap();
+        let file = UrlFile::new(&bouncer.url(&role));
+        let pool = pool(&file, 2).await;
+        let before = pool.status();
+        let started = Instant::now();
+        let e = pool
+            .run(async |c| c.simple_query("select pg_sleep(2)").await.map(|_| ()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("query timeout"), "{e}");
+        assert_eq!(e.fault(), Some(Fault::Query), "{e}");
+        assert_eq!(e.attempts(), None, "run once: {e}");
+        assert_eq!(pool.status().retries, before.retries);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        // The pool goes on with a fresh connection.
+        pool.run(async |c| c.simple_query("select 1").await.map(|_| ()))
+            .await
+            .unwrap();
+        bouncer.stop().await.unwrap();
+    })
+    .await;
+}

@@ -126,3 +126,36 @@ pub mod heroku_server;
 
 /// A steady load of callers with error counts and recovery times.
 pub mod load;
+
+/// A TCP address on loopback that drops SYNs, as a host behind a
+/// blackholed route does: a listener that never accepts, its one-slot
+/// backlog filled. A connect to it hangs until its own timeout.
+pub struct SynDropper {
+    _listener: socket2::Socket,
+    _filler: Vec<std::net::TcpStream>,
+    pub port: u16,
+}
+
+impl SynDropper {
+    pub fn start() -> SynDropper {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&addr.into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut filler = Vec::new();
+        // Fill the accept queue until a connect no longer completes.
+        for _ in 0..8 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => filler.push(s),
+                Err(_) => break,
+            }
+        }
+        SynDropper {
+            _listener: listener,
+            _filler: filler,
+            port: addr.port(),
+        }
+    }
+}

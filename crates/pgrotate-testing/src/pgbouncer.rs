@@ -82,6 +82,7 @@ pub struct PgBouncerOptions {
     max_client_conn: u32,
     server_login_retry: Duration,
     query_wait_timeout: Duration,
+    query_timeout: Duration,
     client_tls: bool,
 }
 
@@ -92,6 +93,7 @@ impl Default for PgBouncerOptions {
             max_client_conn: 1000,
             server_login_retry: Duration::from_secs(15),
             query_wait_timeout: Duration::from_secs(120),
+            query_timeout: Duration::ZERO,
             client_tls: false,
         }
     }
@@ -127,6 +129,14 @@ impl PgBouncerOptions {
     /// Millisecond precision.
     pub fn query_wait_timeout(mut self, timeout: Duration) -> Self {
         self.query_wait_timeout = timeout;
+        self
+    }
+
+    /// How long a query may run before PgBouncer cancels it and closes the
+    /// client's connection with "query timeout": `query_timeout` (default
+    /// zero: never, PgBouncer's default). Millisecond precision.
+    pub fn query_timeout(mut self, timeout: Duration) -> Self {
+        self.query_timeout = timeout;
         self
     }
 
@@ -545,6 +555,7 @@ impl PgBouncer {
              admin_users = {auth_user}\n\
              server_login_retry = {retry}\n\
              query_wait_timeout = {wait}\n\
+             query_timeout = {query}\n\
              ignore_startup_parameters = extra_float_digits\n\
              log_connections = 1\n\
              log_disconnections = 1\n\
@@ -556,6 +567,7 @@ impl PgBouncer {
             auth_user = self.auth_user,
             retry = seconds(options.server_login_retry),
             wait = seconds(options.query_wait_timeout),
+            query = seconds(options.query_timeout),
         );
         if options.client_tls {
             config.push_str(&format!(

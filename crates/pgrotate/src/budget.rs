@@ -40,7 +40,7 @@ pub const HEROKU_DEFAULT_FLEET: u32 = 100;
 pub(crate) const FRUITLESS_BASE: Duration = Duration::from_millis(500);
 
 /// The longest refill interval a budget may have: a day.
-const MAX_REFILL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_REFILL: Duration = Duration::from_secs(24 * 3600);
 
 /// How often a source may be fetched: a token bucket of `burst` requests,
 /// one more every `refill`, of which the last `reserve` are kept for
@@ -109,7 +109,8 @@ impl Budget {
 
     /// The Heroku Platform API budget for `processes` processes sharing one
     /// account (every process and tool using one of its tokens; 0 counts
-    /// as 1).
+    /// as 1; at most 108,000, where the refill reaches a day — more is
+    /// refused by `build()`).
     ///
     /// The account's bucket holds 4,500 requests and refills about 75 a
     /// minute. Shared by `processes`, each gets `75 / processes` a minute:
@@ -267,7 +268,7 @@ impl Bucket {
         if earned == 0 {
             return;
         }
-        self.tokens = (self.tokens + earned).min(self.budget.burst);
+        self.tokens = self.tokens.saturating_add(earned).min(self.budget.burst);
         self.refilled_at = if self.tokens >= self.budget.burst {
             now
         } else {
@@ -365,10 +366,16 @@ pub(crate) struct Schedule {
     fruitless: u32,
     /// No failure-driven fetch before this (the backoff).
     fruitless_until: Option<Instant>,
+    /// The same for outage-driven fetches, kept apart so that an outage's
+    /// fruitless refetches never delay the refetch of a rotation after it.
+    outage_fruitless: u32,
+    outage_until: Option<Instant>,
     /// No fetch at all before this (`Retry-After`).
     not_before: Option<Instant>,
     /// The watch's next poll, when it is on.
     next_watch: Option<Instant>,
+    /// The user's watch interval; the spacing is at least two refills of
+    /// the budget as it stands (a source may slow its refill).
     watch_every: Option<Duration>,
     /// Since when connects have found no server.
     outage_since: Option<Instant>,
@@ -386,15 +393,17 @@ impl Schedule {
         phase: f64,
         now: Instant,
     ) -> Schedule {
-        let watch_every = watch.map(|w| w.max(budget.watch_spacing()));
+        let first = watch.map(|w| w.max(budget.watch_spacing()));
         Schedule {
             bucket: Bucket::full(budget, now),
             backoff: fruitless_backoff(backoff_cap),
             fruitless: 0,
             fruitless_until: None,
+            outage_fruitless: 0,
+            outage_until: None,
             not_before: None,
-            next_watch: watch_every.map(|w| later(now, w.mul_f64(phase.clamp(0.0, 1.0)))),
-            watch_every,
+            next_watch: first.map(|w| later(now, w.mul_f64(phase.clamp(0.0, 1.0)))),
+            watch_every: watch,
             outage_since: None,
         }
     }
@@ -409,8 +418,8 @@ impl Schedule {
 
     fn floor(&self, trigger: Trigger) -> u32 {
         match trigger {
-            Trigger::Build | Trigger::Failure | Trigger::Requested => 0,
-            Trigger::Outage | Trigger::Watch => self.bucket.budget.reserve,
+            Trigger::Build | Trigger::Failure => 0,
+            Trigger::Outage | Trigger::Watch | Trigger::Requested => self.bucket.budget.reserve,
         }
     }
 
@@ -430,7 +439,7 @@ impl Schedule {
             Trigger::Outage => {
                 let since = *self.outage_since.get_or_insert(now);
                 at = at.max(later(since, self.bucket.budget.outage_grace));
-                if let Some(f) = self.fruitless_until {
+                if let Some(f) = self.outage_until {
                     at = at.max(f);
                 }
             }
@@ -458,7 +467,9 @@ impl Schedule {
         if trigger == Trigger::Watch
             && let Some(every) = self.watch_every
         {
-            // Give or take a tenth, so a fleet does not fall into step.
+            // At least two refills of the budget as it is now; give or take
+            // a tenth, so a fleet does not fall into step.
+            let every = every.max(self.bucket.budget.watch_spacing());
             self.next_watch = Some(later(now, every.mul_f64(0.9 + fastrand::f64() / 5.0)));
         }
         Ok(())
@@ -471,17 +482,21 @@ impl Schedule {
             self.not_before = Some(self.not_before.map_or(at, |nb| nb.max(at)));
             self.bucket.hold_refill_until(now, at);
         }
-        let paces = matches!(trigger, Trigger::Failure | Trigger::Outage);
-        match brought {
-            Brought::New => self.reset(),
+        match (brought, trigger) {
+            (Brought::New, _) => self.reset(),
             // The source said when: that is the spacing, not a backoff.
-            Brought::Error(Some(_)) => {}
-            Brought::Same | Brought::Error(None) if paces => {
+            (Brought::Error(Some(_)), _) => {}
+            (Brought::Same | Brought::Error(None), Trigger::Failure) => {
                 let step = self.backoff.jittered(self.fruitless);
                 self.fruitless = self.fruitless.saturating_add(1);
                 self.fruitless_until = Some(later(now, step));
             }
-            Brought::Same | Brought::Error(_) => {}
+            (Brought::Same | Brought::Error(None), Trigger::Outage) => {
+                let step = self.backoff.jittered(self.outage_fruitless);
+                self.outage_fruitless = self.outage_fruitless.saturating_add(1);
+                self.outage_until = Some(later(now, step));
+            }
+            (Brought::Same | Brought::Error(None), _) => {}
         }
     }
 
@@ -495,6 +510,8 @@ impl Schedule {
     fn reset(&mut self) {
         self.fruitless = 0;
         self.fruitless_until = None;
+        self.outage_fruitless = 0;
+        self.outage_until = None;
     }
 
     /// What `Status` shows.
@@ -721,6 +738,64 @@ mod tests {
         s.try_start(t0, Trigger::Watch).unwrap();
         s.finished(t0, Trigger::Watch, Brought::Error(None));
         assert_eq!(s.try_start(t0, Trigger::Failure), Ok(()));
+    }
+
+    #[test]
+    fn fruitless_outage_refetches_never_delay_a_failure() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Budget::local(), 5 * S, None, 0.0, t0);
+        for _ in 0..4 {
+            let at = s.ready_at(t0, Trigger::Outage);
+            s.try_start(at, Trigger::Outage).unwrap();
+            s.finished(at, Trigger::Outage, Brought::Same);
+        }
+        assert!(
+            s.try_start(t0 + S, Trigger::Outage).is_err(),
+            "outages back off"
+        );
+        assert_eq!(
+            s.try_start(t0 + S, Trigger::Failure),
+            Ok(()),
+            "a rotation goes at once"
+        );
+    }
+
+    #[test]
+    fn a_slower_refill_slows_the_watch_too() {
+        let t0 = Instant::now();
+        let b = Budget::new(8, S).reserve(4);
+        let mut s = Schedule::new(b, 5 * S, Some(Duration::from_millis(10)), 0.0, t0);
+        s.try_start(t0, Trigger::Watch).unwrap();
+        let next = s.ready_at(t0, Trigger::Watch);
+        assert!(
+            next >= t0 + Duration::from_millis(1800) && next <= t0 + Duration::from_millis(2200)
+        );
+        s.set_budget(Budget::new(8, 2 * S).reserve(4), t0);
+        let t1 = next;
+        s.try_start(t1, Trigger::Watch).unwrap();
+        let next = s.ready_at(t1, Trigger::Watch);
+        assert!(
+            next >= t1 + Duration::from_millis(3600),
+            "two of the slower refills"
+        );
+    }
+
+    #[test]
+    fn refresh_now_spares_the_reserve() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(Budget::new(3, 10 * S).reserve(2), 5 * S, None, 0.0, t0);
+        assert_eq!(s.try_start(t0, Trigger::Requested), Ok(()));
+        assert!(s.try_start(t0, Trigger::Requested).is_err());
+        assert_eq!(s.try_start(t0, Trigger::Failure), Ok(()));
+    }
+
+    #[test]
+    fn a_huge_burst_with_a_tiny_refill_saturates() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(Budget::new(u32::MAX, Duration::from_nanos(1)), t0);
+        b.spend(t0);
+        b.spend(t0);
+        assert_eq!(b.tokens(t0 + S), u32::MAX);
     }
 
     #[test]

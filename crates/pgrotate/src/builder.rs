@@ -97,9 +97,25 @@ impl PoolBuilder {
         self
     }
 
-    /// How long one TCP+TLS+authentication connect may take. Default 10 s.
+    /// How long one connect to one host may take: TCP, TLS and
+    /// authentication. Default 10 s. A URL's own `connect_timeout` counts
+    /// when it is smaller. With several hosts in the URL
+    /// (`host1:p1,host2:p2`) each host gets this long, so a host that drops
+    /// SYNs leaves time for the next one; a whole connect is also bounded by
+    /// the caller's deadline.
     pub fn connect_timeout(mut self, d: Duration) -> PoolBuilder {
         self.settings.connect_timeout = d;
+        self
+    }
+
+    /// How long the check of an idle connection may take (never longer
+    /// than what is left of the caller's wait). One that does not answer
+    /// is closed, and so are the other idle connections of its generation,
+    /// without a check of their own: behind a blackholed network a
+    /// checkout costs one ping timeout, not one per idle connection.
+    /// Default 5 s.
+    pub fn ping_timeout(mut self, d: Duration) -> PoolBuilder {
+        self.ping_timeout = d;
         self
     }
 
@@ -349,6 +365,9 @@ impl PoolBuilder {
             .pooler_mode
             .unwrap_or_else(|| self.source.is_pooler_url());
         self.settings.pooler = pooler;
+        if self.ping_timeout.is_zero() {
+            return Err(build_err("ping_timeout must be more than zero".into()));
+        }
         if self.pooler_query_timeout.is_zero() {
             return Err(build_err(
                 "pooler_query_timeout must be more than zero".into(),
@@ -372,6 +391,7 @@ impl PoolBuilder {
             ping_timeout: self.ping_timeout,
             max_lifetime: self.maintenance.max_lifetime,
             create_timeout: self.create_timeout,
+            suspect: std::sync::atomic::AtomicU64::new(0),
         };
         let timeouts = Timeouts {
             wait: Some(self.wait_timeout),

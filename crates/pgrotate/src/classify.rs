@@ -10,7 +10,10 @@
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
 //! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
 //! | 08P01 from PgBouncer: "server login has been failing", "query_wait_timeout" | [`Fault::PoolerUnavailable`] | back off at least PgBouncer's `server_login_retry`, no refetch |
-//! | 08P01 from PgBouncer: "too many connections" | [`Fault::TooManyConnections`] | back off, reconnect |
+//! | 08P01 from PgBouncer: "too many connections", "no more connections allowed (max_client_conn)" | [`Fault::TooManyConnections`] | back off, reconnect |
+//! | 08P01 from PgBouncer: "query timeout" (its `query_timeout` cancelled a statement) | [`Fault::Query`] | not re-run: it would run too long again |
+//! | at connect only: 42501 insufficient privilege (`REVOKE CONNECT` from a rotated-out role) | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | at connect only: 57P04 database dropped | [`Fault::DatabaseGone`] | refetch the URL, reconnect |
 //! | anything else | [`Fault::Query`] | the caller's own error: never retried |
 //!
 //! Classification is by SQLSTATE, never by message text — with one
@@ -106,6 +109,26 @@ const BY_SQLSTATE: &[(SqlState, Fault)] = &[
     (SqlState::TOO_MANY_CONNECTIONS, Fault::TooManyConnections),
 ];
 
+/// At connect time some codes mean the URL is stale rather than the
+/// caller's error: a platform that rotates by a new role and `REVOKE
+/// CONNECT` from the old one answers 42501, a dropped database 57P04.
+const AT_CONNECT: &[(SqlState, Fault)] = &[
+    (SqlState::INSUFFICIENT_PRIVILEGE, Fault::CredentialsRejected),
+    (SqlState::DATABASE_DROPPED, Fault::DatabaseGone),
+];
+
+/// Classifies an error of a *connect* (startup and authentication): the
+/// table, plus [`AT_CONNECT`] — nothing the caller sent can have caused it.
+pub(crate) fn classify_connect(err: &tokio_postgres::Error) -> Fault {
+    match err.code() {
+        Some(code) => AT_CONNECT
+            .iter()
+            .find(|(c, _)| c == code)
+            .map_or_else(|| classify(err), |(_, f)| *f),
+        None => classify(err),
+    }
+}
+
 /// The one place message text counts: PgBouncer's own errors, all 08P01.
 /// The first entry whose text the message contains wins.
 pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
@@ -117,6 +140,11 @@ pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
     // The server's own refusal of PgBouncer's login, passed on once.
     ("too many connections", Fault::TooManyConnections),
     ("query_wait_timeout", Fault::PoolerUnavailable),
+    // max_client_conn: PgBouncer has no client slot left.
+    ("no more connections allowed", Fault::TooManyConnections),
+    // query_timeout: PgBouncer cancelled a statement that ran too long and
+    // closed the connection. Running it again would run too long again.
+    ("query timeout", Fault::Query),
 ];
 
 /// The SQLSTATE class of connection exceptions: 08000, 08003, 08006, 08001,
@@ -313,6 +341,19 @@ mod tests {
             assert!(!f.needs_refetch());
             assert!(!f.worth_one_refetch());
         }
+    }
+
+    #[test]
+    fn pgbouncer_full_is_too_many_connections_and_its_query_timeout_is_not_rerun() {
+        assert_eq!(
+            from_pgbouncer("no more connections allowed (max_client_conn)"),
+            Fault::TooManyConnections
+        );
+        assert_eq!(from_pgbouncer("query timeout"), Fault::Query);
+        assert_eq!(
+            from_pgbouncer("query_wait_timeout"),
+            Fault::PoolerUnavailable
+        );
     }
 
     #[test]

@@ -43,6 +43,12 @@ impl Client {
         self.conn().generation
     }
 
+    /// What the server said on this connection (transaction status,
+    /// unanswered requests, `in_hot_standby`).
+    pub(crate) fn wire(&self) -> std::sync::Arc<crate::wire::Wire> {
+        self.conn().wire.clone()
+    }
+
     /// Marks work in flight (`true`) or finished with the connection in a
     /// clean state (`false`).
     pub(crate) fn set_busy(&mut self, busy: bool) {

@@ -47,6 +47,11 @@ pub enum ErrorKind {
     /// The connection was lost after `COMMIT` was sent and before its answer
     /// arrived: the transaction may or may not have been committed.
     CommitOutcomeUnknown,
+    /// A `transaction` closure returned `Ok` although a statement in it had
+    /// failed (an error swallowed, a savepoint misused): the server would
+    /// have answered `COMMIT` with a rollback. pgrotate rolled back and
+    /// says so; nothing of the transaction was applied. Never retried.
+    RolledBack,
 }
 
 impl ErrorKind {
@@ -61,6 +66,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Closed => "pool closed",
             ErrorKind::CommitOutcomeUnknown => "commit outcome unknown",
+            ErrorKind::RolledBack => "transaction rolled back",
         }
     }
 }
@@ -225,7 +231,8 @@ impl Error {
             | ErrorKind::CredentialsRejected
             | ErrorKind::Query
             | ErrorKind::Closed
-            | ErrorKind::CommitOutcomeUnknown => false,
+            | ErrorKind::CommitOutcomeUnknown
+            | ErrorKind::RolledBack => false,
         }
     }
 }

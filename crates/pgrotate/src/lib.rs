@@ -16,6 +16,7 @@ mod settings;
 mod stats;
 mod tls;
 mod url;
+mod wire;
 
 pub mod source;
 

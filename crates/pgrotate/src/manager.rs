@@ -31,6 +31,7 @@ use crate::error::{Error, ErrorKind, describe_postgres};
 use crate::refresh::{Generation, Refresher, Wait};
 use crate::settings::Target;
 use crate::stats::Counters;
+use crate::wire::{Observed, TxStatus, Wire};
 
 const TARGET: &str = "pgrotate::manager";
 
@@ -52,7 +53,48 @@ pub(crate) struct Connection {
     /// When it is closed instead of handed out again (`max_lifetime`, with
     /// jitter so a fleet does not reconnect in one wave).
     pub(crate) expires_at: Option<Instant>,
+    /// What the server said on it: transaction status, unanswered requests,
+    /// `in_hot_standby`.
+    pub(crate) wire: Arc<Wire>,
+    /// How to reach the server again, to cancel a request left running.
+    pub(crate) canceller: Canceller,
 }
+
+/// What a cancel request for one connection needs.
+#[derive(Clone)]
+pub(crate) enum Canceller {
+    Tls(crate::wire::ObservingTls),
+    Plain,
+}
+
+impl Connection {
+    /// Asks the server to cancel what runs on this connection, in the
+    /// background, bounded: the connection is being closed because a caller
+    /// dropped it mid-request, and the server would otherwise run that
+    /// request to its end on a slot of the plan's few.
+    fn cancel_in_background(&self) {
+        let token = self.client.cancel_token();
+        let canceller = self.canceller.clone();
+        tokio::spawn(async move {
+            let cancel = async {
+                match canceller {
+                    Canceller::Tls(tls) => token.cancel_query(tls).await,
+                    Canceller::Plain => token.cancel_query(tokio_postgres::NoTls).await,
+                }
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+                tracing::debug!(target: TARGET, error = %describe_postgres(&e), "cancel request failed");
+            }
+        });
+    }
+}
+
+/// How long a cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a returned connection's last answer may lag behind its
+/// caller (the answer and its `ReadyForQuery` usually come in one read).
+const SETTLE: Duration = Duration::from_millis(50);
 
 impl Connection {
     /// Whether the pool should keep this connection (idle or returning):
@@ -71,6 +113,11 @@ pub(crate) struct Manager {
     pub(crate) max_lifetime: Option<Duration>,
     /// The create deadline when no caller set one.
     pub(crate) create_timeout: Duration,
+    /// A generation one of whose idle connections did not answer its check
+    /// within the whole ping timeout (0: none): its other idle connections
+    /// are closed without a check of their own, so a blackholed network
+    /// costs one ping timeout, not one per idle connection.
+    pub(crate) suspect: std::sync::atomic::AtomicU64,
 }
 
 /// A test connection with `target`: connect and one empty query, within
@@ -115,7 +162,7 @@ enum ConnectFailed {
 impl ConnectFailed {
     fn fault(&self) -> Fault {
         match self {
-            ConnectFailed::Postgres(e) => classify(e),
+            ConnectFailed::Postgres(e) => crate::classify::classify_connect(e),
             ConnectFailed::TimedOut(_) => Fault::ConnectionLost,
         }
     }
@@ -155,10 +202,16 @@ impl ConnectFailed {
 
 impl Manager {
     /// The caller's checkout deadline, or the create timeout from now.
+    /// The caller's checkout deadline, if it set one.
+    fn caller_deadline(&self) -> Option<tokio::time::Instant> {
+        CHECKOUT_DEADLINE.try_with(|d| *d).ok()
+    }
+
+    /// When a create must be done: the create timeout from now, and never
+    /// past the caller's checkout deadline.
     fn checkout_deadline(&self) -> tokio::time::Instant {
-        CHECKOUT_DEADLINE
-            .try_with(|d| *d)
-            .unwrap_or_else(|_| later(tokio::time::Instant::now(), self.create_timeout))
+        let own = later(tokio::time::Instant::now(), self.create_timeout);
+        self.caller_deadline().map_or(own, |d| d.min(own))
     }
 
     async fn connect(
@@ -170,13 +223,18 @@ impl Manager {
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
         let target = &generation.target;
+        // Each host gets its connect timeout (tokio-postgres bounds the TCP
+        // connect to each; the whole, TLS and authentication included, gets
+        // that much per host), and never past the caller's deadline.
+        let hosts = target.config.get_hosts().len().max(1) as u32;
         let bound = target
             .config
             .get_connect_timeout()
             .copied()
             .unwrap_or(Duration::from_secs(10))
+            .saturating_mul(hosts)
             .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        let client = tokio::time::timeout(bound, self.open(generation))
+        let (client, wire, canceller) = tokio::time::timeout(bound, open(generation))
             .await
             .map_err(|_| ConnectFailed::TimedOut(bound))?
             .map_err(ConnectFailed::Postgres)?;
@@ -191,28 +249,112 @@ impl Manager {
             expires_at: self
                 .max_lifetime
                 .map(|l| crate::retry::after(jittered_lifetime(l))),
+            wire,
+            canceller,
         })
     }
+}
 
-    async fn open(
-        &self,
-        generation: &Generation,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let target = &generation.target;
-        let (client, connection) = target.config.connect(target.tls.clone()).await?;
-        let id = generation.id;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
-            }
-        });
-        if target.pooler {
-            // Through PgBouncer a connect succeeds even while its logins to
-            // the server fail: only a round trip proves the connection.
-            client.simple_query("select 1").await?;
-        }
-        Ok(client)
+/// Opens one connection with `generation`'s target, its protocol observed
+/// (TLS: through the connector; plaintext: on a socket the pool opens).
+async fn open(
+    generation: &Generation,
+) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
+    let target = &generation.target;
+    let id = generation.id;
+    let (client, wire, canceller) = if target.sslmode == crate::settings::SslMode::Disable {
+        let (client, wire) = open_plain(&target.config, id).await?;
+        (client, wire, Canceller::Plain)
+    } else {
+        let tls = target.tls.clone();
+        let slot = tls.wire_slot();
+        let (client, connection) = target.config.connect(tls).await?;
+        spawn_connection(connection, id);
+        let wire = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(Wire::unobserved);
+        (client, wire, Canceller::Tls(target.tls.clone()))
+    };
+    if target.pooler {
+        // Through PgBouncer a connect succeeds even while its logins to
+        // the server fail: only a round trip proves the connection.
+        client.simple_query("select 1").await?;
     }
+    Ok((client, wire, canceller))
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>, id: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
+        }
+    });
+}
+
+/// A plaintext connect on a socket of the pool's own, so its protocol can
+/// be observed: each TCP host of the URL in turn (a Unix socket is handed
+/// to tokio-postgres, unobserved).
+async fn open_plain(
+    config: &tokio_postgres::Config,
+    id: u64,
+) -> Result<(tokio_postgres::Client, Arc<Wire>), tokio_postgres::Error> {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    if hosts.iter().any(|h| !matches!(h, Host::Tcp(_))) {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        spawn_connection(connection, id);
+        return Ok((client, Wire::unobserved()));
+    }
+    let ports = config.get_ports();
+    let mut last = None;
+    for (i, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else { continue };
+        let port = ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432);
+        let per_host = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let tcp = tokio::time::timeout(
+            per_host,
+            tokio::net::TcpStream::connect((name.as_str(), port)),
+        );
+        let stream = match tcp.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                last = Some(e);
+                continue;
+            }
+            Err(_) => {
+                last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if config.get_keepalives() {
+            let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        }
+        let wire = Arc::new(Wire::default());
+        let observed = Observed::new(stream, wire.clone());
+        let (client, connection) = config.connect_raw(observed, tokio_postgres::NoTls).await?;
+        spawn_connection(connection, id);
+        return Ok((client, wire));
+    }
+    // tokio-postgres makes the same error for a refused TCP connect.
+    tracing::debug!(target: TARGET, error = ?last, "no TCP host of the URL answered");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    spawn_connection(connection, id);
+    Ok((client, Wire::unobserved()))
 }
 
 impl managed::Manager for Manager {
@@ -227,6 +369,12 @@ impl managed::Manager for Manager {
             let failed = match self.connect(&generation, deadline).await {
                 Ok(conn) => {
                     self.refresher.note_connected(generation.id);
+                    let _ = self.suspect.compare_exchange(
+                        generation.id,
+                        0,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
                     return Ok(conn);
                 }
                 Err(e) => e,
@@ -287,14 +435,33 @@ impl managed::Manager for Manager {
             tracing::debug!(target: TARGET, generation = conn.generation, current = self.refresher.current_id(), "closing a connection of an older generation or past its lifetime");
             return Err(RecycleError::message("older generation"));
         }
+        if let Err(why) = leave_clean(conn, self.ping_timeout).await {
+            tracing::debug!(target: TARGET, generation = conn.generation, why, "not reusing a connection its last caller left unclean");
+            return Err(RecycleError::message(why));
+        }
         if metrics.last_used() > self.ping_after_idle {
+            if self.suspect.load(Ordering::Acquire) == conn.generation {
+                return Err(RecycleError::message(
+                    "another idle connection of its generation did not answer its check",
+                ));
+            }
             // Bounded here rather than by a deadpool recycle timeout, which
-            // would arm a timer on every checkout, ping or not.
-            let check = tokio::time::timeout(self.ping_timeout, conn.client.simple_query("")).await;
+            // would arm a timer on every checkout, ping or not; and never
+            // past the caller's deadline.
+            let left = self.caller_deadline().map_or(self.ping_timeout, |d| {
+                d.saturating_duration_since(tokio::time::Instant::now())
+            });
+            let bound = self.ping_timeout.min(left);
+            let check = tokio::time::timeout(bound, conn.client.simple_query("")).await;
             let failed = match check {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(describe_postgres(&e)),
-                Err(_) => Some("no answer within the check timeout".to_string()),
+                Err(_) => {
+                    if bound == self.ping_timeout {
+                        self.suspect.store(conn.generation, Ordering::Release);
+                    }
+                    Some("no answer within the check timeout".to_string())
+                }
             };
             if let Some(why) = failed {
                 tracing::debug!(target: TARGET, generation = conn.generation, error = %why, "idle connection failed its check");
@@ -302,5 +469,30 @@ impl managed::Manager for Manager {
             }
         }
         Ok(())
+    }
+}
+
+/// Makes sure a connection comes back idle and clean, or not at all: a
+/// request its last caller left running (a dropped `get()` client) is
+/// cancelled and the connection closed; a transaction left open or failed
+/// (`BEGIN` without `COMMIT`, an error swallowed) is rolled back, and the
+/// connection kept only if the server then says it is idle.
+async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'static str> {
+    if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
+        conn.cancel_in_background();
+        return Err("a request was still running when its client was dropped");
+    }
+    match conn.wire.tx_status() {
+        TxStatus::Idle | TxStatus::Unknown => Ok(()),
+        TxStatus::InTransaction | TxStatus::Failed => {
+            let rollback = tokio::time::timeout(bound, conn.client.batch_execute("ROLLBACK")).await;
+            match rollback {
+                Ok(Ok(())) if conn.wire.tx_status() == TxStatus::Idle => {
+                    tracing::debug!(target: TARGET, generation = conn.generation, "rolled back a transaction its last caller left open");
+                    Ok(())
+                }
+                _ => Err("a transaction its last caller left open did not roll back"),
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ use crate::refresh::{Refresher, Wait};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
+use crate::wire::{TxStatus, Wire};
 
 const RETRY_TARGET: &str = "pgrotate::retry";
 
@@ -130,12 +131,8 @@ impl Pool {
     /// or [`Pool::transaction`] for that. Through PgBouncer, use only the
     /// calls listed under [`Pool`]'s "Through a transaction-mode pooler".
     pub async fn get(&self) -> Result<Client, Error> {
-        let create = self
-            .inner
-            .timeouts
-            .create
-            .unwrap_or(Duration::from_secs(30));
-        let deadline = later(tokio::time::Instant::now(), create);
+        let wait = self.inner.timeouts.wait.unwrap_or(Duration::from_secs(30));
+        let deadline = later(tokio::time::Instant::now(), wait);
         self.get_with(self.inner.timeouts, deadline).await
     }
 
@@ -153,9 +150,15 @@ impl Pool {
             deadline.saturating_duration_since(tokio::time::Instant::now())
                 + Duration::from_secs(1),
         );
-        let got = CHECKOUT_DEADLINE
-            .scope(deadline, self.inner.pool.timeout_get(&timeouts))
-            .await;
+        // The whole checkout — waiting for a slot, checks of idle
+        // connections, creates and refetches — ends by the deadline; the
+        // parts end by it themselves, this is the backstop.
+        let got = tokio::time::timeout_at(
+            later(deadline, Duration::from_millis(250)),
+            CHECKOUT_DEADLINE.scope(deadline, self.inner.pool.timeout_get(&timeouts)),
+        )
+        .await
+        .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
         match got {
             Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
@@ -269,6 +272,11 @@ impl Pool {
             }
             Ok(Err(e)) => {
                 let fault = classify(&e);
+                let fault = if fault == Fault::ReadOnly {
+                    read_only_or_standby(&client).await
+                } else {
+                    fault
+                };
                 if !fault.is_connection_level() {
                     client.set_busy(false);
                     return Outcome::Fail(Error::postgres(ErrorKind::Query, fault, e));
@@ -361,6 +369,7 @@ impl Pool {
         let timeout = self.attempt_timeout(policy);
         let deadline = timeout.map(crate::retry::after);
         let generation = client.generation();
+        let wire = client.wire();
         client.set_busy(true);
         let tx = match until(deadline, client.transaction()).await {
             Err(()) => return Outcome::Retry(abandoned(timeout)),
@@ -370,7 +379,7 @@ impl Pool {
         let value = match until(deadline, work(&tx)).await {
             Err(()) => return Outcome::Retry(abandoned(timeout)),
             Ok(Ok(v)) => v,
-            Ok(Err(e)) if classify(&e).is_connection_level() => {
+            Ok(Err(e)) if standby_aware(classify(&e), &wire).is_connection_level() => {
                 drop(tx);
                 return self.lost_before_commit(attempts, generation, e).await;
             }
@@ -399,6 +408,22 @@ impl Pool {
             // Out of time before COMMIT was sent: nothing was committed, so
             // this is a plain abandoned attempt, not an unknown outcome.
             return Outcome::Retry(abandoned(timeout));
+        }
+        if wire.unanswered().is_some_and(|n| n > 0) {
+            wire.settled(Duration::from_millis(50)).await;
+        }
+        if wire.tx_status() == TxStatus::Failed {
+            // A statement failed and the closure went on: COMMIT would only
+            // roll back, and tokio-postgres would report that as success.
+            let rolled_back = matches!(until(deadline, tx.rollback()).await, Ok(Ok(())));
+            if rolled_back {
+                client.set_busy(false);
+            }
+            return Outcome::Fail(Error::new(
+                ErrorKind::RolledBack,
+                "a statement in the transaction failed and the closure returned Ok anyway \
+                 (an error swallowed, or a savepoint not rolled back to); nothing was committed",
+            ));
         }
         match until(deadline, tx.commit()).await {
             Ok(Ok(())) => {
@@ -548,9 +573,9 @@ impl Pool {
 
     /// Fetches the URL now and adopts it if it changed; returns the
     /// current generation. For a user who knows the URL changed. It spends
-    /// a token of the source's budget, waiting for one (and for a
-    /// `Retry-After`) no longer than the wait timeout; the fetch itself is
-    /// bounded by the fetch timeout.
+    /// a token of the source's budget above the reserve kept for failures,
+    /// waiting for one (and for a `Retry-After`) no longer than the wait
+    /// timeout; the fetch itself is bounded by the fetch timeout.
     pub async fn refresh_now(&self) -> Result<u64, Error> {
         let wait = self.inner.timeouts.wait.unwrap_or(Duration::from_secs(30));
         let deadline = later(tokio::time::Instant::now(), wait);
@@ -617,6 +642,35 @@ impl Attempts {
         } else {
             e
         }
+    }
+}
+
+/// 25006 (read-only transaction) means "landed on a standby" only when the
+/// server is one; in the caller's own `READ ONLY` transaction it is the
+/// caller's error. The connection's `in_hot_standby` (PostgreSQL 14+) says
+/// which at no cost; where it is unknown the fault stands.
+fn standby_aware(fault: Fault, wire: &Wire) -> Fault {
+    match (fault, wire.in_hot_standby()) {
+        (Fault::ReadOnly, Some(false)) => Fault::Query,
+        _ => fault,
+    }
+}
+
+/// [`standby_aware`] for `run`, where the connection is free to ask the
+/// server itself when it did not report `in_hot_standby`.
+async fn read_only_or_standby(client: &Client) -> Fault {
+    let wire = client.wire();
+    if wire.in_hot_standby().is_some() {
+        return standby_aware(Fault::ReadOnly, &wire);
+    }
+    let asked = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.query_typed_one("select pg_is_in_recovery()", &[]),
+    )
+    .await;
+    match asked {
+        Ok(Ok(row)) if !row.get::<_, bool>(0) => Fault::Query,
+        _ => Fault::ReadOnly,
     }
 }
 

@@ -116,6 +116,10 @@ impl RefreshFailed {
 }
 
 struct InFlight {
+    /// Which fetch: one aborted and replaced must not record its outcome
+    /// over its successor's.
+    id: u64,
+    trigger: Trigger,
     task: tokio::task::AbortHandle,
 }
 
@@ -124,6 +128,8 @@ struct State {
     in_flight: Option<InFlight>,
     /// Fetches finished so far (the build's not counted).
     finished: u64,
+    /// Fetches started so far: the next one's id.
+    started: u64,
     /// The last finished fetch's error, if it failed.
     last_fetch_error: Option<Error>,
     /// The last failure-driven fetch brought the URL in use again.
@@ -207,6 +213,7 @@ impl Refresher {
                 schedule,
                 in_flight: None,
                 finished: 0,
+                started: 0,
                 last_fetch_error: None,
                 stale: false,
                 pending: None,
@@ -310,7 +317,7 @@ impl Refresher {
     ) -> Result<Arc<Generation>, RefreshFailed> {
         let mut said_why = false;
         loop {
-            let step = self.step(failed, trigger, why)?;
+            let step = self.step(failed, trigger, why, wait)?;
             match step {
                 Step::Done(g) => return Ok(g),
                 Step::Join(seen) => {
@@ -350,7 +357,7 @@ impl Refresher {
                         return Ok(cur);
                     }
                 }
-                Step::NotNow(at) => {
+                Step::NotNow(at, seen) => {
                     let now = Instant::now();
                     if wait == Wait::OnceNow {
                         return Ok(self.current());
@@ -362,7 +369,13 @@ impl Refresher {
                         said_why = true;
                         tracing::info!(target: TARGET, source = %self.source_name, reason = why, wait = %fmt_duration(at - now), "waiting for the source's budget before refetching the database URL");
                     }
-                    tokio::time::sleep_until(at).await;
+                    // Woken early by a fetch finishing (someone else's may
+                    // have brought a new URL) or by close().
+                    let mut rx = self.done.subscribe();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = rx.wait_for(|&n| n > seen) => {}
+                    }
                 }
             }
         }
@@ -375,6 +388,7 @@ impl Refresher {
         failed: u64,
         trigger: Trigger,
         why: &'static str,
+        wait: Wait,
     ) -> Result<Step, RefreshFailed> {
         let mut st = self.lock();
         if st.closed {
@@ -399,8 +413,25 @@ impl Refresher {
             tracing::info!(target: TARGET, generation = new.id, reason = why, "adopted the new URL the watch had fetched");
             return Ok(Step::Done(new));
         }
-        if st.in_flight.is_some() {
-            return Ok(Step::Join(st.finished));
+        if let Some(f) = &st.in_flight {
+            let watch_poll = f.trigger == Trigger::Watch;
+            if watch_poll && matches!(trigger, Trigger::Failure | Trigger::Requested) {
+                // A poll started before this failure (it may hang, or bring
+                // the old URL): a failure does not wait for it. A new URL it
+                // already fetched is pending and was adopted above.
+                if let Some(f) = st.in_flight.take() {
+                    f.task.abort();
+                }
+                st.finished += 1;
+                self.done.send_replace(st.finished);
+            } else if wait == Wait::OnceNow {
+                // Never wait for someone else's fetch: the connect error
+                // goes back to the retry loop, the fetch adopts what it
+                // brings.
+                return Ok(Step::Done(cur));
+            } else {
+                return Ok(Step::Join(st.finished));
+            }
         }
         match st.schedule.try_start(Instant::now(), trigger) {
             Ok(()) => {
@@ -408,7 +439,7 @@ impl Refresher {
                 self.spawn_fetch(&mut st, trigger, why);
                 Ok(Step::Join(seen))
             }
-            Err(at) => Ok(Step::NotNow(at)),
+            Err(at) => Ok(Step::NotNow(at, st.finished)),
         }
     }
 
@@ -495,16 +526,25 @@ impl Refresher {
         let me = self.me.clone();
         let source = self.source.clone();
         let timeout = self.config.fetch_timeout;
+        st.started += 1;
+        let id = st.started;
         let task = tokio::spawn(async move {
+            // A source that panics (in `fetch` or `budget`) must not leave a
+            // fetch "under way" forever: the guard records it as failed.
+            let guard = Unfinished { me: me.clone(), id };
             let started = Instant::now();
             let fetched = fetch_bounded(source.as_ref(), timeout).await;
             let budget = source.budget();
             drop(source);
             if let Some(this) = me.upgrade() {
-                this.finish(trigger, why, started, fetched, budget).await;
+                this.finish(id, trigger, why, started, fetched, budget)
+                    .await;
             }
+            std::mem::forget(guard);
         });
         st.in_flight = Some(InFlight {
+            id,
+            trigger,
             task: task.abort_handle(),
         });
     }
@@ -514,6 +554,7 @@ impl Refresher {
     /// that joined it.
     async fn finish(
         &self,
+        id: u64,
         trigger: Trigger,
         why: &'static str,
         started: Instant,
@@ -547,10 +588,20 @@ impl Refresher {
         let now = Instant::now();
         let elapsed = fmt_duration(now - started);
         let mut st = self.lock();
+        if st.in_flight.as_ref().is_none_or(|f| f.id != id) {
+            // Aborted and replaced (a failure did not wait for this poll),
+            // or the pool closed: the successor's outcome counts.
+            return;
+        }
         st.in_flight = None;
         st.finished += 1;
-        if self.config.budget.is_none() {
-            st.schedule.set_budget(budget, now);
+        if self.config.budget.is_none() && budget != st.schedule.budget() {
+            match budget.validate() {
+                Ok(()) => st.schedule.set_budget(budget, now),
+                Err(why) => {
+                    tracing::warn!(target: TARGET, source = %self.source_name, problem = %why, "ignoring the source's new budget; keeping the one in use");
+                }
+            }
         }
         match outcome {
             Outcome::New(url, target) => {
@@ -653,11 +704,48 @@ impl Refresher {
     }
 }
 
+/// Dropped while a fetch task unwinds (the source panicked) or is
+/// aborted: records the fetch as failed so nobody waits for it forever.
+struct Unfinished {
+    me: Weak<Refresher>,
+    id: u64,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            // Aborted: whoever aborted it has recorded that.
+            return;
+        }
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
+        let mut st = this.lock();
+        if st.closed || st.in_flight.as_ref().is_none_or(|f| f.id != self.id) {
+            return;
+        }
+        st.in_flight = None;
+        st.finished += 1;
+        let err = Error::source_failed(
+            &this.source_name,
+            SourceError::new(SourceErrorKind::Other, "the source panicked while fetching"),
+        );
+        tracing::warn!(target: TARGET, source = %this.source_name, "the source panicked while fetching the database URL");
+        this.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
+        st.last_error = Some(err.to_string());
+        st.last_fetch_error = Some(err);
+        let finished = st.finished;
+        drop(st);
+        this.done.send_replace(finished);
+    }
+}
+
 enum Step {
     Done(Arc<Generation>),
     /// Wait for the fetch that finishes after `finished` fetches.
     Join(u64),
-    NotNow(Instant),
+    /// Not before this time; `finished` fetches so far.
+    NotNow(Instant, u64),
 }
 
 enum Outcome {

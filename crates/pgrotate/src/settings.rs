@@ -21,7 +21,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio_postgres::config::ChannelBinding as PgChannelBinding;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::tls::{self, ClientIdentity, Roots, TlsError};
 use crate::url::{DatabaseUrl, UrlError};
@@ -283,7 +282,7 @@ impl Default for Settings {
 #[derive(Clone)]
 pub(crate) struct Target {
     pub(crate) config: tokio_postgres::Config,
-    pub(crate) tls: MakeRustlsConnect,
+    pub(crate) tls: crate::wire::ObservingTls,
     pub(crate) sslmode: SslMode,
     /// Through a transaction-mode pooler: check each new connection with a
     /// round trip (a connect to PgBouncer proves nothing about its login
@@ -385,7 +384,12 @@ impl Settings {
         if let Some(name) = &self.application_name {
             config.application_name(name.clone());
         }
-        config.connect_timeout(self.connect_timeout);
+        // Per host: the smaller of the URL's `connect_timeout` and the
+        // builder's, so neither can make the other wait longer.
+        let per_host = config
+            .get_connect_timeout()
+            .map_or(self.connect_timeout, |url| (*url).min(self.connect_timeout));
+        config.connect_timeout(per_host);
         if let Some(idle) = self.keepalives_idle {
             config.keepalives(true).keepalives_idle(idle);
         }
@@ -404,7 +408,9 @@ impl Settings {
                 }));
             }
         };
-        let tls = tls::connector(sslmode, &roots, identity.as_ref()).map_err(TargetError::Tls)?;
+        let tls = crate::wire::ObservingTls::new(
+            tls::connector(sslmode, &roots, identity.as_ref()).map_err(TargetError::Tls)?,
+        );
         Ok(Target {
             config,
             tls,
@@ -558,6 +564,25 @@ mod tests {
             t.config.get_ssl_mode(),
             tokio_postgres::config::SslMode::Require
         );
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn a_urls_connect_timeout_counts_when_it_is_the_smaller() {
+        let s = Settings::default();
+        let t = s
+            .target(&url("postgres://u:p@h/d?connect_timeout=1"))
+            .unwrap();
+        assert_eq!(
+            t.config.get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
+        let t = s
+            .target(&url("postgres://u:p@h/d?connect_timeout=60"))
+            .unwrap();
         assert_eq!(
             t.config.get_connect_timeout(),
             Some(&Duration::from_secs(10))

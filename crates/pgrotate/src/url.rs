@@ -99,9 +99,16 @@ impl DatabaseUrl {
         &self.raw
     }
 
-    /// The URL with its password replaced by `_`.
+    /// The URL with its password replaced by `_`. The whole text is one
+    /// URL, so a password with white space in it is hidden whole too.
     pub fn redacted(&self) -> String {
-        redact(&self.raw)
+        match self.raw.find("://") {
+            Some(pos) => {
+                let (head, tail) = self.raw.split_at(pos + 3);
+                redact_password_params(&format!("{head}{}", redact_one(tail)))
+            }
+            None => redact(&self.raw),
+        }
     }
 }
 
@@ -178,6 +185,19 @@ fn redact_password_params(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_with_white_space_is_hidden_whole() {
+        for raw in [
+            "postgres://app:hunter2 zz9secret@db.example/app",
+            "postgres://app:zz9secret\t@db.example/app",
+        ] {
+            let u = DatabaseUrl::parse(raw).unwrap();
+            let shown = format!("{u} {u:?}");
+            assert!(!shown.contains("zz9secret"), "{shown}");
+            assert!(shown.contains("app:_@db.example/app"), "{shown}");
+        }
+    }
 
     #[test]
     fn redacts_userinfo_password() {

@@ -18,6 +18,8 @@ enum Answer {
     Fail(SourceError),
     /// Never answers (until the fetch is dropped).
     Hang,
+    /// A bug in the user's source.
+    Panic,
     /// Answers the URL current when asked, after this long.
     Slow(Duration),
 }
@@ -74,6 +76,7 @@ impl UrlSource for Shared {
         let r = match next {
             Some(Answer::Fail(e)) => Err(e),
             Some(Answer::Hang) => std::future::pending().await,
+            Some(Answer::Panic) => panic!("a bug in the user's source"),
             Some(Answer::Slow(d)) => {
                 let url = *s.url.lock().unwrap();
                 tokio::time::sleep(d).await;
@@ -181,13 +184,13 @@ async fn a_watch_poll_under_way_never_delays_a_failure() {
     while script.fetches() < 2 {
         tokio::task::yield_now().await;
     }
-    // The rotation lands while the poll is on its way: the poll brings the
-    // old URL, the failure fetches again at once.
+    // The rotation lands while the poll is on its way (it would bring the
+    // old URL): the failure does not wait for it, it fetches at once.
     tokio::time::sleep(S / 2).await;
     script.set(NEW);
     let t = Instant::now();
     assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
-    assert_eq!(t.elapsed(), S / 2, "only the rest of the poll's answer");
+    assert_eq!(t.elapsed(), Duration::ZERO);
     assert_eq!(script.fetches(), 3);
 }
 
@@ -413,4 +416,89 @@ async fn refresh_now_waits_for_retry_after_within_its_bound() {
     let e = r.refresh_now(Instant::now() + S).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
     assert!(e.to_string().contains("allows the next request in"), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_that_panics_fails_that_fetch_and_the_next_one_goes_out() {
+    let script = Script::new(Budget::heroku());
+    let r = refresher(&script, RefreshConfig::default()).await;
+    script.then(Answer::Panic);
+    script.set(NEW);
+    let e = r.refresh_now(Instant::now() + 30 * S).await.unwrap_err();
+    assert!(e.to_string().contains("the source panicked"), "{e}");
+    assert_eq!(r.refresh_now(Instant::now() + 30 * S).await.unwrap().id, 2);
+    assert_eq!(script.fetches(), 3);
+    assert!(r.last_error().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_watch_poll_never_holds_a_failure_back() {
+    let script = Script::new(Budget::heroku());
+    let config = RefreshConfig {
+        watch: Some(S),
+        ..RefreshConfig::default()
+    };
+    let r = refresher(&script, config).await;
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    script.then(Answer::Hang);
+    r.poll_for_change();
+    while script.fetches() < 2 {
+        tokio::task::yield_now().await;
+    }
+    script.set(NEW);
+    let t = Instant::now();
+    assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
+    assert_eq!(
+        t.elapsed(),
+        Duration::ZERO,
+        "the failure sent its own request"
+    );
+    tokio::task::yield_now().await;
+    assert_eq!(
+        script.abandoned.load(Ordering::SeqCst),
+        1,
+        "the hung poll was dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_never_waits_for_someone_elses_fetch() {
+    let script = Script::new(Budget::local());
+    let r = refresher(&script, RefreshConfig::default()).await;
+    script.then(Answer::Slow(10 * S));
+    let slow = {
+        let r = r.clone();
+        tokio::spawn(async move { r.refresh_now(Instant::now() + 30 * S).await.map(|g| g.id) })
+    };
+    while script.fetches() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let t = Instant::now();
+    let g = r
+        .refresh_after(
+            1,
+            Trigger::Outage,
+            "connection lost",
+            Wait::OnceNow,
+            Instant::now() + 30 * S,
+        )
+        .await
+        .unwrap();
+    assert_eq!((g.id, t.elapsed()), (1, Duration::ZERO));
+    assert_eq!(slow.await.unwrap().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_wakes_a_caller_waiting_for_the_budget() {
+    let script = Script::new(Budget::new(1, 80 * S).reserve(0));
+    let r = refresher(&script, RefreshConfig::default()).await;
+    let waiting = {
+        let r = r.clone();
+        tokio::spawn(async move { failure(&r, 1, 300 * S).await })
+    };
+    tokio::time::sleep(S).await;
+    let t = Instant::now();
+    r.close();
+    assert!(waiting.await.unwrap().unwrap_err().closed);
+    assert_eq!(t.elapsed(), Duration::ZERO);
 }

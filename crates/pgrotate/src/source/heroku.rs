@@ -231,11 +231,15 @@ impl HerokuApi {
     /// (`RateLimit-Remaining` below 100) halves the refill.
     fn current_budget(&self, remaining: Option<u64>) -> Budget {
         match remaining {
-            Some(r) if r < LOW_REMAINING => {
-                Budget::new(self.budget.burst(), self.budget.refill().saturating_mul(2))
-                    .reserve(self.budget.reserved())
-                    .outage_grace(self.budget.grace())
-            }
+            Some(r) if r < LOW_REMAINING => Budget::new(
+                self.budget.burst(),
+                self.budget
+                    .refill()
+                    .saturating_mul(2)
+                    .min(crate::budget::MAX_REFILL),
+            )
+            .reserve(self.budget.reserved())
+            .outage_grace(self.budget.grace()),
             _ => self.budget,
         }
     }
@@ -435,12 +439,12 @@ impl HerokuApi {
                 ),
             ),
             StatusCode::TOO_MANY_REQUESTS => {
-                let after = retry_after.unwrap_or_else(|| jittered(self.budget.refill()));
-                let left = self
-                    .memo
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remaining
+                let after = retry_after
+                    .unwrap_or_else(|| jittered(self.budget.refill()))
+                    .min(super::MAX_RETRY_AFTER);
+                // This answer's own header only: an earlier answer's count
+                // says nothing about now.
+                let left = header_u64(headers, "ratelimit-remaining")
                     .map(|r| format!(", RateLimit-Remaining {r}"))
                     .unwrap_or_default();
                 return SourceError::new(

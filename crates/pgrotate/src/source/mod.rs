@@ -175,7 +175,7 @@ impl From<UrlError> for SourceError {
 }
 
 /// The longest `Retry-After` a source can impose.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,0 +1,236 @@
+//! Nothing leaks between callers and "Ok" means done, against a real
+//! server: a connection comes back idle and clean or not at all (a
+//! transaction left open or failed is rolled back, a request left running
+//! is cancelled and its connection closed); a transaction whose closure
+//! swallowed an error is reported rolled back, never as committed; the
+//! caller's own `READ ONLY` transaction is not mistaken for a failover.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{bounded, role_and_file};
+use pgrotate::{ErrorKind, Pool};
+use pgrotate_testing::Cluster;
+
+/// A pool of one connection, so the next caller gets the same one.
+async fn one_connection_pool(prefix: &str) -> (Pool, common::UrlFile) {
+    let cluster = Cluster::shared().await.unwrap();
+    let (_role, file) = role_and_file(cluster, prefix).await;
+    let pool = Pool::builder(file.source())
+        .max_size(1)
+        .build()
+        .await
+        .unwrap();
+    pool.run(async |c| c.batch_execute("create table t (id int primary key)").await)
+        .await
+        .unwrap();
+    (pool, file)
+}
+
+async fn ids(pool: &Pool) -> Vec<i32> {
+    pool.run(async |c| {
+        let rows = c.query("select id from t order by id", &[]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transaction_left_by_run_is_rolled_back_before_the_next_caller() {
+    bounded(async {
+        let (pool, _file) = one_connection_pool("clean_failed").await;
+        let e = pool
+            .run(async |c| c.batch_execute("BEGIN; SELECT 1/0; COMMIT").await)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e}");
+        // The same connection, next caller: no 25P02.
+        for _ in 0..3 {
+            assert_eq!(common::select_one(&pool).await.unwrap(), 1);
+        }
+        assert_eq!(
+            pool.status().connections_opened,
+            1,
+            "rolled back, not reconnected"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_left_by_run_is_never_committed_by_the_next_caller() {
+    bounded(async {
+        let (pool, _file) = one_connection_pool("clean_open").await;
+        pool.run(async |c| c.batch_execute("BEGIN; INSERT INTO t VALUES (42)").await)
+            .await
+            .unwrap();
+        pool.transaction(async |tx| tx.execute("insert into t values (43)", &[]).await)
+            .await
+            .unwrap();
+        assert_eq!(ids(&pool).await, [43], "row 42 was never committed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_left_by_get_is_rolled_back_on_the_next_checkout() {
+    bounded(async {
+        let (pool, _file) = one_connection_pool("clean_get").await;
+        let client = pool.get().await.unwrap();
+        client
+            .batch_execute("BEGIN; INSERT INTO t VALUES (42)")
+            .await
+            .unwrap();
+        drop(client);
+        let client = pool.get().await.unwrap();
+        client
+            .execute("insert into t values (43)", &[])
+            .await
+            .unwrap();
+        drop(client);
+        assert_eq!(ids(&pool).await, [43]);
+        let client = pool.get().await.unwrap();
+        let e = client.batch_execute("BEGIN; SELECT 1/0").await.unwrap_err();
+        assert!(e.as_db_error().is_some());
+        drop(client);
+        assert_eq!(common::select_one(&pool).await.unwrap(), 1, "no 25P02");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_client_dropped_mid_query_is_not_inherited_and_its_query_is_cancelled() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "clean_dropped").await;
+        let pool = Pool::builder(file.source())
+            .max_size(1)
+            .application_name("clean_dropped")
+            .build()
+            .await
+            .unwrap();
+        let client = pool.get().await.unwrap();
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.simple_query("select pg_sleep(5)"),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(client);
+
+        let started = Instant::now();
+        assert_eq!(common::select_one(&pool).await.unwrap(), 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the next caller waited {:?} for the abandoned query",
+            started.elapsed()
+        );
+        // The server does not run the abandoned sleep to its end either.
+        let admin = cluster.superuser().await.unwrap();
+        common::wait_until(async || {
+            let n: i64 = admin
+                .query_one(
+                    "select count(*) from pg_stat_activity where usename = $1 and query like '%pg_sleep(5)%' and state = 'active'",
+                    &[&role.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 0
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(4), "cancelled, not run to its end");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back() {
+    bounded(async {
+        let (pool, _file) = one_connection_pool("clean_swallow").await;
+        pool.run(async |c| c.execute("insert into t values (1)", &[]).await)
+            .await
+            .unwrap();
+        let r = pool
+            .transaction(async |tx| {
+                tx.execute("insert into t values (2)", &[]).await?;
+                // A duplicate key, swallowed.
+                let dup = tx.execute("insert into t values (1)", &[]).await;
+                assert!(dup.is_err());
+                Ok(())
+            })
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("nothing was committed"), "{e}");
+        assert_eq!(
+            ids(&pool).await,
+            [1],
+            "row 2 is not there, and no one said it was"
+        );
+
+        // A savepoint misused: the failure inside it is never rolled back to.
+        let e = pool
+            .transaction(async |tx| {
+                tx.execute("insert into t values (3)", &[]).await?;
+                tx.batch_execute("SAVEPOINT a").await?;
+                let _ = tx.execute("insert into t values (1)", &[]).await;
+                let _ = tx.batch_execute("RELEASE SAVEPOINT a").await;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
+        assert_eq!(ids(&pool).await, [1]);
+
+        // Used rightly, a savepoint keeps the rest of the transaction.
+        pool.transaction(async |tx| {
+            tx.execute("insert into t values (4)", &[]).await?;
+            tx.batch_execute("SAVEPOINT a").await?;
+            let _ = tx.execute("insert into t values (1)", &[]).await;
+            tx.batch_execute("ROLLBACK TO SAVEPOINT a").await?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(ids(&pool).await, [1, 4]);
+        assert_eq!(pool.status().retries, 0, "never retried");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_own_read_only_transaction_is_its_error_not_a_failover() {
+    bounded(async {
+        let (pool, _file) = one_connection_pool("clean_readonly").await;
+        let before = pool.status();
+        let e = pool
+            .transaction(async |tx| {
+                tx.batch_execute("SET TRANSACTION READ ONLY").await?;
+                tx.execute("insert into t values (1)", &[]).await
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+        );
+        assert_eq!(e.kind(), ErrorKind::Query, "{e}");
+        let e = pool
+            .run(async |c| {
+                c.batch_execute("BEGIN READ ONLY; INSERT INTO t VALUES (2); COMMIT")
+                    .await
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e}");
+        let after = pool.status();
+        assert_eq!(after.fetches, before.fetches, "no refetch: {after:?}");
+        assert_eq!(after.retries, before.retries, "no retry: {after:?}");
+        assert_eq!(after.connections_opened, before.connections_opened);
+    })
+    .await;
+}
