@@ -37,6 +37,39 @@ async fn rotate(cluster: &Cluster, role: &TestRole, server: &ApiServer) -> TestR
     new
 }
 
+/// The usual scene: a role on the shared server, the Platform API
+/// stand-in serving its URL, a pool with the default Heroku budget, and a
+/// warmed load.
+struct Scene {
+    cluster: &'static Cluster,
+    role: TestRole,
+    server: ApiServer,
+    pool: Pool,
+    load: Load,
+}
+
+impl Scene {
+    async fn start(prefix: &str) -> Scene {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role(prefix).await.unwrap();
+        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
+        let pool = Pool::builder(heroku(&server))
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
+        let load = Load::start(&pool, WORKERS);
+        load.warmed().await;
+        Scene {
+            cluster,
+            role,
+            server,
+            pool,
+            load,
+        }
+    }
+}
+
 /// Requests the stand-in answered since `since`.
 fn requests_since(server: &ApiServer, since: Instant) -> usize {
     server.seen().iter().filter(|s| s.at >= since).count()
@@ -129,16 +162,13 @@ async fn a_rotation_one_second_after_a_watch_poll_recovers_at_once_with_one_requ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_twice").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
+        let Scene {
+            cluster,
+            role,
+            server,
+            pool,
+            load,
+        } = Scene::start("budget_twice").await;
 
         let (role, first_a, requests_a) = rotate_and_recover(cluster, &role, &server, &load).await;
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -161,16 +191,13 @@ async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_a_cancelled_caller_and_a_low_account_leave_the_next_rotation_intact() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_slow").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
+        let Scene {
+            cluster,
+            role,
+            server,
+            pool,
+            load,
+        } = Scene::start("budget_slow").await;
 
         // Rotation A: the API takes 1.5 s to answer and says the account
         // is low; a caller gives up on its own timeout while it waits.
@@ -327,16 +354,13 @@ async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_sec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_published_five_seconds_late_costs_callers_nothing() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_late").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
+        let Scene {
+            cluster,
+            role,
+            server,
+            pool: _pool,
+            load,
+        } = Scene::start("budget_late").await;
 
         // The password stops working; the config var follows 5 s later.
         let since = Instant::now();
@@ -362,16 +386,13 @@ async fn a_url_published_five_seconds_late_costs_callers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_429s_and_three_500s_after_a_rotation_are_waited_out() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_429").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
+        let Scene {
+            cluster,
+            role,
+            server,
+            pool: _pool,
+            load,
+        } = Scene::start("budget_429").await;
 
         for _ in 0..3 {
             server.script(

@@ -215,6 +215,11 @@ fn fruitless_backoff(cap: Duration) -> Backoff {
 
 const FALLBACK_BACKOFF: Backoff = Backoff::fixed(FRUITLESS_BASE);
 
+/// `d × factor`, saturating at `Duration::MAX` instead of panicking.
+pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 /// `at + d`, saturating far in the future instead of panicking.
 pub(crate) fn later(at: Instant, d: Duration) -> Instant {
     at.checked_add(d)
@@ -402,7 +407,7 @@ impl Schedule {
             outage_fruitless: 0,
             outage_until: None,
             not_before: None,
-            next_watch: first.map(|w| later(now, w.mul_f64(phase.clamp(0.0, 1.0)))),
+            next_watch: first.map(|w| later(now, scaled(w, phase.clamp(0.0, 1.0)))),
             watch_every: watch,
             outage_since: None,
         }
@@ -470,7 +475,7 @@ impl Schedule {
             // At least two refills of the budget as it is now; give or take
             // a tenth, so a fleet does not fall into step.
             let every = every.max(self.bucket.budget.watch_spacing());
-            self.next_watch = Some(later(now, every.mul_f64(0.9 + fastrand::f64() / 5.0)));
+            self.next_watch = Some(later(now, scaled(every, 0.9 + fastrand::f64() / 5.0)));
         }
         Ok(())
     }
@@ -813,5 +818,7 @@ mod tests {
         b.spend(t0);
         assert!(b.available_at(t0, u32::MAX - 1) > t0);
         assert!(later(t0, Duration::MAX) > t0);
+        assert_eq!(scaled(Duration::MAX, 1.1), Duration::MAX);
+        assert_eq!(scaled(Duration::from_secs(10), 0.5), Duration::from_secs(5));
     }
 }

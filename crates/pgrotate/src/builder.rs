@@ -19,6 +19,11 @@ use crate::source::{Budget, DynSource};
 use crate::stats::Counters;
 use crate::tls::{ClientIdentity, Roots};
 
+/// The largest `max_size`: far above any plan's connection limit (Heroku's
+/// largest allow a few hundred), small enough that the pool's bookkeeping
+/// for it is allocated without a second thought.
+const MAX_POOL_SIZE: usize = 10_000;
+
 /// Builds a [`Pool`]. Every setting has a default a Heroku user should not
 /// have to change; each is documented on its method.
 #[must_use]
@@ -77,7 +82,8 @@ impl PoolBuilder {
     }
 
     /// The most connections the pool opens. Default 10: Heroku's smallest
-    /// plans allow 20 connections in all, shared by every process.
+    /// plans allow 20 connections in all, shared by every process. At most
+    /// 10,000.
     pub fn max_size(mut self, n: usize) -> PoolBuilder {
         self.max_size = n;
         self
@@ -324,8 +330,11 @@ impl PoolBuilder {
     /// connection is opened yet.
     pub async fn build(mut self) -> Result<Pool, Error> {
         let build_err = |msg: String| Error::new(ErrorKind::Build, msg);
-        if self.max_size == 0 {
-            return Err(build_err("max_size must be at least 1".into()));
+        if self.max_size == 0 || self.max_size > MAX_POOL_SIZE {
+            return Err(build_err(format!(
+                "max_size must be at least 1 and at most {MAX_POOL_SIZE} (got {})",
+                self.max_size
+            )));
         }
         self.retry.validate().map_err(build_err)?;
         if [

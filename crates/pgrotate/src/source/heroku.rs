@@ -534,7 +534,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 /// `d` plus up to 20 % more, so a fleet told the same `Retry-After` does not
 /// come back in lock-step. Never less than `d`.
 fn jittered(d: Duration) -> Duration {
-    d + d.mul_f64(fastrand::f64() * 0.2)
+    d.saturating_add(crate::budget::scaled(d, fastrand::f64() * 0.2))
 }
 
 /// The `id` of a Heroku error body, when it is a short word.
@@ -655,6 +655,27 @@ mod tests {
         assert!(after >= Duration::from_secs(3) && after <= Duration::from_millis(3600));
         let e = s.status_error(StatusCode::SERVICE_UNAVAILABLE, &h, b"");
         assert!(e.retry_after().unwrap() >= Duration::from_secs(3));
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_and_the_message_says_the_wait_held() {
+        let s = source();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+        assert!(
+            e.to_string().contains("not asking again for 3600.0 s"),
+            "{e}"
+        );
+        assert!(
+            !e.to_string().contains("RateLimit-Remaining"),
+            "no header, no count: {e}"
+        );
+        assert_eq!(jittered(Duration::MAX), Duration::MAX);
     }
 
     #[test]
