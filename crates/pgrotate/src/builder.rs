@@ -256,7 +256,8 @@ impl PoolBuilder {
     ///
     /// The watch spends only the budget's tokens above its reserve, and
     /// polls no more often than every two refills (for [`Budget::heroku`],
-    /// 160 s), so it uses at most half of what the budget gains and never
+    /// 160 s, plus up to a fifth at random), so it uses under half of what
+    /// the budget gains and never
     /// leaves a failure waiting. The first poll comes at a random point of
     /// the first interval, so a fleet started together polls spread out.
     /// Default: no watch.

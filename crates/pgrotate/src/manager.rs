@@ -381,7 +381,7 @@ impl managed::Manager for Manager {
             };
             let fault = failed.fault();
             if fault.needs_refetch() {
-                tracing::warn!(target: TARGET, generation = generation.id, error = %failed.describe(), "connect rejected; asking for a newer URL");
+                tracing::debug!(target: TARGET, generation = generation.id, error = %failed.describe(), "connect rejected; asking for a newer URL");
                 let kind = if fault == Fault::CredentialsRejected {
                     ErrorKind::CredentialsRejected
                 } else {
