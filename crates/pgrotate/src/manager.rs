@@ -28,8 +28,8 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use crate::budget::{Trigger, later};
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind, describe_postgres};
-use crate::refresh::{Generation, Refresher, Wait};
-use crate::settings::Target;
+use crate::generation::{Generation, Refresher, Wait};
+use crate::target::Target;
 use crate::stats::Counters;
 use crate::wire::{Observed, TxStatus, Wire};
 
@@ -262,7 +262,7 @@ async fn open(
 ) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
     let target = &generation.target;
     let id = generation.id;
-    let (client, wire, canceller) = if target.sslmode == crate::settings::SslMode::Disable {
+    let (client, wire, canceller) = if target.sslmode == crate::tls::SslMode::Disable {
         let (client, wire) = open_plain(&target.config, id).await?;
         (client, wire, Canceller::Plain)
     } else {

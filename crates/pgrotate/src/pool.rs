@@ -15,7 +15,7 @@ use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind, fmt_duration};
 use crate::manager::{CHECKOUT_DEADLINE, Manager};
-use crate::refresh::{Refresher, Wait};
+use crate::generation::{Refresher, Wait};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::source::UrlSource;
 use crate::stats::{Counters, Status};

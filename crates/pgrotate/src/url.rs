@@ -1,6 +1,10 @@
 //! [`DatabaseUrl`]: a fetched `postgres://` URL that never prints its password.
 
 use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::tls::{ChannelBinding, SslMode};
 
 /// A PostgreSQL URL as a source returned it (`postgres://` or
 /// `postgresql://`), checked for the parts a pool needs: a host, a user and a
@@ -80,7 +84,7 @@ impl DatabaseUrl {
         };
         // The full check (parameters, tokio-postgres's own parse) is the one
         // the pool uses to connect, so a URL that passes here connects.
-        let parts = crate::settings::UrlParts::split(&url)?;
+        let parts = crate::url::UrlParts::split(&url)?;
         let config = parts.tokio_config()?;
         if config.get_hosts().is_empty() {
             return Err(UrlError::NoHost);
@@ -180,6 +184,159 @@ fn redact_password_params(text: &str) -> String {
     }
     out.push_str(&text[from..]);
     out
+}
+
+// The URL's parameter values, parsed here with the URL: `sslmode=…`,
+// `channel_binding=…`.
+impl FromStr for SslMode {
+    type Err = UrlError;
+    fn from_str(s: &str) -> Result<SslMode, UrlError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            // libpq's `allow` tries plaintext first; treating it as `prefer`
+            // never makes a connection less safe than asked.
+            "allow" | "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => {
+                return Err(UrlError::InvalidParameter {
+                    name: "sslmode".into(),
+                    problem: "expected disable, allow, prefer, require, verify-ca or verify-full"
+                        .into(),
+                });
+            }
+        })
+    }
+}
+
+impl FromStr for ChannelBinding {
+    type Err = UrlError;
+    fn from_str(s: &str) -> Result<ChannelBinding, UrlError> {
+        Ok(match s {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            _ => {
+                return Err(UrlError::InvalidParameter {
+                    name: "channel_binding".into(),
+                    problem: "expected disable, prefer or require".into(),
+                });
+            }
+        })
+    }
+}
+
+/// A URL split into what tokio-postgres parses and what pgrotate reads
+/// itself.
+pub(crate) struct UrlParts {
+    /// The URL without the parameters below (still holds the password).
+    rest: String,
+    pub(crate) sslmode: Option<SslMode>,
+    pub(crate) sslrootcert: Option<RootCert>,
+    pub(crate) sslcert: Option<PathBuf>,
+    pub(crate) sslkey: Option<PathBuf>,
+    pub(crate) channel_binding: Option<ChannelBinding>,
+}
+
+impl UrlParts {
+    pub(crate) fn split(url: &DatabaseUrl) -> Result<UrlParts, UrlError> {
+        let raw = url.expose_secret();
+        if !(raw.starts_with("postgres://") || raw.starts_with("postgresql://")) {
+            return Err(UrlError::NotPostgres);
+        }
+        let mut parts = UrlParts {
+            rest: String::new(),
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            channel_binding: None,
+        };
+        let (base, query) = match raw.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (raw, ""),
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key, "a parameter name")?;
+            let decoded = || percent_decode(value, &key);
+            match key.as_str() {
+                "sslmode" => parts.sslmode = Some(decoded()?.parse()?),
+                "channel_binding" => parts.channel_binding = Some(decoded()?.parse()?),
+                "sslrootcert" => parts.sslrootcert = Some(RootCert::from_param(decoded()?)),
+                "sslcert" => parts.sslcert = Some(decoded()?.into()),
+                "sslkey" => parts.sslkey = Some(decoded()?.into()),
+                _ => kept.push(pair),
+            }
+        }
+        parts.rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok(parts)
+    }
+
+    /// tokio-postgres's parse of the rest. Its error messages name options,
+    /// never values; they are redacted all the same.
+    pub(crate) fn tokio_config(&self) -> Result<tokio_postgres::Config, UrlError> {
+        tokio_postgres::Config::from_str(&self.rest).map_err(|e| {
+            UrlError::Invalid(crate::url::redact(&crate::error::describe_postgres(&e)))
+        })
+    }
+}
+
+/// The URL's `sslrootcert`: a file, or libpq's `system` (the default roots).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RootCert {
+    System,
+    File(PathBuf),
+}
+
+impl RootCert {
+    fn from_param(value: String) -> RootCert {
+        if value == "system" {
+            RootCert::System
+        } else {
+            RootCert::File(value.into())
+        }
+    }
+}
+
+fn percent_decode(s: &str, what: &str) -> Result<String, UrlError> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => out.push(b),
+                    None => {
+                        return Err(UrlError::InvalidParameter {
+                            name: what.to_string(),
+                            problem: "invalid percent-encoding".into(),
+                        });
+                    }
+                }
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| UrlError::InvalidParameter {
+        name: what.to_string(),
+        problem: "not UTF-8 after percent-decoding".into(),
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::budget::{Brought, Budget, Schedule, Trigger};
 use crate::error::{Error, ErrorKind, fmt_duration};
-use crate::settings::{Settings, Target};
+use crate::target::{Settings, Target};
 use crate::source::{DynSource, SourceError, SourceErrorKind};
 use crate::stats::{BudgetStatus, Counters};
 use crate::url::DatabaseUrl;
@@ -782,7 +782,7 @@ async fn fetch_bounded(
     }
 }
 
-fn unusable_url(source: &str, e: crate::settings::TargetError) -> Error {
+fn unusable_url(source: &str, e: crate::target::TargetError) -> Error {
     Error::new(
         ErrorKind::Source,
         format!("from {source}: the URL cannot be used: {e}"),

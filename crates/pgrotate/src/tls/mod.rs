@@ -29,7 +29,78 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::settings::SslMode;
+use tokio_postgres::config::ChannelBinding as PgChannelBinding;
+
+/// TLS requirement, with libpq's meaning. Ordered from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// TLS when the server offers it, plaintext otherwise.
+    Prefer,
+    /// TLS always; the certificate is not checked (what Heroku documents,
+    /// and the default).
+    #[default]
+    Require,
+    /// TLS always; the certificate must chain to a trusted root.
+    VerifyCa,
+    /// TLS always; the certificate must chain to a trusted root and name the
+    /// host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq spelling: `disable`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether this mode verifies the server's certificate.
+    pub fn verifies(self) -> bool {
+        self >= SslMode::VerifyCa
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+
+/// Channel binding for SCRAM-SHA-256 (`channel_binding` in libpq). Ordered
+/// from weakest to strictest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[non_exhaustive]
+pub enum ChannelBinding {
+    /// Never use channel binding.
+    Disable,
+    /// Use it when the server and TLS allow (the default).
+    #[default]
+    Prefer,
+    /// Fail unless the server authenticates with SCRAM-SHA-256-PLUS over TLS.
+    Require,
+}
+
+
+impl From<ChannelBinding> for PgChannelBinding {
+    fn from(c: ChannelBinding) -> PgChannelBinding {
+        match c {
+            ChannelBinding::Disable => PgChannelBinding::Disable,
+            ChannelBinding::Prefer => PgChannelBinding::Prefer,
+            ChannelBinding::Require => PgChannelBinding::Require,
+        }
+    }
+}
+
 
 /// Where trusted roots for `verify-ca` / `verify-full` come from.
 #[derive(Clone, Default)]
