@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::error::fmt_duration;
 use crate::retry::Backoff;
+use crate::time::{fmt_duration, later, scaled};
 
 /// The Heroku account's bucket: at most this many requests banked.
 pub const HEROKU_ACCOUNT_BURST: u32 = 4_500;
@@ -215,18 +215,6 @@ fn fruitless_backoff(cap: Duration) -> Backoff {
 }
 
 const FALLBACK_BACKOFF: Backoff = Backoff::fixed(FRUITLESS_BASE);
-
-/// `d × factor`, saturating at `Duration::MAX` instead of panicking.
-pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
-    Duration::try_from_secs_f64(d.as_secs_f64() * factor.max(0.0)).unwrap_or(Duration::MAX)
-}
-
-/// `at + d`, saturating far in the future instead of panicking.
-pub(crate) fn later(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d)
-        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
-        .unwrap_or(at)
-}
 
 /// The bucket itself.
 #[derive(Debug, Clone)]
@@ -477,7 +465,7 @@ impl Schedule {
             // fifth at random so a fleet does not fall into step: never
             // sooner, so a fleet's watches stay under half the refill.
             let every = every.max(self.bucket.budget.watch_spacing());
-            self.next_watch = Some(later(now, scaled(every, 1.0 + fastrand::f64() / 5.0)));
+            self.next_watch = Some(later(now, crate::time::stretched(every, 0.2)));
         }
         Ok(())
     }

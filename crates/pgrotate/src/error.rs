@@ -173,7 +173,7 @@ impl Error {
 
     pub(crate) fn timeout(what: &str, after: Option<Duration>) -> Error {
         let detail = match after {
-            Some(d) => format!("{what} after {}", fmt_duration(d)),
+            Some(d) => format!("{what} after {}", crate::time::fmt_duration(d)),
             None => what.to_string(),
         };
         Error::new(ErrorKind::Timeout, detail)
@@ -294,14 +294,6 @@ pub(crate) fn describe_postgres(err: &tokio_postgres::Error) -> String {
         cause = c.source();
     }
     out
-}
-
-pub(crate) fn fmt_duration(d: Duration) -> String {
-    if d.as_millis() < 1000 {
-        format!("{} ms", d.as_millis())
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
 }
 
 #[cfg(test)]

@@ -25,7 +25,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::budget::{Brought, Budget, Schedule, Trigger};
-use crate::error::{Error, ErrorKind, fmt_duration};
+use crate::error::{Error, ErrorKind};
+use crate::time::fmt_duration;
 use crate::target::{Settings, Target};
 use crate::source::{DynSource, SourceError, SourceErrorKind};
 use crate::stats::{BudgetStatus, Counters};
@@ -769,7 +770,7 @@ async fn fetch_bounded(
     source: &dyn DynSource,
     timeout: Duration,
 ) -> Result<DatabaseUrl, SourceError> {
-    let at = crate::budget::later(Instant::now(), timeout);
+    let at = crate::time::later(Instant::now(), timeout);
     match tokio::time::timeout_at(at, source.fetch_boxed()).await {
         Ok(r) => r,
         Err(_) => Err(SourceError::new(

@@ -14,6 +14,7 @@ mod pool;
 mod generation;
 mod retry;
 mod target;
+mod time;
 mod stats;
 mod tls;
 mod url;

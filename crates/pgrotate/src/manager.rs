@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
-use crate::budget::{Trigger, later};
+use crate::budget::Trigger;
+use crate::time::later;
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind, describe_postgres};
 use crate::generation::{Generation, Refresher, Wait};
@@ -144,11 +145,6 @@ pub(crate) async fn probe(target: &Target) -> Result<(), Error> {
     Err(failed.into_error(ErrorKind::Connect))
 }
 
-/// `lifetime` less up to a fifth, at random.
-fn jittered_lifetime(lifetime: Duration) -> Duration {
-    lifetime - lifetime.mul_f64(fastrand::f64() / 5.0)
-}
-
 /// Why one connect failed.
 enum ConnectFailed {
     Postgres(tokio_postgres::Error),
@@ -172,7 +168,7 @@ impl ConnectFailed {
             ConnectFailed::Postgres(e) => describe_postgres(e),
             ConnectFailed::TimedOut(d) => format!(
                 "no answer within the connect timeout of {}",
-                crate::error::fmt_duration(*d)
+                crate::time::fmt_duration(*d)
             ),
         }
     }
@@ -248,7 +244,7 @@ impl Manager {
             refresher: self.refresher.clone(),
             expires_at: self
                 .max_lifetime
-                .map(|l| crate::retry::after(jittered_lifetime(l))),
+                .map(|l| crate::time::after(crate::time::shortened(l, 0.2))),
             wire,
             canceller,
         })

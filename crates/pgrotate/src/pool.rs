@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use deadpool::managed::{self, PoolError, TimeoutType, Timeouts};
 use tokio_postgres::error::SqlState;
 
-use crate::budget::{Trigger, later};
+use crate::budget::Trigger;
+use crate::time::later;
 use crate::builder::PoolBuilder;
 use crate::classify::{Fault, classify};
 use crate::client::Client;
-use crate::error::{Error, ErrorKind, fmt_duration};
+use crate::error::{Error, ErrorKind};
+use crate::time::fmt_duration;
 use crate::manager::{CHECKOUT_DEADLINE, Manager};
 use crate::generation::{Refresher, Wait};
 use crate::retry::{Backoff, RetryPolicy};
@@ -261,7 +263,7 @@ impl Pool {
         F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
     {
         let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::retry::after);
+        let deadline = timeout.map(crate::time::after);
         let generation = client.generation();
         client.set_busy(true);
         match until(deadline, work(&client)).await {
@@ -367,7 +369,7 @@ impl Pool {
         F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
     {
         let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::retry::after);
+        let deadline = timeout.map(crate::time::after);
         let generation = client.generation();
         let wire = client.wire();
         client.set_busy(true);
@@ -513,7 +515,7 @@ impl Pool {
                 attempts.n -= 1;
                 let delay = attempts.backoff.jittered(attempts.outages);
                 attempts.outages = attempts.outages.saturating_add(1);
-                if crate::retry::after(delay) >= attempts.deadline {
+                if crate::time::after(delay) >= attempts.deadline {
                     return Err(attempts.fail(e));
                 }
                 tracing::debug!(target: RETRY_TARGET, delay = %fmt_duration(delay), error = %e, "no server answers; trying again");
@@ -540,7 +542,7 @@ impl Pool {
             // asking sooner only adds load.
             delay = delay.max(self.inner.pooler_retry);
         }
-        if attempts.n >= attempts.max || crate::retry::after(delay) >= attempts.deadline {
+        if attempts.n >= attempts.max || crate::time::after(delay) >= attempts.deadline {
             return Err(err.with_attempts(attempts.n));
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -630,7 +632,7 @@ impl Attempts {
             n: 0,
             outages: 0,
             max: policy.max_attempts(),
-            deadline: crate::retry::after(policy.max_duration()),
+            deadline: crate::time::after(policy.max_duration()),
             backoff,
         })
     }

@@ -2,15 +2,6 @@
 
 use std::time::Duration;
 
-/// `now + d`, saturating far in the future instead of panicking when `d` is
-/// huge (`Duration::MAX` as "forever" in a setting or a `Retry-After`).
-pub(crate) fn after(d: Duration) -> std::time::Instant {
-    let now = std::time::Instant::now();
-    now.checked_add(d)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
-        .unwrap_or(now)
-}
-
 /// A jittered exponential backoff: the n-th delay is drawn from
 /// `[d/2, d]` with `d = min(cap, base * 2^n)` ("equal jitter": never zero,
 /// never in lock-step across a fleet).

@@ -130,7 +130,7 @@ impl UrlSource for Command {
                         SourceErrorKind::Unavailable,
                         format!(
                             "it did not finish within {} and was killed",
-                            crate::error::fmt_duration(self.timeout)
+                            crate::time::fmt_duration(self.timeout)
                         ),
                     ));
                 }

@@ -10,7 +10,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use super::{Budget, SourceError, SourceErrorKind, UrlSource};
-use crate::error::fmt_duration;
+use crate::time::fmt_duration;
 use crate::url::{DatabaseUrl, redact};
 
 /// Tracing target of the Platform API source.
@@ -416,7 +416,7 @@ impl HerokuApi {
     /// The error for a non-success status, with the `Retry-After` to honour.
     fn status_error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> SourceError {
         let retry_after = header_u64(headers, header::RETRY_AFTER.as_str())
-            .map(|s| jittered(Duration::from_secs(s.min(3600))));
+            .map(|s| crate::time::stretched(Duration::from_secs(s.min(3600)), 0.2));
         // Heroku's error bodies are `{"id":"unauthorized","message":"..."}`;
         // the id is a fixed word and safe to show.
         let id = error_id(body);
@@ -440,7 +440,7 @@ impl HerokuApi {
             ),
             StatusCode::TOO_MANY_REQUESTS => {
                 let after = retry_after
-                    .unwrap_or_else(|| jittered(self.budget.refill()))
+                    .unwrap_or_else(|| crate::time::stretched(self.budget.refill(), 0.2))
                     .min(super::MAX_RETRY_AFTER);
                 // This answer's own header only: an earlier answer's count
                 // says nothing about now.
@@ -529,12 +529,6 @@ fn http_client() -> Result<reqwest::Client, String> {
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// `d` plus up to 20 % more, so a fleet told the same `Retry-After` does not
-/// come back in lock-step. Never less than `d`.
-fn jittered(d: Duration) -> Duration {
-    d.saturating_add(crate::budget::scaled(d, fastrand::f64() * 0.2))
 }
 
 /// The `id` of a Heroku error body, when it is a short word.
@@ -675,7 +669,7 @@ mod tests {
             !e.to_string().contains("RateLimit-Remaining"),
             "no header, no count: {e}"
         );
-        assert_eq!(jittered(Duration::MAX), Duration::MAX);
+        assert_eq!(crate::time::stretched(Duration::MAX, 0.2), Duration::MAX);
     }
 
     #[test]
