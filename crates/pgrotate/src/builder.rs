@@ -9,15 +9,15 @@ use deadpool::Runtime;
 use deadpool::managed::{self, Timeouts};
 
 use crate::error::{Error, ErrorKind};
+use crate::generation::{Probe, RefreshConfig, Refresher};
 use crate::maintenance::{self, Maintenance};
 use crate::manager::Manager;
 use crate::pool::{Inner, Pool};
-use crate::generation::{Probe, RefreshConfig, Refresher};
 use crate::retry::RetryPolicy;
-use crate::target::Settings;
-use crate::tls::{ChannelBinding, SslMode};
 use crate::source::{Budget, DynSource};
 use crate::stats::Counters;
+use crate::target::Settings;
+use crate::tls::{ChannelBinding, SslMode};
 use crate::tls::{ClientIdentity, Roots};
 
 /// The largest `max_size`: far above any plan's connection limit (Heroku's
@@ -386,7 +386,7 @@ impl PoolBuilder {
         }
         let counters = Arc::new(Counters::default());
         let probe: Probe =
-            Arc::new(|target| Box::pin(async move { crate::manager::probe(&target).await }));
+            Arc::new(|target| Box::pin(async move { crate::connect::probe(&target).await }));
         let refresher = Refresher::start(
             Arc::from(self.source),
             self.settings,

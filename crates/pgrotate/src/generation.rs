@@ -26,10 +26,10 @@ use tokio::time::Instant;
 
 use crate::budget::{Brought, Budget, Schedule, Trigger};
 use crate::error::{Error, ErrorKind};
-use crate::time::fmt_duration;
-use crate::target::{Settings, Target};
 use crate::source::{DynSource, SourceError, SourceErrorKind};
 use crate::stats::{BudgetStatus, Counters};
+use crate::target::{Settings, Target};
+use crate::time::fmt_duration;
 use crate::url::DatabaseUrl;
 
 /// Tracing target of refresh events.

@@ -10,17 +10,17 @@ use deadpool::managed::{self, PoolError, TimeoutType, Timeouts};
 use tokio_postgres::error::SqlState;
 
 use crate::budget::Trigger;
-use crate::time::later;
 use crate::builder::PoolBuilder;
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
-use crate::time::fmt_duration;
-use crate::manager::{CHECKOUT_DEADLINE, Manager};
 use crate::generation::{Refresher, Wait};
+use crate::manager::{CHECKOUT_DEADLINE, Manager};
 use crate::retry::{Backoff, RetryPolicy};
 use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
+use crate::time::fmt_duration;
+use crate::time::later;
 use crate::wire::{TxStatus, Wire};
 
 const RETRY_TARGET: &str = "pgrotate::retry";

@@ -75,7 +75,6 @@ impl fmt::Display for SslMode {
     }
 }
 
-
 /// Channel binding for SCRAM-SHA-256 (`channel_binding` in libpq). Ordered
 /// from weakest to strictest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -90,7 +89,6 @@ pub enum ChannelBinding {
     Require,
 }
 
-
 impl From<ChannelBinding> for PgChannelBinding {
     fn from(c: ChannelBinding) -> PgChannelBinding {
         match c {
@@ -100,7 +98,6 @@ impl From<ChannelBinding> for PgChannelBinding {
         }
     }
 }
-
 
 /// Where trusted roots for `verify-ca` / `verify-full` come from.
 #[derive(Clone, Default)]

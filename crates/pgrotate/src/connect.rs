@@ -1,0 +1,243 @@
+//! One connect: the target's bound (the connect timeout per host, never
+//! past the caller's deadline), TLS through the observing connector or a
+//! plaintext socket of the pool's own, the watch's test connection, cancel
+//! requests, and what a failed connect means.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::classify::{Fault, classify};
+use crate::error::{Error, ErrorKind, describe_postgres};
+use crate::generation::Generation;
+use crate::target::Target;
+use crate::wire::{Observed, Wire};
+
+const TARGET: &str = "pgrotate::connect";
+
+/// What a cancel request for one connection needs.
+#[derive(Clone)]
+pub(crate) enum Canceller {
+    Tls(crate::wire::ObservingTls),
+    Plain,
+}
+
+/// Asks the server to cancel what runs on this connection, in the
+/// background, bounded: the connection is being closed because a caller
+/// dropped it mid-request, and the server would otherwise run that
+/// request to its end on a slot of the plan's few.
+pub(crate) fn cancel_in_background(token: tokio_postgres::CancelToken, canceller: Canceller) {
+    tokio::spawn(async move {
+        let cancel = async {
+            match canceller {
+                Canceller::Tls(tls) => token.cancel_query(tls).await,
+                Canceller::Plain => token.cancel_query(tokio_postgres::NoTls).await,
+            }
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
+            tracing::debug!(target: TARGET, error = %describe_postgres(&e), "cancel request failed");
+        }
+    });
+}
+
+/// How long a cancel request may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens one connection with `generation`'s target within its bound: each
+/// host gets its connect timeout (tokio-postgres bounds the TCP connect to
+/// each; the whole, TLS and authentication included, gets that much per
+/// host), and never past `deadline`.
+pub(crate) async fn open_bounded(
+    generation: &Generation,
+    deadline: tokio::time::Instant,
+) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), ConnectFailed> {
+    let bound = bound(&generation.target)
+        .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    tokio::time::timeout(bound, open(generation))
+        .await
+        .map_err(|_| ConnectFailed::TimedOut(bound))?
+        .map_err(ConnectFailed::Postgres)
+}
+
+/// A connect's bound: the connect timeout for each host of the URL.
+fn bound(target: &Target) -> Duration {
+    let hosts = target.config.get_hosts().len().max(1) as u32;
+    target
+        .config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10))
+        .saturating_mul(hosts)
+}
+
+/// A test connection with `target`: connect and one empty query, within
+/// the connect timeout.
+pub(crate) async fn probe(target: &Target) -> Result<(), Error> {
+    let bound = bound(target);
+    let attempt = async {
+        let (client, connection) = target.config.connect(target.tls.clone()).await?;
+        let task = tokio::spawn(connection);
+        let r = client.simple_query("").await.map(|_| ());
+        drop(client);
+        let _ = task.await;
+        r
+    };
+    let failed = match tokio::time::timeout(bound, attempt).await {
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => ConnectFailed::Postgres(e),
+        Err(_) => ConnectFailed::TimedOut(bound),
+    };
+    Err(failed.into_error(ErrorKind::Connect))
+}
+
+/// Why one connect failed.
+pub(crate) enum ConnectFailed {
+    Postgres(tokio_postgres::Error),
+    /// TCP, TLS, authentication and (in pooler mode) the check round trip
+    /// together took longer than the connect timeout. tokio-postgres's own
+    /// `connect_timeout` bounds only the TCP connect; a partition after it
+    /// (a TLS handshake that never answers) would hang forever.
+    TimedOut(Duration),
+}
+
+impl ConnectFailed {
+    pub(crate) fn fault(&self) -> Fault {
+        match self {
+            ConnectFailed::Postgres(e) => crate::classify::classify_connect(e),
+            ConnectFailed::TimedOut(_) => Fault::ConnectionLost,
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            ConnectFailed::Postgres(e) => describe_postgres(e),
+            ConnectFailed::TimedOut(d) => format!(
+                "no answer within the connect timeout of {}",
+                crate::time::fmt_duration(*d)
+            ),
+        }
+    }
+
+    /// No server answered: refused, no answer in time, shutting down or
+    /// starting. Not a TLS failure (a server answered, and the same
+    /// settings will fail again).
+    pub(crate) fn is_outage(&self) -> bool {
+        match self {
+            ConnectFailed::TimedOut(_) => true,
+            ConnectFailed::Postgres(e) => {
+                classify(e).worth_one_refetch() && crate::tls::describe_failure(e).is_none()
+            }
+        }
+    }
+
+    pub(crate) fn into_error(self, kind: ErrorKind) -> Error {
+        let fault = self.fault();
+        let outage = self.is_outage();
+        let e = match self {
+            ConnectFailed::Postgres(e) => Error::postgres(kind, fault, e),
+            ConnectFailed::TimedOut(_) => Error::new(kind, self.describe()),
+        };
+        if outage { e.into_outage() } else { e }
+    }
+}
+
+/// Opens one connection with `generation`'s target, its protocol observed
+/// (TLS: through the connector; plaintext: on a socket the pool opens).
+async fn open(
+    generation: &Generation,
+) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
+    let target = &generation.target;
+    let id = generation.id;
+    let (client, wire, canceller) = if target.sslmode == crate::tls::SslMode::Disable {
+        let (client, wire) = open_plain(&target.config, id).await?;
+        (client, wire, Canceller::Plain)
+    } else {
+        let tls = target.tls.clone();
+        let slot = tls.wire_slot();
+        let (client, connection) = target.config.connect(tls).await?;
+        spawn_connection(connection, id);
+        let wire = slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(Wire::unobserved);
+        (client, wire, Canceller::Tls(target.tls.clone()))
+    };
+    if target.pooler {
+        // Through PgBouncer a connect succeeds even while its logins to
+        // the server fail: only a round trip proves the connection.
+        client.simple_query("select 1").await?;
+    }
+    Ok((client, wire, canceller))
+}
+
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>, id: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
+        }
+    });
+}
+
+/// A plaintext connect on a socket of the pool's own, so its protocol can
+/// be observed: each TCP host of the URL in turn (a Unix socket is handed
+/// to tokio-postgres, unobserved).
+async fn open_plain(
+    config: &tokio_postgres::Config,
+    id: u64,
+) -> Result<(tokio_postgres::Client, Arc<Wire>), tokio_postgres::Error> {
+    use tokio_postgres::config::Host;
+    let hosts = config.get_hosts();
+    if hosts.iter().any(|h| !matches!(h, Host::Tcp(_))) {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        spawn_connection(connection, id);
+        return Ok((client, Wire::unobserved()));
+    }
+    let ports = config.get_ports();
+    let mut last = None;
+    for (i, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else { continue };
+        let port = ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432);
+        let per_host = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let tcp = tokio::time::timeout(
+            per_host,
+            tokio::net::TcpStream::connect((name.as_str(), port)),
+        );
+        let stream = match tcp.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                last = Some(e);
+                continue;
+            }
+            Err(_) => {
+                last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        if config.get_keepalives() {
+            let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        }
+        let wire = Arc::new(Wire::default());
+        let observed = Observed::new(stream, wire.clone());
+        let (client, connection) = config.connect_raw(observed, tokio_postgres::NoTls).await?;
+        spawn_connection(connection, id);
+        return Ok((client, wire));
+    }
+    // tokio-postgres makes the same error for a refused TCP connect.
+    tracing::debug!(target: TARGET, error = ?last, "no TCP host of the URL answered");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    spawn_connection(connection, id);
+    Ok((client, Wire::unobserved()))
+}
