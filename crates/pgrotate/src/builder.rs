@@ -5,17 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool::Runtime;
-use deadpool::managed::{self, Timeouts};
 
 use crate::error::{Error, ErrorKind};
-use crate::generation::{Probe, RefreshConfig, Refresher};
-use crate::maintenance::{self, Maintenance};
-use crate::manager::Manager;
-use crate::pool::{Inner, Pool};
+use crate::generation::RefreshConfig;
+use crate::maintenance::Maintenance;
+use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::source::{Budget, DynSource};
-use crate::stats::Counters;
 use crate::target::Settings;
 use crate::tls::{ChannelBinding, SslMode};
 use crate::tls::{ClientIdentity, Roots};
@@ -29,21 +25,21 @@ const MAX_POOL_SIZE: usize = 10_000;
 /// have to change; each is documented on its method.
 #[must_use]
 pub struct PoolBuilder {
-    source: Box<dyn DynSource>,
-    max_size: usize,
-    wait_timeout: Duration,
-    create_timeout: Duration,
-    ping_timeout: Duration,
-    ping_after_idle: Duration,
-    settings: Settings,
-    retry: RetryPolicy,
-    refresh: RefreshConfig,
-    root_cert_file: Option<PathBuf>,
-    client_cert: Option<(Vec<u8>, Vec<u8>)>,
-    maintenance: Maintenance,
-    pooler_mode: Option<bool>,
-    pooler_retry: Duration,
-    pooler_query_timeout: Duration,
+    pub(crate) source: Box<dyn DynSource>,
+    pub(crate) max_size: usize,
+    pub(crate) wait_timeout: Duration,
+    pub(crate) create_timeout: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) ping_after_idle: Duration,
+    pub(crate) settings: Settings,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) refresh: RefreshConfig,
+    pub(crate) root_cert_file: Option<PathBuf>,
+    pub(crate) client_cert: Option<(Vec<u8>, Vec<u8>)>,
+    pub(crate) maintenance: Maintenance,
+    pub(crate) pooler_mode: Option<bool>,
+    pub(crate) pooler_retry: Duration,
+    pub(crate) pooler_query_timeout: Duration,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -375,7 +371,6 @@ impl PoolBuilder {
         let pooler = self
             .pooler_mode
             .unwrap_or_else(|| self.source.is_pooler_url());
-        self.settings.pooler = pooler;
         if self.ping_timeout.is_zero() {
             return Err(build_err("ping_timeout must be more than zero".into()));
         }
@@ -384,59 +379,7 @@ impl PoolBuilder {
                 "pooler_query_timeout must be more than zero".into(),
             ));
         }
-        let counters = Arc::new(Counters::default());
-        let probe: Probe =
-            Arc::new(|target| Box::pin(async move { crate::connect::probe(&target).await }));
-        let refresher = Refresher::start(
-            Arc::from(self.source),
-            self.settings,
-            self.refresh,
-            probe,
-            counters.clone(),
-        )
-        .await?;
-        let manager = Manager {
-            refresher: refresher.clone(),
-            counters: counters.clone(),
-            ping_after_idle: self.ping_after_idle,
-            ping_timeout: self.ping_timeout,
-            max_lifetime: self.maintenance.max_lifetime,
-            create_timeout: self.create_timeout,
-            suspect: std::sync::atomic::AtomicU64::new(0),
-        };
-        let timeouts = Timeouts {
-            wait: Some(self.wait_timeout),
-            create: Some(self.create_timeout),
-            recycle: None,
-        };
-        let pool = managed::Pool::builder(manager)
-            .max_size(self.max_size)
-            .timeouts(timeouts)
-            .runtime(Runtime::Tokio1)
-            // The most recently returned connection first: under load the
-            // same few stay warm and skip the idle check, and idle ones at
-            // the back age out for idle_timeout.
-            .queue_mode(deadpool::managed::QueueMode::Lifo)
-            .build()
-            .map_err(|e| build_err(e.to_string()))?;
-        let generations = refresher.subscribe();
-        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-        let inner = Arc::new(Inner {
-            pool,
-            refresher,
-            counters,
-            retry: self.retry,
-            timeouts,
-            shutdown,
-            pooler_retry: self.pooler_retry,
-            pooler_query_timeout: pooler.then_some(self.pooler_query_timeout),
-        });
-        maintenance::spawn(
-            Arc::downgrade(&inner),
-            generations,
-            shutdown_rx,
-            self.maintenance,
-        );
-        Ok(Pool { inner })
+        self.settings.pooler = pooler;
+        Pool::from_builder(self).await
     }
 }

@@ -8,6 +8,7 @@ mod classify;
 mod client;
 mod connect;
 mod error;
+mod exec;
 mod from_env;
 mod generation;
 mod maintenance;
