@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use crate::error::{Error, ErrorKind};
 use crate::generation::RefreshConfig;
 use crate::maintenance::Maintenance;

@@ -17,8 +17,8 @@ use crate::budget::Trigger;
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
-use crate::generation::Wait;
 use crate::pool::Pool;
+use crate::refetch::Wait;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::time::{fmt_duration, later};
 use crate::wire::{TxStatus, Wire};
@@ -232,7 +232,10 @@ impl Pool {
     /// A connect that found no server is not counted as an attempt (no work
     /// ran): it is tried again, backing off up to the policy's cap, until
     /// the deadline, so a server restart costs the caller nothing.
-    pub(crate) async fn next_client(&self, attempts: &mut Attempts) -> Result<Option<Client>, Error> {
+    pub(crate) async fn next_client(
+        &self,
+        attempts: &mut Attempts,
+    ) -> Result<Option<Client>, Error> {
         attempts.n += 1;
         let mut timeouts = self.inner.timeouts;
         let left = attempts.deadline.saturating_duration_since(Instant::now());
@@ -378,4 +381,3 @@ fn kind_after_work(fault: Fault) -> ErrorKind {
         Fault::ServerGoingAway | Fault::ConnectionLost => ErrorKind::ConnectionLost,
     }
 }
-

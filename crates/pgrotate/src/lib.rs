@@ -14,6 +14,7 @@ mod generation;
 mod maintenance;
 mod manager;
 mod pool;
+mod refetch;
 mod retry;
 mod stats;
 mod target;

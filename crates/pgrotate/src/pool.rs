@@ -18,7 +18,6 @@ use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
 use crate::time::later;
 
-
 /// A PostgreSQL connection pool that follows its database URL.
 ///
 /// Cheap to clone: clones share one pool. See the crate docs for the

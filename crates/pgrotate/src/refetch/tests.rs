@@ -7,7 +7,10 @@ use std::sync::Mutex as StdMutex;
 use std::sync::atomic::AtomicU32;
 
 use super::*;
+use crate::generation::{Probe, RefreshConfig};
 use crate::source::UrlSource;
+use crate::stats::Counters;
+use crate::target::Settings;
 
 const OLD: &str = "postgres://app:old-pw@127.0.0.1:1/app";
 const NEW: &str = "postgres://app:new-pw@127.0.0.1:1/app";
