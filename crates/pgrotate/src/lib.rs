@@ -2,28 +2,45 @@
 #![warn(missing_docs)]
 #![deny(rustdoc::broken_intra_doc_links)]
 
+// The flow, one module per step:
+//
+//   source/      where DATABASE_URL lives; fetch() it (Env, File, Command, Heroku API/CLI, yours)
+//   url          DatabaseUrl: parsed, its own parameters read, never printed with its password
+//   target       fetched URL + code-side settings (tls: sslmode, roots) → what a connect needs
+//   generation   the current generation of that target, numbered, swapped atomically
+//   budget       a token bucket per source: when a refetch may go out
+//   connect      one connect, bounded per host, its protocol observed (wire)
+//   manager      deadpool's create (refetch on rejected credentials) and recycle (clean or closed)
+//   pool / exec  the public handle; run and transaction retry on a fresh connection
+//   classify     the one table from error to fault
+//   refetch      a fault that means the URL is stale → one budgeted, bounded fetch → back to generation
+//
+// Around them: builder (settings and their checks), maintenance (the one
+// background task), error, stats (Status), time (deadlines, the jitter),
+// retry (the policy as data), client (the pooled connection), from_env.
+
 mod budget;
-mod builder;
 mod classify;
 mod client;
 mod connect;
-mod error;
 mod exec;
-mod from_env;
 mod generation;
-mod maintenance;
 mod manager;
 mod pool;
 mod refetch;
-mod retry;
-mod stats;
+pub mod source;
 mod target;
-mod time;
 mod tls;
 mod url;
 mod wire;
 
-pub mod source;
+mod builder;
+mod error;
+mod from_env;
+mod maintenance;
+mod retry;
+mod stats;
+mod time;
 
 pub use builder::PoolBuilder;
 pub use classify::{Fault, classify};
@@ -32,6 +49,5 @@ pub use error::{Error, ErrorKind};
 pub use pool::Pool;
 pub use retry::{Backoff, RetryPolicy};
 pub use stats::{BudgetStatus, Status};
-pub use tls::TlsError;
-pub use tls::{ChannelBinding, SslMode};
+pub use tls::{ChannelBinding, SslMode, TlsError};
 pub use url::{DatabaseUrl, UrlError};
