@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut};
 use deadpool::managed::Object;
 
 use crate::manager::{Connection, Manager};
+use crate::wire::TxStatus;
 
 /// A pooled connection. Derefs to [`tokio_postgres::Client`]; returns to the
 /// pool when dropped (and is closed then if the pool moved to a newer
@@ -24,6 +25,13 @@ pub struct Client {
 impl Client {
     pub(crate) fn new(obj: Object<Manager>) -> Client {
         Client { obj: Some(obj) }
+    }
+
+    /// Handed to a caller of `get()`, whose requests the pool does not
+    /// see finish (`run` and `transaction` do).
+    pub(crate) fn lend(mut self) -> Client {
+        self.conn_mut().lent = true;
+        self
     }
 
     fn conn(&self) -> &Connection {
@@ -63,16 +71,44 @@ impl Client {
     }
 }
 
+/// How many turns a returned `get()` connection waits for its connection task.
+const YIELDS: usize = 8;
+
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Some(obj) = self.obj.take()
-            && (obj.busy || !obj.is_current())
-        {
+        let Some(obj) = self.obj.take() else { return };
+        // A transaction left open (or failed) is closed at once, so no lock
+        // is held by a connection waiting in the pool. A request still
+        // unanswered is left to the next checkout, which waits briefly for
+        // its answer (tokio-postgres itself sends one when a statement is
+        // dropped) and cancels it if it does not come.
+        let in_transaction = matches!(
+            obj.wire.tx_status(),
+            TxStatus::InTransaction | TxStatus::Failed
+        );
+        if obj.busy || in_transaction || !obj.is_current() {
             // Taken out of the pool and dropped: the socket closes and the
-            // server rolls back whatever was in flight. A connection of an
-            // older generation (or past its lifetime) is closed on return
-            // the same way.
+            // server rolls back whatever was open or in flight. A connection
+            // of an older generation (or past its lifetime) is closed on
+            // return the same way.
             drop(Object::take(obj));
+            return;
+        }
+        if obj.lent
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            // A `get()` client: its caller may have dropped a request future
+            // after its first poll, leaving the request queued inside
+            // tokio-postgres, not yet written. Return the connection only
+            // after the connection task (woken by that request) has had its
+            // turn, so the next checkout sees the request and closes the
+            // connection rather than inheriting it.
+            runtime.spawn(async move {
+                for _ in 0..YIELDS {
+                    tokio::task::yield_now().await;
+                }
+                drop(obj);
+            });
         }
     }
 }

@@ -147,20 +147,28 @@ async fn open(
 ) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
     let target = &generation.target;
     let id = generation.id;
-    let (client, wire, canceller) = if target.sslmode == crate::tls::SslMode::Disable {
-        let (client, wire) = open_plain(&target.config, id).await?;
-        (client, wire, Canceller::Plain)
-    } else {
-        let tls = target.tls.clone();
-        let slot = tls.wire_slot();
-        let (client, connection) = target.config.connect(tls).await?;
-        spawn_connection(connection, id);
-        let wire = slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_else(Wire::unobserved);
-        (client, wire, Canceller::Tls(target.tls.clone()))
+    let (client, wire, canceller) = match target.sslmode {
+        crate::tls::SslMode::Disable => {
+            let (client, wire) = open_plain(&target.config, id).await?;
+            (client, wire, Canceller::Plain)
+        }
+        crate::tls::SslMode::Prefer => {
+            // TLS if the server offers it, else plaintext — each on a stream
+            // the pool observes (tokio-postgres's own fallback would hide
+            // the plaintext one).
+            let mut tls_only = target.config.clone();
+            tls_only.ssl_mode(tokio_postgres::config::SslMode::Require);
+            match open_tls(&tls_only, target, id).await {
+                Err(e) if crate::tls::refused_tls(&e) => {
+                    let mut plain = target.config.clone();
+                    plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                    let (client, wire) = open_plain(&plain, id).await?;
+                    (client, wire, Canceller::Plain)
+                }
+                other => other?,
+            }
+        }
+        _ => open_tls(&target.config, target, id).await?,
     };
     if target.pooler {
         // Through PgBouncer a connect succeeds even while its logins to
@@ -182,61 +190,108 @@ where
     });
 }
 
+/// A TLS connect, observed through the connector.
+async fn open_tls(
+    config: &tokio_postgres::Config,
+    target: &Target,
+    id: u64,
+) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
+    let tls = target.tls.clone();
+    let slot = tls.wire_slot();
+    let (client, connection) = config.connect(tls).await?;
+    spawn_connection(connection, id);
+    let wire = slot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(Wire::unobserved);
+    Ok((client, wire, Canceller::Tls(target.tls.clone())))
+}
+
 /// A plaintext connect on a socket of the pool's own, so its protocol can
-/// be observed: each TCP host of the URL in turn (a Unix socket is handed
-/// to tokio-postgres, unobserved).
+/// be observed: each host of the URL in turn (TCP or a Unix socket
+/// directory), the next one when a host cannot be reached or refuses the
+/// login, and — as tokio-postgres does — the next one when
+/// `target_session_attrs=read-write` and the server is read-only.
 async fn open_plain(
     config: &tokio_postgres::Config,
     id: u64,
 ) -> Result<(tokio_postgres::Client, Arc<Wire>), tokio_postgres::Error> {
-    use tokio_postgres::config::Host;
+    use tokio_postgres::config::{Host, TargetSessionAttrs};
     let hosts = config.get_hosts();
-    if hosts.iter().any(|h| !matches!(h, Host::Tcp(_))) {
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-        spawn_connection(connection, id);
-        return Ok((client, Wire::unobserved()));
-    }
     let ports = config.get_ports();
-    let mut last = None;
+    let per_host = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
+    let mut last: Option<tokio_postgres::Error> = None;
     for (i, host) in hosts.iter().enumerate() {
-        let Host::Tcp(name) = host else { continue };
         let port = ports
             .get(i)
             .or_else(|| ports.first())
             .copied()
             .unwrap_or(5432);
-        let per_host = config
-            .get_connect_timeout()
-            .copied()
-            .unwrap_or(Duration::from_secs(10));
-        let tcp = tokio::time::timeout(
-            per_host,
-            tokio::net::TcpStream::connect((name.as_str(), port)),
-        );
-        let stream = match tcp.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+        let wire = Arc::new(Wire::default());
+        let connected = match host {
+            Host::Tcp(name) => {
+                let tcp = tokio::time::timeout(
+                    per_host,
+                    tokio::net::TcpStream::connect((name.as_str(), port)),
+                );
+                let Ok(Ok(stream)) = tcp.await else { continue };
+                let _ = stream.set_nodelay(true);
+                if config.get_keepalives() {
+                    let keepalive =
+                        socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+                    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+                }
+                let observed = Observed::new(stream, wire.clone());
+                config
+                    .connect_raw(observed, tokio_postgres::NoTls)
+                    .await
+                    .map(|(c, conn)| {
+                        spawn_connection(conn, id);
+                        c
+                    })
+            }
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let unix = tokio::time::timeout(per_host, tokio::net::UnixStream::connect(&path));
+                let Ok(Ok(stream)) = unix.await else { continue };
+                let observed = Observed::new(stream, wire.clone());
+                config
+                    .connect_raw(observed, tokio_postgres::NoTls)
+                    .await
+                    .map(|(c, conn)| {
+                        spawn_connection(conn, id);
+                        c
+                    })
+            }
+        };
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
                 last = Some(e);
                 continue;
             }
-            Err(_) => {
-                last = Some(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        };
+        if config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
+            let read_only = client
+                .simple_query("SHOW transaction_read_only")
+                .await?
+                .into_iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("on")));
+            if read_only {
                 continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        if config.get_keepalives() {
-            let keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         }
-        let wire = Arc::new(Wire::default());
-        let observed = Observed::new(stream, wire.clone());
-        let (client, connection) = config.connect_raw(observed, tokio_postgres::NoTls).await?;
-        spawn_connection(connection, id);
         return Ok((client, wire));
     }
-    // tokio-postgres makes the same error for a refused TCP connect.
-    tracing::debug!(target: TARGET, error = ?last, "no TCP host of the URL answered");
+    if let Some(e) = last {
+        return Err(e);
+    }
+    // No host could be reached (or none was read-write): tokio-postgres's
+    // own connect makes the error it would have made.
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     spawn_connection(connection, id);
     Ok((client, Wire::unobserved()))

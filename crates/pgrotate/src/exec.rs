@@ -21,7 +21,7 @@ use crate::pool::Pool;
 use crate::refetch::Wait;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::time::{fmt_duration, later};
-use crate::wire::{TxStatus, Wire};
+use crate::wire::{LastEnd, TxStatus, Wire};
 
 const RETRY_TARGET: &str = "pgrotate::retry";
 
@@ -112,6 +112,18 @@ impl Pool {
             Err(()) => return Outcome::Retry(abandoned(timeout)),
             Ok(Ok(v)) => v,
             Ok(Err(e)) if standby_aware(classify(&e), &wire).is_connection_level() => {
+                if wire.tx_status() == TxStatus::Idle && wire.last_end() == LastEnd::Commit {
+                    // The closure ran COMMIT itself, then lost the
+                    // connection: what it wrote before is committed, so it
+                    // must not run again.
+                    return Outcome::Fail(
+                        Error::postgres(ErrorKind::CommitOutcomeUnknown, classify(&e), e)
+                            .with_detail_prefix(
+                                "the closure ran COMMIT itself and the connection failed after it; \
+                                 its work up to that COMMIT is committed and is not run again",
+                            ),
+                    );
+                }
                 drop(tx);
                 return self.lost_before_commit(attempts, generation, e).await;
             }
@@ -143,6 +155,28 @@ impl Pool {
         }
         if wire.unanswered().is_some_and(|n| n > 0) {
             wire.settled(Duration::from_millis(50)).await;
+        }
+        if wire.tx_status() == TxStatus::Idle {
+            // The closure ended the transaction itself (a transaction
+            // closure must not): say what became of it. The COMMIT or
+            // ROLLBACK sent now is a no-op outside a transaction.
+            let committed = wire.last_end() == LastEnd::Commit;
+            let ended = if committed {
+                until(deadline, tx.commit()).await
+            } else {
+                until(deadline, tx.rollback()).await
+            };
+            if matches!(ended, Ok(Ok(()))) {
+                client.set_busy(false);
+            }
+            return if committed {
+                Outcome::Done(value)
+            } else {
+                Outcome::Fail(Error::new(
+                    ErrorKind::RolledBack,
+                    "the closure ended the transaction itself (ROLLBACK); nothing was committed",
+                ))
+            };
         }
         if wire.tx_status() == TxStatus::Failed {
             // A statement failed and the closure went on: COMMIT would only

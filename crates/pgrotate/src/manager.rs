@@ -60,6 +60,9 @@ pub(crate) struct Connection {
     pub(crate) wire: Arc<Wire>,
     /// How to reach the server again, to cancel a request left running.
     pub(crate) canceller: Canceller,
+    /// Handed out since its last check (its last caller may have left a
+    /// request queued in tokio-postgres, not yet written).
+    pub(crate) lent: bool,
 }
 
 /// How long a returned connection's last answer may lag behind its
@@ -71,7 +74,7 @@ impl Connection {
     /// background, bounded: the connection is being closed because a caller
     /// dropped it mid-request, and the server would otherwise run that
     /// request to its end on a slot of the plan's few.
-    fn cancel_in_background(&self) {
+    pub(crate) fn cancel_in_background(&self) {
         crate::connect::cancel_in_background(self.client.cancel_token(), self.canceller.clone());
     }
 
@@ -134,6 +137,7 @@ impl Manager {
                 .map(|l| crate::time::after(crate::time::shortened(l, 0.2))),
             wire,
             canceller,
+            lent: false,
         })
     }
 }
@@ -259,6 +263,14 @@ impl managed::Manager for Manager {
 /// (`BEGIN` without `COMMIT`, an error swallowed) is rolled back, and the
 /// connection kept only if the server then says it is idle.
 async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'static str> {
+    if std::mem::take(&mut conn.lent) {
+        // A request its last caller polled once and dropped sits in
+        // tokio-postgres's queue until the connection task writes it: let
+        // that task run first, so the request is counted below.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+    }
     if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
         conn.cancel_in_background();
         return Err("a request was still running when its client was dropped");

@@ -166,7 +166,7 @@ impl Pool {
     pub async fn get(&self) -> Result<Client, Error> {
         let wait = self.inner.timeouts.wait.unwrap_or(Duration::from_secs(30));
         let deadline = later(tokio::time::Instant::now(), wait);
-        self.get_with(self.inner.timeouts, deadline).await
+        Ok(self.get_with(self.inner.timeouts, deadline).await?.lend())
     }
 
     /// A connection, with every connect and refetch of the checkout ending

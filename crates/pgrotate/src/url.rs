@@ -176,9 +176,17 @@ fn redact_password_params(text: &str) -> String {
     while let Some(pos) = lower[from..].find(KEY) {
         let value_start = from + pos + KEY.len();
         out.push_str(&text[from..value_start]);
-        let end = text[value_start..]
-            .find(|c: char| c == '&' || c.is_whitespace())
-            .map_or(text.len(), |e| value_start + e);
+        let rest = &text[value_start..];
+        let end = match rest.chars().next() {
+            // A quoted value (`PGPASSWORD='two words'` in `set -x` output):
+            // up to its closing quote, or the end of the line.
+            Some(q @ ('\'' | '"')) => rest[1..]
+                .find([q, '\n'])
+                .map_or(text.len(), |e| value_start + 1 + e + 1),
+            _ => rest
+                .find(|c: char| c == '&' || c.is_whitespace())
+                .map_or(text.len(), |e| value_start + e),
+        };
         out.push('_');
         from = end;
     }
@@ -342,6 +350,13 @@ fn percent_decode(s: &str, what: &str) -> Result<String, UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quoted_password_assignment_is_hidden_whole() {
+        let out = redact("+ PGPASSWORD='two words' psql -h db");
+        assert!(!out.contains("two") && !out.contains("words"), "{out}");
+        assert!(out.contains("psql -h db"), "{out}");
+    }
 
     #[test]
     fn a_password_with_white_space_is_hidden_whole() {

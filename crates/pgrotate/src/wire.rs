@@ -11,6 +11,7 @@
 //! This is how a connection is known to come back idle and clean, like
 //! pgx's check of the transaction status on release.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
@@ -48,8 +49,36 @@ pub(crate) struct Wire {
     unanswered: AtomicI64,
     /// 0 unknown, 1 off, 2 on.
     hot_standby: AtomicU8,
+    /// The tag of the last `CommandComplete`: 0 another, 1 `COMMIT`,
+    /// 2 `ROLLBACK`.
+    last_end: AtomicU8,
+    /// What each request sent still waits for, oldest first: the answers
+    /// come in order. `unanswered` mirrors its length.
+    expected: Mutex<VecDeque<Expect>>,
     observed: AtomicBool,
     ready: Notify,
+}
+
+/// A request that gets one `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Startup,
+    Query,
+    /// A `Sync`; `after_execute` when it follows an `Execute` directly —
+    /// the one the server ignores if that `Execute` starts a `COPY FROM
+    /// STDIN` (tokio-postgres sends another after `CopyDone`).
+    Sync {
+        after_execute: bool,
+    },
+    FunctionCall,
+}
+
+/// How a transaction ended, by the last `CommandComplete` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LastEnd {
+    Commit,
+    Rollback,
+    Other,
 }
 
 impl Default for Wire {
@@ -58,6 +87,8 @@ impl Default for Wire {
             status: AtomicU8::new(0),
             unanswered: AtomicI64::new(1),
             hot_standby: AtomicU8::new(0),
+            last_end: AtomicU8::new(0),
+            expected: Mutex::new(VecDeque::from([Expect::Startup])),
             observed: AtomicBool::new(false),
             ready: Notify::new(),
         }
@@ -114,10 +145,52 @@ impl Wire {
         self.unanswered().is_some() && tokio::time::timeout(within, wait).await.is_ok()
     }
 
+    /// What the last `CommandComplete` said, when it ended a transaction.
+    pub(crate) fn last_end(&self) -> LastEnd {
+        match self.last_end.load(Ordering::Acquire) {
+            1 => LastEnd::Commit,
+            2 => LastEnd::Rollback,
+            _ => LastEnd::Other,
+        }
+    }
+
+    fn expect(&self, e: Expect) {
+        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        q.push_back(e);
+        self.unanswered.store(q.len() as i64, Ordering::Release);
+    }
+
     fn ready_for_query(&self, status: u8) {
         self.status.store(status, Ordering::Release);
-        self.unanswered.fetch_sub(1, Ordering::AcqRel);
+        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        q.pop_front();
+        self.unanswered.store(q.len() as i64, Ordering::Release);
+        drop(q);
         self.ready.notify_waiters();
+    }
+
+    /// `CopyInResponse`: if the request being answered is an `Execute`'s
+    /// `Sync`, the server ignores that `Sync` (it is in copy-in mode); the
+    /// one after `CopyDone` gets the `ReadyForQuery`.
+    fn copy_in(&self) {
+        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        if q.front()
+            == Some(&Expect::Sync {
+                after_execute: true,
+            })
+        {
+            q.pop_front();
+            self.unanswered.store(q.len() as i64, Ordering::Release);
+        }
+    }
+
+    fn command_complete(&self, tag: &[u8]) {
+        let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
+            b"COMMIT" => 1,
+            b"ROLLBACK" => 2,
+            _ => 0,
+        };
+        self.last_end.store(end, Ordering::Release);
     }
 
     fn parameter(&self, name: &[u8], value: &[u8]) {
@@ -169,7 +242,7 @@ impl Reader {
                 continue;
             }
             let take = self.left.min(bytes.len());
-            if matches!(self.kind, b'Z' | b'S') && self.body.len() + take <= KEEP_BODY {
+            if matches!(self.kind, b'Z' | b'S' | b'C') && self.body.len() + take <= KEEP_BODY {
                 self.body.extend_from_slice(&bytes[..take]);
             }
             self.left -= take;
@@ -193,6 +266,8 @@ impl Reader {
                     wire.parameter(name, value);
                 }
             }
+            b'C' => wire.command_complete(&self.body),
+            b'G' => wire.copy_in(),
             _ => {}
         }
         self.have = 0;
@@ -208,6 +283,8 @@ struct Writer {
     header: [u8; 5],
     have: usize,
     left: usize,
+    /// The type of the last message sent.
+    last: u8,
 }
 
 impl Writer {
@@ -230,8 +307,17 @@ impl Writer {
                     self.header[len_at + 3],
                 ]) as usize;
                 self.left = len.saturating_sub(4);
-                if self.started && matches!(self.header[0], b'Q' | b'S' | b'F') {
-                    wire.unanswered.fetch_add(1, Ordering::AcqRel);
+                if self.started {
+                    let kind = self.header[0];
+                    match kind {
+                        b'Q' => wire.expect(Expect::Query),
+                        b'S' => wire.expect(Expect::Sync {
+                            after_execute: self.last == b'E',
+                        }),
+                        b'F' => wire.expect(Expect::FunctionCall),
+                        _ => {}
+                    }
+                    self.last = kind;
                 }
                 if self.left == 0 {
                     self.started = true;
@@ -444,6 +530,47 @@ mod tests {
         // A promotion is reported as a parameter change.
         r.feed(&msg(b'S', b"in_hot_standby\0on\0"), &wire);
         assert_eq!(wire.in_hot_standby(), Some(true));
+    }
+
+    #[test]
+    fn a_copy_in_ignores_the_sync_after_its_execute() {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        // tokio-postgres's copy_in: Bind, Execute, Sync; CopyData, CopyDone, Sync.
+        let mut client = msg(b'B', &[0; 10]);
+        client.extend(msg(b'E', &[0; 5]));
+        client.extend(msg(b'S', b""));
+        w.feed(&client, &wire);
+        r.feed(&msg(b'G', &[0, 0, 0]), &wire);
+        let mut client = msg(b'd', b"1\n");
+        client.extend(msg(b'c', b""));
+        client.extend(msg(b'S', b""));
+        w.feed(&client, &wire);
+        let mut answers = msg(b'C', b"COPY 1\0");
+        answers.extend(msg(b'Z', b"I"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.unanswered(), Some(0), "two Syncs, one answer");
+        // A simple-query COPY: one Query, one answer.
+        w.feed(&msg(b'Q', b"copy t from stdin\0"), &wire);
+        r.feed(&msg(b'G', &[0, 0, 0]), &wire);
+        w.feed(&msg(b'c', b""), &wire);
+        assert_eq!(wire.unanswered(), Some(1));
+        let mut answers = msg(b'C', b"COPY 0\0");
+        answers.extend(msg(b'Z', b"I"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.unanswered(), Some(0));
+    }
+
+    #[test]
+    fn the_last_command_tag_says_how_a_transaction_ended() {
+        let (wire, mut r, _) = observed();
+        r.feed(&msg(b'C', b"ROLLBACK\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Rollback);
+        r.feed(&msg(b'C', b"COMMIT\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Commit);
+        r.feed(&msg(b'C', b"INSERT 0 1\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Other);
     }
 
     #[test]

@@ -493,13 +493,56 @@ fn scheme_tokens(b: &[u8]) -> Vec<std::ops::Range<usize>> {
     hidden
 }
 
-/// Long opaque words anywhere (see [`OPAQUE_TOKEN_MIN`]).
+/// Prefixes of well-known credentials (GitHub, GitLab, Slack, AWS, Vault,
+/// Stripe, OpenAI-style keys): a word starting with one is hidden whatever
+/// its length.
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxs-",
+    "AKIA",
+    "ASIA",
+    "hvs.",
+    "hvb.",
+    "sk_live_",
+    "rk_live_",
+    "sk-",
+];
+
+/// A word after `-p` glued to it (`mysql -pS3cret`): the password option of
+/// several CLIs. A port (`psql -p5432`, all digits) stays.
+fn glued_password(word: &[u8]) -> bool {
+    word.len() > 2 && word.starts_with(b"-p") && !word[2..].iter().all(u8::is_ascii_digit)
+}
+
+/// Long opaque words anywhere (see [`OPAQUE_TOKEN_MIN`]), words with a
+/// known credential prefix, and `-p<password>`.
 fn opaque_tokens(b: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut hidden = Vec::new();
     let mut from = 0;
     while let Some(run) = run_at(b, from, is_token_byte) {
         from = run.end;
         let word = &b[run.clone()];
+        if glued_password(word) {
+            hidden.push(run.start + 2..run.end);
+            continue;
+        }
+        if word.len() >= 8
+            && TOKEN_PREFIXES
+                .iter()
+                .any(|p| word.starts_with(p.as_bytes()))
+        {
+            hidden.push(run);
+            continue;
+        }
         if word.len() >= OPAQUE_TOKEN_MIN
             && word.iter().any(u8::is_ascii_digit)
             && word.iter().any(u8::is_ascii_alphabetic)
@@ -651,6 +694,16 @@ mod tests {
             "cannot use postgres://app:urlpw1@db.internal:5432/app?password=urlpw2&sslmode=require",
             &["urlpw1", "urlpw2"],
         );
+    }
+
+    #[test]
+    fn hides_known_token_prefixes_and_glued_passwords() {
+        let out = hides(
+            "token ghp_abcdefghij1234567890 and mysql -u app -pS3cr3tPw9 -p5432",
+            &["ghp_abcdefghij1234567890", "S3cr3tPw9"],
+        );
+        assert!(out.contains("-p5432"), "{out}");
+        assert!(out.contains("mysql -u"), "{out}");
     }
 
     #[test]

@@ -8,6 +8,18 @@ const PG_NO_TLS: &str = "server does not support TLS";
 /// did not authenticate with SCRAM-SHA-256-PLUS.
 const PG_NO_CHANNEL_BINDING: &str = "server did not use channel binding";
 
+/// Whether the server refused TLS (it answered `N` to the SSLRequest).
+pub(crate) fn refused_tls(err: &tokio_postgres::Error) -> bool {
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if c.to_string() == PG_NO_TLS {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// What a TLS failure means, when `err`'s cause chain holds one: which
 /// check failed, in words. tokio-postgres's own text is only "error
 /// performing TLS handshake", so the chain is searched for the rustls error

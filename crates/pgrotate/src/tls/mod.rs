@@ -34,7 +34,7 @@ use tokio_postgres::config::ChannelBinding as PgChannelBinding;
 mod describe;
 mod verify;
 
-pub(crate) use describe::describe_failure;
+pub(crate) use describe::{describe_failure, refused_tls};
 use verify::{ChainOnly, EncryptOnly};
 
 /// TLS requirement, with libpq's meaning. Ordered from weakest to strictest.
