@@ -447,7 +447,7 @@ async fn worker(i: usize, pool: Pool, fleet: Arc<Fleet>, mut stop: watch::Receiv
         match result {
             Ok(Ok(1)) => fleet.note_ok(i, started, ended),
             Ok(Ok(n)) => fleet.note_error(i, format!("select 1 returned {n}")),
-            Ok(Err(e)) => fleet.note_error(i, e.to_string()),
+            Ok(Err(e)) => fleet.note_error(i, format!("{e:#}")),
             Err(_) => fleet.note_error(i, format!("a call took over {CALL_BOUND:?}")),
         }
         pause = Duration::from_millis(rng.u64(CALL_EVERY_MS / 2..=CALL_EVERY_MS * 3 / 2));
@@ -689,7 +689,7 @@ async fn run(args: Args, counter: EventCounter) -> Result<bool, Box<dyn std::err
         })
         .buffer_unordered(BUILD_CONCURRENCY);
     while let Some((i, built)) = builds.next().await {
-        pools[i] = Some(built.map_err(|e| format!("building pool {i}: {e}"))?);
+        pools[i] = Some(built.map_err(|e| format!("building pool {i}: {e:#}"))?);
     }
     drop(builds);
     let pools: Vec<Pool> = pools.into_iter().flatten().collect();

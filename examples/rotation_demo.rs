@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 match r {
                     Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
-                        eprintln!("\nerror: {e}");
+                        eprintln!("\nerror: {e:#}");
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };

@@ -160,7 +160,7 @@ async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back(
         let e = r.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
         assert!(!e.is_retryable());
-        assert!(e.to_string().contains("nothing was committed"), "{e}");
+        assert!(format!("{e:#}").contains("nothing was committed"), "{e}");
         assert_eq!(
             ids(&pool).await,
             [1],

@@ -85,7 +85,7 @@ async fn a_failing_commands_stderr_reaches_the_error_without_its_secrets() {
         for (script, secrets) in LEAKY_SCRIPTS {
             let e = Pool::builder(sh(script)).build().await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Source, "{e}");
-            let shown = format!("{e} {e:?}");
+            let shown = format!("{e:#} {e:?} {e}");
             assert!(shown.contains("exit status: 1"), "{shown}");
             assert!(shown.contains("connection refused"), "{shown}");
             assert!(shown.contains("vaultfetch"), "{shown}");
@@ -142,8 +142,8 @@ async fn a_command_writing_a_lot_never_blocks_on_a_full_pipe() {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Source, "{e}");
-        assert!(e.to_string().contains("longer than 64 KiB"), "{e}");
-        assert!(!e.to_string().contains("aaaa"), "{e}");
+        assert!(format!("{e:#}").contains("longer than 64 KiB"), "{e}");
+        assert!(!format!("{e:#}").contains("aaaa"), "{e}");
     })
     .await;
 }
@@ -165,7 +165,7 @@ async fn a_command_that_does_not_exit_is_killed_even_with_its_stdout_closed() {
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Source, "{e}");
         assert!(
-            e.to_string()
+            format!("{e:#}")
                 .contains("did not finish within 500 ms and was killed"),
             "{e}"
         );
@@ -194,7 +194,7 @@ async fn a_command_printing_nothing_and_exiting_0_is_not_found() {
             Some(pgrotate::source::SourceErrorKind::NotFound),
             "{e}"
         );
-        assert!(e.to_string().contains("printed nothing"), "{e}");
+        assert!(format!("{e:#}").contains("printed nothing"), "{e}");
     })
     .await;
 }

@@ -99,7 +99,10 @@ async fn each_window_of_a_transaction_gives_its_documented_outcome() {
         let runs = AtomicU32::new(0);
         let err = insert(&s.pool, 3, &runs).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::CommitOutcomeUnknown, "{err}");
-        assert!(err.to_string().contains("after COMMIT was sent"), "{err}");
+        assert!(
+            format!("{err:#}").contains("after COMMIT was sent"),
+            "{err}"
+        );
         assert_eq!(
             (rows(&s.pool, 3).await, runs.load(Ordering::SeqCst)),
             (0, 1)

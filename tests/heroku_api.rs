@@ -257,8 +257,8 @@ async fn a_429_is_a_rate_limit_error_and_the_next_fetch_waits_for_retry_after() 
         let after = e.as_source_error().unwrap().retry_after().unwrap();
         assert!(after >= Duration::from_secs(1), "{after:?}");
         assert!(e.is_retryable());
-        assert!(e.to_string().contains("HTTP 429"), "{e}");
-        assert!(e.to_string().contains(APP), "{e}");
+        assert!(format!("{e:#}").contains("HTTP 429"), "{e}");
+        assert!(format!("{e:#}").contains(APP), "{e}");
 
         assert_eq!(pool.refresh_now().await.unwrap(), 2, "the URL changed");
         let seen = server.seen();
@@ -291,7 +291,7 @@ async fn server_errors_three_times_then_success_with_bounded_spaced_requests() {
                 Err(e) => {
                     assert_eq!(source_kind(&e), SourceErrorKind::Unavailable, "{e}");
                     assert!(e.is_retryable());
-                    assert!(e.to_string().contains("HTTP 500"), "{e}");
+                    assert!(format!("{e:#}").contains("HTTP 500"), "{e}");
                     failures += 1;
                     assert!(failures <= 3, "more failures than scripted: {e}");
                 }
@@ -388,8 +388,7 @@ async fn an_answer_slower_than_the_timeout_is_unavailable() {
         assert_eq!(source_kind(&e), SourceErrorKind::Unavailable, "{e}");
         assert!(e.is_retryable());
         assert!(
-            e.to_string()
-                .contains("did not answer within 300 ms (the request timeout)"),
+            format!("{e:#}").contains("did not answer within 300 ms (the request timeout)"),
             "{e}"
         );
     })
@@ -407,20 +406,20 @@ async fn malformed_bodies_and_non_postgres_vars_are_malformed_without_echo() {
         ));
         let e = Pool::builder(api(&server)).build().await.unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::Malformed, "{e}");
-        assert!(e.to_string().contains("not valid JSON"), "{e}");
-        assert_no_secret(&format!("{e} {e:?}"), &["fakepw-never-printed"]);
+        assert!(format!("{e:#}").contains("not valid JSON"), "{e}");
+        assert_no_secret(&format!("{e:#} {e:?}"), &["fakepw-never-printed"]);
 
         server.set_var("DATABASE_URL", Some("mysql://app:fakepw-never-printed@h/d"));
         let e = Pool::builder(api(&server)).build().await.unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::Malformed, "{e}");
-        let msg = e.to_string();
+        let msg = format!("{e:#}");
         assert!(
             msg.contains(
                 "config var DATABASE_URL of app pgrotate-test-app is not a usable PostgreSQL URL"
             ),
             "{msg}"
         );
-        assert_no_secret(&format!("{e} {e:?}"), &["fakepw-never-printed"]);
+        assert_no_secret(&format!("{e:#} {e:?}"), &["fakepw-never-printed"]);
         assert_nothing_leaked(&[]);
     })
     .await;
@@ -448,7 +447,7 @@ async fn a_missing_or_null_var_lists_the_url_var_names_and_no_value() {
                 .await
                 .unwrap_err();
             assert_eq!(source_kind(&e), SourceErrorKind::NotFound, "{e}");
-            let msg = e.to_string();
+            let msg = format!("{e:#}");
             assert!(
                 msg.contains(&format!(
                     "config var {var} of app {APP} {what}; its *_URL config vars are: \
@@ -462,7 +461,7 @@ async fn a_missing_or_null_var_lists_the_url_var_names_and_no_value() {
             );
             assert!(!msg.contains("SESSION_SECRET"), "{msg}");
             assert_no_secret(
-                &format!("{e} {e:?}"),
+                &format!("{e:#} {e:?}"),
                 &[
                     "fakepw-never-printed",
                     "violetpw-never-printed",
@@ -496,14 +495,14 @@ async fn a_refused_token_names_the_app_and_not_the_token() {
         let shown = format!("{source:?}");
         let e = Pool::builder(source).build().await.unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::Unauthorized, "{e}");
-        let msg = e.to_string();
+        let msg = format!("{e:#}");
         assert!(msg.contains("HTTP 401"), "{msg}");
         assert!(
             msg.contains(&format!("has no access to app {APP}")),
             "{msg}"
         );
         assert!(!e.is_retryable());
-        assert_no_secret(&format!("{e} {e:?} {shown}"), &[WRONG_TOKEN, TOKEN]);
+        assert_no_secret(&format!("{e:#} {e:?} {shown}"), &[WRONG_TOKEN, TOKEN]);
 
         server.script(Scripted::body(403, r#"{"id":"forbidden"}"#));
         let e = Pool::builder(api(&server)).build().await.unwrap_err();
@@ -514,7 +513,7 @@ async fn a_refused_token_names_the_app_and_not_the_token() {
             .await
             .unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::NotFound, "{e}");
-        assert!(e.to_string().contains("no app named no-such-app"), "{e}");
+        assert!(format!("{e:#}").contains("no app named no-such-app"), "{e}");
         assert_nothing_leaked(&[]);
     })
     .await;
@@ -564,10 +563,10 @@ async fn the_unreachable_api_is_unavailable_and_names_no_token() {
                 .unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::Unavailable, "{e}");
         assert!(
-            e.to_string().contains("cannot reach the Platform API"),
+            format!("{e:#}").contains("cannot reach the Platform API"),
             "{e}"
         );
-        assert_no_secret(&format!("{e} {e:?}"), &[TOKEN]);
+        assert_no_secret(&format!("{e:#} {e:?}"), &[TOKEN]);
     })
     .await;
 }
@@ -607,7 +606,7 @@ async fn the_heroku_cli_source_runs_config_get() {
             .await
             .unwrap_err();
         assert_eq!(source_kind(&e), SourceErrorKind::NotFound, "{e}");
-        assert!(e.to_string().contains("printed nothing"), "{e}");
+        assert!(format!("{e:#}").contains("printed nothing"), "{e}");
     })
     .await;
 }
@@ -635,7 +634,7 @@ async fn https_speaks_tls_through_rustls_with_the_ring_provider() {
         let first = server.await.unwrap();
         assert_eq!(first[0], 0x16, "a TLS handshake record");
         assert_eq!(first[1], 0x03, "TLS 1.x");
-        assert_no_secret(&format!("{e} {e:?}"), &[TOKEN]);
+        assert_no_secret(&format!("{e:#} {e:?}"), &[TOKEN]);
     })
     .await;
 }

@@ -67,7 +67,7 @@ async fn load(pool: &Pool, calls: usize, named: bool) -> (u64, Vec<String>) {
                     Ok(v) => panic!("asked for {n}, got {v}"),
                     Err(e) => errs.push(
                         e.code()
-                            .map_or_else(|| e.to_string(), |c| c.code().to_string()),
+                            .map_or_else(|| format!("{e:#}"), |c| c.code().to_string()),
                     ),
                 }
             }
@@ -200,8 +200,8 @@ async fn server_login_failing_backs_off_without_a_refetch_storm() {
         assert_eq!(err.kind(), ErrorKind::Connect);
         assert!(err.is_retryable());
         assert!(
-            err.to_string().contains("too many connections for role")
-                || err.to_string().contains("server login has been failing"),
+            format!("{err:#}").contains("too many connections for role")
+                || format!("{err:#}").contains("server login has been failing"),
             "{err}"
         );
 
@@ -322,7 +322,7 @@ async fn a_full_pgbouncer_is_too_many_connections_not_a_lost_connection() {
             "{refused}"
         );
         assert!(
-            refused.to_string().contains("no more connections allowed"),
+            format!("{refused:#}").contains("no more connections allowed"),
             "{refused}"
         );
         assert!(refused.is_retryable(), "{refused}");
@@ -350,8 +350,8 @@ async fn a_statement_pgbouncer_killed_for_running_too_long_is_not_run_again() {
             .run(async |c| c.simple_query("select pg_sleep(2)").await.map(|_| ()))
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("query timeout"), "{e}");
-        assert_eq!(e.fault(), Some(Fault::Query), "{e}");
+        assert!(format!("{e:#}").contains("query timeout"), "{e}");
+        assert_eq!(e.fault(), Some(Fault::CallersError), "{e}");
         assert_eq!(e.attempts(), None, "run once: {e}");
         assert_eq!(pool.status().retries, before.retries);
         assert!(

@@ -120,7 +120,7 @@ async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
         .await
         .unwrap_err();
         let printed = format!(
-            "{}\n{:?}\n{:?}\n{:?}\n{}\n{err}\n{err:?}",
+            "{}\n{:?}\n{:?}\n{:?}\n{}\n{err:#}\n{err:?}",
             captured_logs(),
             pool,
             pool.status(),
@@ -321,7 +321,7 @@ async fn credentials_still_wrong_are_retried_until_the_deadline_then_end_in_a_cl
             err.code(),
             Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD)
         );
-        let msg = err.to_string();
+        let msg = format!("{err:#}");
         assert!(msg.contains("password authentication failed"), "{msg}");
         assert!(
             msg.contains("still returns the URL that failed") && msg.contains("next request in"),

@@ -97,7 +97,7 @@ async fn no_setting_at_an_extreme_panics_and_refusals_name_the_setting() {
                 Ok(pool) => exercise(&pool).await,
                 Err(e) => {
                     let words: Vec<&str> = name.split(' ').collect();
-                    let text = e.to_string();
+                    let text = format!("{e:#}");
                     assert!(
                         words.iter().any(|w| text.contains(w)),
                         "{name} = {d:?} was refused without naming it: {text}"
@@ -112,7 +112,7 @@ async fn no_setting_at_an_extreme_panics_and_refusals_name_the_setting() {
         let built = Pool::builder(Static::new(URL)).max_size(n).build().await;
         match built {
             Ok(pool) => exercise(&pool).await,
-            Err(e) => assert!(e.to_string().contains("max_size"), "{e}"),
+            Err(e) => assert!(format!("{e:#}").contains("max_size"), "{e}"),
         }
         let built = Pool::builder(Static::new(URL)).min_idle(n).build().await;
         if let Ok(pool) = built {
@@ -133,7 +133,7 @@ async fn no_setting_at_an_extreme_panics_and_refusals_name_the_setting() {
             .await
         {
             Ok(pool) => exercise(&pool).await,
-            Err(e) => assert!(e.to_string().contains("budget"), "{e}"),
+            Err(e) => assert!(format!("{e:#}").contains("budget"), "{e}"),
         }
     }
     for n in [0u32, 1, u32::MAX] {
@@ -143,7 +143,7 @@ async fn no_setting_at_an_extreme_panics_and_refusals_name_the_setting() {
             .await;
         match built {
             Ok(pool) => exercise(&pool).await,
-            Err(e) => assert!(e.to_string().contains("attempts"), "{e}"),
+            Err(e) => assert!(format!("{e:#}").contains("attempts"), "{e}"),
         }
     }
     assert_eq!(panics.load(Ordering::SeqCst), 0, "a panic somewhere");

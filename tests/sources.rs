@@ -21,7 +21,7 @@ async fn a_missing_file_names_the_file() {
     let path = dir.path().join("nope");
     let e = build_error(File::new(&path)).await;
     assert_eq!(e.kind(), ErrorKind::Source);
-    let msg = e.to_string();
+    let msg = format!("{e:#}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     assert!(msg.contains("cannot read the file"), "{msg}");
 }
@@ -36,7 +36,7 @@ async fn a_command_exiting_1_shows_its_stderr_without_urls() {
         ],
     ))
     .await;
-    let msg = e.to_string();
+    let msg = format!("{e:#}");
     assert_eq!(e.kind(), ErrorKind::Source);
     assert!(msg.contains("command sh"), "{msg}");
     assert!(msg.contains("exit status: 1"), "{msg}");
@@ -50,7 +50,7 @@ async fn a_hanging_command_is_killed_at_its_timeout() {
     let e = build_error(Command::new("sleep", ["30"]).timeout(Duration::from_millis(300))).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(
-        e.to_string().contains("did not finish within 300 ms"),
+        format!("{e:#}").contains("did not finish within 300 ms"),
         "{e}"
     );
     assert!(e.is_retryable(), "a timeout may pass");
@@ -59,25 +59,25 @@ async fn a_hanging_command_is_killed_at_its_timeout() {
 #[tokio::test]
 async fn a_command_printing_nothing_is_an_unset_variable() {
     let e = build_error(Command::new("echo", [""])).await;
-    assert!(e.to_string().contains("printed nothing"), "{e}");
+    assert!(format!("{e:#}").contains("printed nothing"), "{e}");
 }
 
 #[tokio::test]
 async fn malformed_urls_and_urls_without_password_are_refused() {
     let file = UrlFile::new("not a url at all");
     let e = build_error(file.source()).await;
-    assert!(e.to_string().contains("not a PostgreSQL URL"), "{e}");
-    assert!(e.to_string().contains("file "), "{e}");
+    assert!(format!("{e:#}").contains("not a PostgreSQL URL"), "{e}");
+    assert!(format!("{e:#}").contains("file "), "{e}");
 
     let e = build_error(Static::new("postgres://app@db.example.com/app")).await;
-    assert!(e.to_string().contains("no password"), "{e}");
-    assert!(e.to_string().contains("static URL"), "{e}");
+    assert!(format!("{e:#}").contains("no password"), "{e}");
+    assert!(format!("{e:#}").contains("static URL"), "{e}");
 
     let e = build_error(Static::new(
         "postgres://app:pw@db.example.com/app?sslmode=sometimes",
     ))
     .await;
-    assert!(e.to_string().contains("sslmode"), "{e}");
+    assert!(format!("{e:#}").contains("sslmode"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +105,7 @@ async fn at_runtime_the_pool_serves_on_and_reports_the_source_error_when_it_need
         let e = common::select_one(&pool).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Source, "{e}");
         assert!(
-            e.to_string().contains(&file.path().display().to_string()),
+            format!("{e:#}").contains(&file.path().display().to_string()),
             "{e}"
         );
         let status = pool.status();

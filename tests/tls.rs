@@ -67,7 +67,7 @@ async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
         Ok(_) => panic!("the connection was expected to fail"),
         Err(e) => e,
     };
-    let printed = format!("{err}\n{err:?}");
+    let printed = format!("{err:#}\n{err:?}");
     assert!(
         !printed.contains(&role.password),
         "the error carries the password"
@@ -76,7 +76,7 @@ async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
 }
 
 fn assert_says(err: &Error, words: &str) {
-    let text = err.to_string();
+    let text = format!("{err:#}");
     assert!(text.contains(words), "expected {words:?} in: {text}");
 }
 
@@ -515,7 +515,7 @@ async fn native_roots_come_from_the_platform_store_and_do_not_trust_the_fixture_
             .unwrap();
         let err = pool.get().await.unwrap_err();
         assert!(
-            err.to_string().contains("not signed by a trusted root"),
+            format!("{err:#}").contains("not signed by a trusted root"),
             "{err}"
         );
     })

@@ -108,7 +108,7 @@ async fn the_callers_own_error_rolls_back_and_is_returned_once() {
             err.code(),
             Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
         );
-        assert!(err.to_string().contains("duplicate key"), "{err}");
+        assert!(format!("{err:#}").contains("duplicate key"), "{err}");
         assert_eq!(runs.load(Ordering::SeqCst), 1, "never retried");
         assert_eq!(count(&pool, "select count(*) from t where k = 8").await, 0);
         // The one connection went back clean: the next transaction works.

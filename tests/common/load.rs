@@ -59,7 +59,7 @@ impl Load {
                             Ok(n) => panic!("select 1 returned {n}"),
                             Err(e) => {
                                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                                eprintln!("worker {w}: {e}");
+                                eprintln!("worker {w}: {e:#}");
                             }
                         }
                         tokio::task::yield_now().await;

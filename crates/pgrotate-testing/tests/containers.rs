@@ -303,5 +303,5 @@ async fn local_processes_refuse_network_operations() {
     assert_eq!(cluster.container_id(), None);
     let err = cluster.disconnect_network().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported);
-    assert!(err.to_string().contains("FaultProxy"), "{err}");
+    assert!(format!("{err:#}").contains("FaultProxy"), "{err}");
 }

@@ -269,7 +269,7 @@ fn missing_binaries_name_the_debian_package() {
     let empty = tempfile::tempdir().unwrap();
     let err = find_bindir_in([empty.path()]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NoServerBinaries);
-    let message = err.to_string();
+    let message = format!("{err:#}");
     assert!(message.contains("postgresql"), "{message}");
     assert!(message.contains("apt-get install"), "{message}");
 }

@@ -364,7 +364,9 @@ impl PoolBuilder {
             self.settings.roots = Roots::Pem(Arc::new(pem));
         }
         if let Some((cert, key)) = &self.client_cert {
-            let id = ClientIdentity::from_pem(cert, key).map_err(|e| build_err(e.to_string()))?;
+            let id = ClientIdentity::from_pem(cert, key).map_err(|e| {
+                Error::new(ErrorKind::Build, "the client certificate cannot be used").with_cause(e)
+            })?;
             self.settings.client_identity = Some(id);
         }
         let pooler = self

@@ -2,19 +2,20 @@
 //!
 //! | SQLSTATE / cause | fault | the pool's move |
 //! |---|---|---|
-//! | 28P01 invalid password, 28000 invalid authorization | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 28P01 invalid password, 28000 invalid authorization | [`Fault::Credentials`] | refetch the URL, reconnect |
 //! | 3D000 database does not exist | [`Fault::DatabaseGone`] | refetch (the URL points elsewhere now) |
 //! | 25006 read-only transaction | [`Fault::ReadOnly`] | refetch, drain (landed on a standby) |
 //! | 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now | [`Fault::ServerGoingAway`] | reconnect |
-//! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::ConnectionLost`] | reconnect |
+//! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::Disconnected`] | reconnect |
+//! | at connect only: refused, no answer, closed before the server spoke | [`Fault::Unreachable`] | reconnect; refetch when the budget allows it now (the URL may have moved) |
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
-//! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::Credentials`] | refetch the URL, reconnect |
 //! | 08P01 from PgBouncer: "server login has been failing", "query_wait_timeout" | [`Fault::PoolerUnavailable`] | back off at least PgBouncer's `server_login_retry`, no refetch |
 //! | 08P01 from PgBouncer: "too many connections", "no more connections allowed (max_client_conn)" | [`Fault::TooManyConnections`] | back off, reconnect |
-//! | 08P01 from PgBouncer: "query timeout" (its `query_timeout` cancelled a statement) | [`Fault::Query`] | not re-run: it would run too long again |
-//! | at connect only: 42501 insufficient privilege (`REVOKE CONNECT` from a rotated-out role) | [`Fault::CredentialsRejected`] | refetch the URL, reconnect |
+//! | 08P01 from PgBouncer: "query timeout" (its `query_timeout` cancelled a statement) | [`Fault::CallersError`] | not re-run: it would run too long again |
+//! | at connect only: 42501 insufficient privilege (`REVOKE CONNECT` from a rotated-out role) | [`Fault::Credentials`] | refetch the URL, reconnect |
 //! | at connect only: 57P04 database dropped | [`Fault::DatabaseGone`] | refetch the URL, reconnect |
-//! | anything else | [`Fault::Query`] | the caller's own error: never retried |
+//! | anything else | [`Fault::CallersError`] | the caller's own error: never retried |
 //!
 //! Classification is by SQLSTATE, never by message text — with one
 //! exception: PgBouncer raises every error of its own as 08P01, so for that
@@ -29,7 +30,7 @@ use tokio_postgres::error::SqlState;
 pub enum Fault {
     /// The server rejected the credentials (28P01, 28000): they were rotated,
     /// or the role was replaced.
-    CredentialsRejected,
+    Credentials,
     /// The database named in the URL does not exist (3D000): after a promote
     /// the URL points elsewhere.
     DatabaseGone,
@@ -41,7 +42,10 @@ pub enum Fault {
     ServerGoingAway,
     /// The connection is gone: closed, an I/O error, a TLS failure on an
     /// established stream, or an 08xxx connection exception.
-    ConnectionLost,
+    Disconnected,
+    /// No server answered where the URL points: a connect refused or left
+    /// without an answer (only a connect: no connection ever existed).
+    Unreachable,
     /// The server has no connection slot left (53300).
     TooManyConnections,
     /// A connection pooler (PgBouncer) cannot get a server connection now:
@@ -50,14 +54,14 @@ pub enum Fault {
     /// interval only adds load.
     PoolerUnavailable,
     /// The caller's own error: constraint, syntax, types, permissions.
-    Query,
+    CallersError,
 }
 
 impl Fault {
     /// Whether the failure is about the connection rather than the work: the
     /// same work on another connection may succeed.
     pub fn is_connection_level(self) -> bool {
-        !matches!(self, Fault::Query)
+        !matches!(self, Fault::CallersError)
     }
 
     /// Whether the pool should fetch the URL again because of it: the URL
@@ -65,7 +69,7 @@ impl Fault {
     pub fn needs_refetch(self) -> bool {
         matches!(
             self,
-            Fault::CredentialsRejected | Fault::DatabaseGone | Fault::ReadOnly
+            Fault::Credentials | Fault::DatabaseGone | Fault::ReadOnly
         )
     }
 
@@ -75,20 +79,24 @@ impl Fault {
     /// stands. Not [`Fault::PoolerUnavailable`]: after a rotation PgBouncer
     /// itself rejects the old password at connect, which refetches anyway.
     pub(crate) fn worth_one_refetch(self) -> bool {
-        matches!(self, Fault::ConnectionLost | Fault::ServerGoingAway)
+        matches!(
+            self,
+            Fault::Disconnected | Fault::Unreachable | Fault::ServerGoingAway
+        )
     }
 
     /// A short reason for logs.
     pub(crate) fn reason(self) -> &'static str {
         match self {
-            Fault::CredentialsRejected => "credentials rejected",
+            Fault::Credentials => "credentials rejected",
             Fault::DatabaseGone => "database gone",
             Fault::ReadOnly => "read-only server",
             Fault::ServerGoingAway => "server going away",
-            Fault::ConnectionLost => "connection lost",
+            Fault::Disconnected => "connection lost",
+            Fault::Unreachable => "no server answered",
             Fault::TooManyConnections => "too many connections",
             Fault::PoolerUnavailable => "pooler cannot reach the server",
-            Fault::Query => "query error",
+            Fault::CallersError => "query error",
         }
     }
 }
@@ -96,10 +104,10 @@ impl Fault {
 /// The table: SQLSTATE to fault. Codes not listed (other than the 08 class)
 /// are the caller's own errors.
 const BY_SQLSTATE: &[(SqlState, Fault)] = &[
-    (SqlState::INVALID_PASSWORD, Fault::CredentialsRejected),
+    (SqlState::INVALID_PASSWORD, Fault::Credentials),
     (
         SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
-        Fault::CredentialsRejected,
+        Fault::Credentials,
     ),
     (SqlState::UNDEFINED_DATABASE, Fault::DatabaseGone),
     (SqlState::READ_ONLY_SQL_TRANSACTION, Fault::ReadOnly),
@@ -113,29 +121,35 @@ const BY_SQLSTATE: &[(SqlState, Fault)] = &[
 /// caller's error: a platform that rotates by a new role and `REVOKE
 /// CONNECT` from the old one answers 42501, a dropped database 57P04.
 const AT_CONNECT: &[(SqlState, Fault)] = &[
-    (SqlState::INSUFFICIENT_PRIVILEGE, Fault::CredentialsRejected),
+    (SqlState::INSUFFICIENT_PRIVILEGE, Fault::Credentials),
     (SqlState::DATABASE_DROPPED, Fault::DatabaseGone),
 ];
 
 /// Classifies an error of a *connect* (startup and authentication): the
 /// table, plus [`AT_CONNECT`] — nothing the caller sent can have caused it.
 pub(crate) fn classify_connect(err: &tokio_postgres::Error) -> Fault {
-    match err.code() {
+    let fault = match err.code() {
         Some(code) => AT_CONNECT
             .iter()
             .find(|(c, _)| c == code)
             .map_or_else(|| classify(err), |(_, f)| *f),
         None => classify(err),
+    };
+    match fault {
+        // A connect that failed without a server's word never had a
+        // connection to lose.
+        Fault::Disconnected if err.as_db_error().is_none() => Fault::Unreachable,
+        f => f,
     }
 }
 
 /// The one place message text counts: PgBouncer's own errors, all 08P01.
 /// The first entry whose text the message contains wins.
 pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
-    ("password authentication failed", Fault::CredentialsRejected),
-    ("SASL authentication failed", Fault::CredentialsRejected),
+    ("password authentication failed", Fault::Credentials),
+    ("SASL authentication failed", Fault::Credentials),
     // auth_query found no such role: replaced by a new user name.
-    ("no such user", Fault::CredentialsRejected),
+    ("no such user", Fault::Credentials),
     ("server login has been failing", Fault::PoolerUnavailable),
     // The server's own refusal of PgBouncer's login, passed on once.
     ("too many connections", Fault::TooManyConnections),
@@ -144,7 +158,7 @@ pub(crate) const BY_POOLER_MESSAGE: &[(&str, Fault)] = &[
     ("no more connections allowed", Fault::TooManyConnections),
     // query_timeout: PgBouncer cancelled a statement that ran too long and
     // closed the connection. Running it again would run too long again.
-    ("query timeout", Fault::Query),
+    ("query timeout", Fault::CallersError),
 ];
 
 /// The SQLSTATE class of connection exceptions: 08000, 08003, 08006, 08001,
@@ -156,7 +170,7 @@ const CONNECTION_EXCEPTION_CLASS: &str = "08";
 /// ```
 /// use pgrotate::{classify, Fault};
 /// # fn demo(err: &tokio_postgres::Error) {
-/// if classify(err) == Fault::CredentialsRejected {
+/// if classify(err) == Fault::Credentials {
 ///     // the pool refetches the URL and reconnects
 /// }
 /// # }
@@ -192,21 +206,21 @@ pub(crate) fn classify_parts(
             return *fault;
         }
         if code.code().starts_with(CONNECTION_EXCEPTION_CLASS) {
-            return Fault::ConnectionLost;
+            return Fault::Disconnected;
         }
-        return Fault::Query;
+        return Fault::CallersError;
     }
     if closed || io {
-        return Fault::ConnectionLost;
+        return Fault::Disconnected;
     }
     if client_side {
         // Serialising a parameter, reading a column, counting rows: the
         // caller's own mistake, whatever the connection's state.
-        return Fault::Query;
+        return Fault::CallersError;
     }
     // No server report and no client-side cause: a protocol, TLS or connect
     // failure. The connection is not usable.
-    Fault::ConnectionLost
+    Fault::Disconnected
 }
 
 fn has_io_cause(err: &tokio_postgres::Error) -> bool {
@@ -241,9 +255,9 @@ mod tests {
 
     #[test]
     fn credentials() {
-        assert_eq!(by_code("28P01"), Fault::CredentialsRejected);
-        assert_eq!(by_code("28000"), Fault::CredentialsRejected);
-        assert!(Fault::CredentialsRejected.needs_refetch());
+        assert_eq!(by_code("28P01"), Fault::Credentials);
+        assert_eq!(by_code("28000"), Fault::Credentials);
+        assert!(Fault::Credentials.needs_refetch());
     }
 
     #[test]
@@ -268,7 +282,7 @@ mod tests {
         for code in [
             "08000", "08003", "08006", "08001", "08004", "08007", "08P01",
         ] {
-            assert_eq!(by_code(code), Fault::ConnectionLost, "{code}");
+            assert_eq!(by_code(code), Fault::Disconnected, "{code}");
         }
     }
 
@@ -284,7 +298,7 @@ mod tests {
             "23505", "42601", "42P01", "40001", "40P01", "22012", "57014",
         ] {
             let f = by_code(code);
-            assert_eq!(f, Fault::Query, "{code}");
+            assert_eq!(f, Fault::CallersError, "{code}");
             assert!(!f.is_connection_level());
         }
     }
@@ -293,16 +307,19 @@ mod tests {
     fn closed_and_io_without_code() {
         assert_eq!(
             classify_parts(None, None, true, false, false),
-            Fault::ConnectionLost
+            Fault::Disconnected
         );
         assert_eq!(
             classify_parts(None, None, false, true, false),
-            Fault::ConnectionLost
+            Fault::Disconnected
         );
-        assert_eq!(classify_parts(None, None, false, false, true), Fault::Query);
+        assert_eq!(
+            classify_parts(None, None, false, false, true),
+            Fault::CallersError
+        );
         assert_eq!(
             classify_parts(None, None, false, false, false),
-            Fault::ConnectionLost
+            Fault::Disconnected
         );
     }
 
@@ -320,13 +337,13 @@ mod tests {
     fn pgbouncer_auth_failures_are_rejected_credentials() {
         assert_eq!(
             from_pgbouncer("password authentication failed for user \"app\""),
-            Fault::CredentialsRejected
+            Fault::Credentials
         );
         assert_eq!(
             from_pgbouncer("SASL authentication failed"),
-            Fault::CredentialsRejected
+            Fault::Credentials
         );
-        assert_eq!(from_pgbouncer("no such user"), Fault::CredentialsRejected);
+        assert_eq!(from_pgbouncer("no such user"), Fault::Credentials);
     }
 
     #[test]
@@ -349,7 +366,7 @@ mod tests {
             from_pgbouncer("no more connections allowed (max_client_conn)"),
             Fault::TooManyConnections
         );
-        assert_eq!(from_pgbouncer("query timeout"), Fault::Query);
+        assert_eq!(from_pgbouncer("query timeout"), Fault::CallersError);
         assert_eq!(
             from_pgbouncer("query_wait_timeout"),
             Fault::PoolerUnavailable
@@ -358,7 +375,7 @@ mod tests {
 
     #[test]
     fn other_08p01_messages_and_other_codes_ignore_the_text() {
-        assert_eq!(from_pgbouncer("client_idle_timeout"), Fault::ConnectionLost);
+        assert_eq!(from_pgbouncer("client_idle_timeout"), Fault::Disconnected);
         // Message text counts for 08P01 only.
         assert_eq!(
             classify_parts(
@@ -368,7 +385,7 @@ mod tests {
                 false,
                 false
             ),
-            Fault::Query
+            Fault::CallersError
         );
     }
 }

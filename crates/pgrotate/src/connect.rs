@@ -103,7 +103,7 @@ impl ConnectFailed {
     pub(crate) fn fault(&self) -> Fault {
         match self {
             ConnectFailed::Postgres(e) => crate::classify::classify_connect(e),
-            ConnectFailed::TimedOut(_) => Fault::ConnectionLost,
+            ConnectFailed::TimedOut(_) => Fault::Unreachable,
         }
     }
 

@@ -1,11 +1,20 @@
 //! The one error type of the crate.
 //!
-//! An [`Error`] names the phase that failed ([`ErrorKind`]), carries the
-//! server's message and SQLSTATE when there is one (tokio-postgres's own
-//! `Display` says only "db error"), chains its cause through
-//! [`std::error::Error::source`], and never contains a password or token:
-//! every message is built from parts that hold none (SQLSTATE, the server's
-//! message, a source's description, a redacted URL).
+//! An [`Error`] has one kind ([`ErrorKind`]: what a caller acts on) and the
+//! predicates a web app maps to a status in one match
+//! ([`Error::is_callers_error`] → 4xx, [`Error::is_unavailable`] → 503,
+//! [`Error::is_retryable`], [`Error::is_credentials`]), the server's
+//! SQLSTATE ([`Error::code`], [`Error::as_db_error`]) and, when a
+//! tokio-postgres error is behind it, how the pool classified that error
+//! ([`Error::fault`], the table in [`crate::classify`]).
+//!
+//! `{e}` says what failed in pgrotate's own words, with the server's
+//! message when there is one (tokio-postgres's own `Display` says only "db
+//! error"); its causes are left to [`std::error::Error::source`], each
+//! reachable (a [`crate::TlsError`] included), and `{e:#}` prints them all,
+//! once each — the form for a log line. No message holds a password or
+//! token: every one is built from parts that hold none (SQLSTATE, the
+//! server's message, a source's description, a redacted URL).
 
 use std::fmt;
 use std::sync::Arc;
@@ -47,6 +56,10 @@ pub enum ErrorKind {
     /// The connection was lost after `COMMIT` was sent and before its answer
     /// arrived: the transaction may or may not have been committed.
     CommitOutcomeUnknown,
+    /// Writes kept landing on a read-only standby (25006 with the server in
+    /// recovery): after a failover the URL still pointed at it, and the
+    /// retry budget ran out before it moved.
+    ReadOnlyServer,
     /// A `transaction` closure returned `Ok` although a statement in it had
     /// failed (an error swallowed, a savepoint misused): the server would
     /// have answered `COMMIT` with a rollback. pgrotate rolled back and
@@ -67,6 +80,7 @@ impl ErrorKind {
             ErrorKind::Closed => "pool closed",
             ErrorKind::CommitOutcomeUnknown => "commit outcome unknown",
             ErrorKind::RolledBack => "transaction rolled back",
+            ErrorKind::ReadOnlyServer => "read-only server",
         }
     }
 }
@@ -85,7 +99,7 @@ type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 ///     Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
 ///         // the caller's own error: returned as it is, never retried
 ///     }
-///     Err(e) => eprintln!("{e}"), // names the phase and the server's message
+///     Err(e) => eprintln!("{e:#}"), // what failed, the server's message, and every cause
 /// }
 /// # }
 /// ```
@@ -156,7 +170,7 @@ impl Error {
     /// Wraps a tokio-postgres error of the given kind, keeping the server's
     /// message and SQLSTATE in the message and the error itself as the cause.
     pub(crate) fn postgres(kind: ErrorKind, fault: Fault, err: tokio_postgres::Error) -> Error {
-        let detail = describe_postgres(&err);
+        let detail = own_words(&err, fault);
         Error {
             kind,
             fault: Some(fault),
@@ -168,7 +182,7 @@ impl Error {
     }
 
     pub(crate) fn source_failed(source: &str, err: SourceError) -> Error {
-        Error::new(ErrorKind::Source, format!("from {source}: {err}")).with_cause(err)
+        Error::new(ErrorKind::Source, format!("from {source}")).with_cause(err)
     }
 
     pub(crate) fn timeout(what: &str, after: Option<Duration>) -> Error {
@@ -223,7 +237,10 @@ impl Error {
     /// credentials that stayed rejected and not a closed pool.
     pub fn is_retryable(&self) -> bool {
         match self.kind {
-            ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::Timeout => true,
+            ErrorKind::Connect
+            | ErrorKind::ConnectionLost
+            | ErrorKind::Timeout
+            | ErrorKind::ReadOnlyServer => true,
             ErrorKind::Source => self
                 .as_source_error()
                 .is_some_and(SourceError::is_retryable),
@@ -235,8 +252,56 @@ impl Error {
             | ErrorKind::RolledBack => false,
         }
     }
+
+    /// Whether the caller's own work caused it — a constraint, a syntax
+    /// error, a permission, a transaction the closure let fail — rather
+    /// than the database or the pool: 4xx territory for a web app (a
+    /// duplicate key is a 409), never worth retrying as it is.
+    ///
+    /// ```
+    /// # fn status(e: &pgrotate::Error) -> u16 {
+    /// if e.is_callers_error() {
+    ///     return 409;
+    /// }
+    /// if e.is_unavailable() {
+    ///     return 503;
+    /// }
+    /// 500
+    /// # }
+    /// ```
+    pub fn is_callers_error(&self) -> bool {
+        matches!(self.kind, ErrorKind::Query | ErrorKind::RolledBack)
+    }
+
+    /// Whether the database is unavailable for now — unreachable, going
+    /// away, out of connection slots, its URL not fetched, credentials
+    /// rejected while the source catches up, the pool waited its whole
+    /// budget: retry later (503 territory).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::Connect
+                | ErrorKind::ConnectionLost
+                | ErrorKind::Timeout
+                | ErrorKind::Source
+                | ErrorKind::CredentialsRejected
+                | ErrorKind::ReadOnlyServer
+                | ErrorKind::Closed
+        )
+    }
+
+    /// Whether the server rejected the credentials the source gave
+    /// (rotated, and the source still returns the old ones).
+    pub fn is_credentials(&self) -> bool {
+        self.kind == ErrorKind::CredentialsRejected
+    }
 }
 
+/// `{e}` says what failed in pgrotate's own words (with the server's
+/// message when there is one); the causes are left to
+/// [`std::error::Error::source`], as tokio-postgres does. `{e:#}` adds them,
+/// each once: `connecting failed: no server answered: error connecting to
+/// server: Connection refused (os error 111)`.
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind.phase())?;
@@ -245,6 +310,21 @@ impl fmt::Display for Error {
         }
         if let Some(n) = self.attempts {
             write!(f, " (after {n} attempt{})", if n == 1 { "" } else { "s" })?;
+        }
+        if f.alternate() {
+            let mut cause = std::error::Error::source(self);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                // tokio-postgres's "db error" adds nothing to the server's
+                // message already shown.
+                let said = c
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .is_some_and(|e| e.as_db_error().is_some());
+                if !said && !text.is_empty() {
+                    write!(f, ": {text}")?;
+                }
+                cause = c.source();
+            }
         }
         Ok(())
     }
@@ -270,6 +350,25 @@ impl std::error::Error for Error {
         self.cause
             .as_deref()
             .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// What a tokio-postgres error means, in pgrotate's words: the server's
+/// message and SQLSTATE when the server said something, which TLS check
+/// failed, or what the fault means — never the cause's own text, which
+/// `source()` carries.
+fn own_words(err: &tokio_postgres::Error, fault: Fault) -> String {
+    if let Some(db) = err.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    if let Some(tls) = crate::tls::describe_failure(err) {
+        return tls;
+    }
+    match fault {
+        Fault::Unreachable => "no server answered".into(),
+        Fault::Disconnected if err.is_closed() => "the connection is closed".into(),
+        Fault::Disconnected => "the connection was lost".into(),
+        other => other.reason().into(),
     }
 }
 
@@ -308,7 +407,7 @@ mod tests {
         )
         .with_attempts(3);
         assert_eq!(
-            e.to_string(),
+            format!("{e:#}"),
             "credentials rejected: password authentication failed (after 3 attempts)"
         );
         assert!(!e.is_retryable());
@@ -318,7 +417,7 @@ mod tests {
     fn timeouts_are_retryable_and_say_how_long() {
         let e = Error::timeout("waiting for a connection", Some(Duration::from_millis(250)));
         assert_eq!(
-            e.to_string(),
+            format!("{e:#}"),
             "timed out: waiting for a connection after 250 ms"
         );
         assert!(e.is_retryable());

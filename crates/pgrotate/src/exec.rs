@@ -141,7 +141,7 @@ impl Pool {
             // Known dead before COMMIT was handed over: nothing was sent.
             drop(tx);
             drop(client);
-            self.after_fault(attempts, generation, Fault::ConnectionLost)
+            self.after_fault(attempts, generation, Fault::Disconnected)
                 .await;
             return Outcome::Retry(Error::new(
                 ErrorKind::ConnectionLost,
@@ -285,7 +285,7 @@ impl Pool {
                 if crate::time::after(delay) >= attempts.deadline {
                     return Err(attempts.fail(e));
                 }
-                tracing::debug!(target: RETRY_TARGET, delay = %fmt_duration(delay), error = %e, "no server answers; trying again");
+                tracing::debug!(target: RETRY_TARGET, delay = %fmt_duration(delay), error = %format_args!("{e:#}"), "no server answers; trying again");
                 tokio::time::sleep(delay).await;
                 Ok(None)
             }
@@ -313,7 +313,7 @@ impl Pool {
             return Err(err.with_attempts(attempts.n));
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, delay = %fmt_duration(delay), error = %err, "retrying on a fresh connection");
+        tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, delay = %fmt_duration(delay), error = %format_args!("{err:#}"), "retrying on a fresh connection");
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -362,7 +362,7 @@ impl Attempts {
 /// which at no cost; where it is unknown the fault stands.
 fn standby_aware(fault: Fault, wire: &Wire) -> Fault {
     match (fault, wire.in_hot_standby()) {
-        (Fault::ReadOnly, Some(false)) => Fault::Query,
+        (Fault::ReadOnly, Some(false)) => Fault::CallersError,
         _ => fault,
     }
 }
@@ -380,14 +380,14 @@ async fn read_only_or_standby(client: &Client) -> Fault {
     )
     .await;
     match asked {
-        Ok(Ok(row)) if !row.get::<_, bool>(0) => Fault::Query,
+        Ok(Ok(row)) if !row.get::<_, bool>(0) => Fault::CallersError,
         _ => Fault::ReadOnly,
     }
 }
 
 fn callers_error<T>(policy: &RetryPolicy, e: tokio_postgres::Error) -> Outcome<T> {
     let retry = policy.retries_serialization_failures() && is_serialization_failure(&e);
-    let err = Error::postgres(ErrorKind::Query, Fault::Query, e);
+    let err = Error::postgres(ErrorKind::Query, Fault::CallersError, e);
     if retry {
         Outcome::Retry(err)
     } else {
@@ -407,11 +407,13 @@ fn abandoned(timeout: Option<Duration>) -> Error {
 
 fn kind_after_work(fault: Fault) -> ErrorKind {
     match fault {
-        Fault::CredentialsRejected => ErrorKind::CredentialsRejected,
-        Fault::ReadOnly | Fault::Query => ErrorKind::Query,
-        Fault::DatabaseGone | Fault::TooManyConnections | Fault::PoolerUnavailable => {
-            ErrorKind::Connect
-        }
-        Fault::ServerGoingAway | Fault::ConnectionLost => ErrorKind::ConnectionLost,
+        Fault::Credentials => ErrorKind::CredentialsRejected,
+        Fault::ReadOnly => ErrorKind::ReadOnlyServer,
+        Fault::CallersError => ErrorKind::Query,
+        Fault::DatabaseGone
+        | Fault::Unreachable
+        | Fault::TooManyConnections
+        | Fault::PoolerUnavailable => ErrorKind::Connect,
+        Fault::ServerGoingAway | Fault::Disconnected => ErrorKind::ConnectionLost,
     }
 }

@@ -173,7 +173,7 @@ mod tests {
     fn nothing_set_names_what_was_looked_for() {
         let e = pick(&[]).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Build);
-        let msg = e.to_string();
+        let msg = format!("{e:#}");
         for name in [
             "HEROKU_APP_NAME",
             "HEROKU_APP",

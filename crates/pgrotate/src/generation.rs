@@ -238,7 +238,7 @@ impl Refresher {
             .ready_at(now, Trigger::Failure)
             .saturating_duration_since(now);
         let what = match (&st.last_fetch_error, st.stale) {
-            (Some(e), _) => e.to_string(),
+            (Some(e), _) => format!("{e:#}"),
             (None, true) => format!("{} still returns the URL that failed", self.source_name),
             (None, false) if st.in_flight.is_some() => {
                 format!("a fetch from {} is under way", self.source_name)

@@ -167,7 +167,7 @@ impl managed::Manager for Manager {
             let fault = failed.fault();
             if fault.needs_refetch() {
                 tracing::debug!(target: TARGET, generation = generation.id, error = %failed.describe(), "connect rejected; asking for a newer URL");
-                let kind = if fault == Fault::CredentialsRejected {
+                let kind = if fault == Fault::Credentials {
                     ErrorKind::CredentialsRejected
                 } else {
                     ErrorKind::Connect

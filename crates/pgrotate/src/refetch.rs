@@ -117,7 +117,7 @@ impl Refresher {
                     match source_error {
                         Some(e) if !e.is_retryable() || trigger == Trigger::Requested => {
                             return Err(RefreshFailed {
-                                note: e.to_string(),
+                                note: format!("{e:#}"),
                                 source_error: Some(e),
                                 closed: false,
                                 fetch_failed: true,
@@ -227,7 +227,7 @@ impl Refresher {
     fn budget_exhausted(&self, trigger: Trigger, wait: Duration) -> RefreshFailed {
         let st = self.lock();
         let what = match &st.last_fetch_error {
-            Some(e) => e.to_string(),
+            Some(e) => format!("{e:#}"),
             None if trigger == Trigger::Requested => {
                 format!("{} was asked recently", self.source_name)
             }
@@ -399,15 +399,15 @@ impl Refresher {
             Outcome::Failed(err, after) => {
                 st.schedule.finished(now, trigger, Brought::Error(after));
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %err, "refetching the database URL failed");
-                st.last_error = Some(err.to_string());
+                tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %format_args!("{err:#}"), "refetching the database URL failed");
+                st.last_error = Some(format!("{err:#}"));
                 st.last_fetch_error = Some(err);
             }
             Outcome::ProbeFailed(err) => {
                 st.schedule.finished(now, trigger, Brought::Same);
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: TARGET, generation = cur.id, error = %err, "not adopting the URL the watch found");
-                st.last_error = Some(err.to_string());
+                tracing::warn!(target: TARGET, generation = cur.id, error = %format_args!("{err:#}"), "not adopting the URL the watch found");
+                st.last_error = Some(format!("{err:#}"));
             }
         }
         let finished = st.finished;
@@ -444,7 +444,7 @@ impl Drop for Unfinished {
         );
         tracing::warn!(target: TARGET, source = %this.source_name, "the source panicked while fetching the database URL");
         this.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
-        st.last_error = Some(err.to_string());
+        st.last_error = Some(format!("{err:#}"));
         st.last_fetch_error = Some(err);
         let finished = st.finished;
         drop(st);
@@ -497,7 +497,7 @@ pub(crate) async fn fetch_bounded(
 pub(crate) fn unusable_url(source: &str, e: crate::target::TargetError) -> Error {
     Error::new(
         ErrorKind::Source,
-        format!("from {source}: the URL cannot be used: {e}"),
+        format!("from {source}: the URL cannot be used"),
     )
     .with_cause(e)
 }

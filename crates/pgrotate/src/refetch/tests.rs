@@ -407,7 +407,7 @@ async fn refresh_now_waits_for_retry_after_within_its_bound() {
     let r = refresher(&script, RefreshConfig::default()).await;
     script.then(Answer::Fail(rate_limited(2 * S)));
     let e = r.refresh_now(Instant::now() + 30 * S).await.unwrap_err();
-    assert!(e.to_string().contains("HTTP 429"), "{e}");
+    assert!(format!("{e:#}").contains("HTTP 429"), "{e}");
     script.set(NEW);
     let t = Instant::now();
     assert_eq!(r.refresh_now(Instant::now() + 30 * S).await.unwrap().id, 2);
@@ -418,7 +418,10 @@ async fn refresh_now_waits_for_retry_after_within_its_bound() {
     let _ = r.refresh_now(Instant::now() + 30 * S).await;
     let e = r.refresh_now(Instant::now() + S).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Timeout);
-    assert!(e.to_string().contains("allows the next request in"), "{e}");
+    assert!(
+        format!("{e:#}").contains("allows the next request in"),
+        "{e}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -428,7 +431,7 @@ async fn a_source_that_panics_fails_that_fetch_and_the_next_one_goes_out() {
     script.then(Answer::Panic);
     script.set(NEW);
     let e = r.refresh_now(Instant::now() + 30 * S).await.unwrap_err();
-    assert!(e.to_string().contains("the source panicked"), "{e}");
+    assert!(format!("{e:#}").contains("the source panicked"), "{e}");
     assert_eq!(r.refresh_now(Instant::now() + 30 * S).await.unwrap().id, 2);
     assert_eq!(script.fetches(), 3);
     assert!(r.last_error().is_none());

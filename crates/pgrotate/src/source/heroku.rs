@@ -587,7 +587,7 @@ mod tests {
             "https://api.heroku.com/apps/a%2Fb/config-vars"
         );
         let e = source().base_url("not a url").endpoint().unwrap_err();
-        assert!(e.to_string().contains("not an http(s) URL"), "{e}");
+        assert!(format!("{e:#}").contains("not an http(s) URL"), "{e}");
     }
 
     #[test]
@@ -598,14 +598,14 @@ mod tests {
         assert_eq!(e.kind(), SourceErrorKind::Malformed);
         let body = br#"["postgres://u:topsecret@h/d"]"#;
         let e2 = s.read_var(body).unwrap_err();
-        assert!(e2.to_string().contains("not an object"), "{e2}");
+        assert!(format!("{e2:#}").contains("not an object"), "{e2}");
         let body = br#"{"DATABASE_URL": "postgres://u:topsecret@h/d?sslmode=bogus"#;
         let e3 = s.read_var(body).unwrap_err();
-        assert!(e3.to_string().contains("not valid JSON"), "{e3}");
+        assert!(format!("{e3:#}").contains("not valid JSON"), "{e3}");
         let body = br#"{"DATABASE_URL": "mysql://u:topsecret@h/d"}"#;
         let e4 = s.read_var(body).unwrap_err();
         assert!(
-            e4.to_string().contains("not a usable PostgreSQL URL"),
+            format!("{e4:#}").contains("not a usable PostgreSQL URL"),
             "{e4}"
         );
         for e in [e, e2, e3, e4] {
@@ -620,7 +620,7 @@ mod tests {
         let e = s.read_var(body).unwrap_err();
         assert_eq!(e.kind(), SourceErrorKind::NotFound);
         assert_eq!(
-            e.to_string(),
+            format!("{e:#}"),
             "config var HEROKU_POSTGRESQL_VIOLET_URL of app my-app is not set; its *_URL config \
              vars are: DATABASE_URL, REDIS_URL"
         );
@@ -632,8 +632,8 @@ mod tests {
         let mut h = HeaderMap::new();
         let e = s.status_error(StatusCode::UNAUTHORIZED, &h, br#"{"id":"unauthorized"}"#);
         assert_eq!(e.kind(), SourceErrorKind::Unauthorized);
-        assert!(e.to_string().contains("app my-app"), "{e}");
-        assert!(e.to_string().contains("\"unauthorized\""), "{e}");
+        assert!(format!("{e:#}").contains("app my-app"), "{e}");
+        assert!(format!("{e:#}").contains("\"unauthorized\""), "{e}");
         let e = s.status_error(StatusCode::NOT_FOUND, &h, b"");
         assert_eq!(e.kind(), SourceErrorKind::NotFound);
         let e = s.status_error(StatusCode::BAD_GATEWAY, &h, b"<html>");
@@ -662,11 +662,11 @@ mod tests {
         let e = s.status_error(StatusCode::TOO_MANY_REQUESTS, &h, b"");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
         assert!(
-            e.to_string().contains("not asking again for 3600.0 s"),
+            format!("{e:#}").contains("not asking again for 3600.0 s"),
             "{e}"
         );
         assert!(
-            !e.to_string().contains("RateLimit-Remaining"),
+            !format!("{e:#}").contains("RateLimit-Remaining"),
             "no header, no count: {e}"
         );
         assert_eq!(crate::time::stretched(Duration::MAX, 0.2), Duration::MAX);

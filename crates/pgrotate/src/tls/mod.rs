@@ -324,7 +324,10 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.to_string().contains("no usable root certificate"), "{e}");
+        assert!(
+            format!("{e:#}").contains("no usable root certificate"),
+            "{e}"
+        );
         let e = connector(
             SslMode::VerifyFull,
             &Roots::PemFile("/nonexistent/ca.pem".into()),
@@ -332,6 +335,6 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert!(e.to_string().contains("sslrootcert"), "{e}");
+        assert!(format!("{e:#}").contains("sslrootcert"), "{e}");
     }
 }
