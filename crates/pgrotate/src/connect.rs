@@ -190,6 +190,20 @@ where
     });
 }
 
+/// The startup and login on a plaintext stream of the pool's own.
+async fn startup<S>(
+    config: &tokio_postgres::Config,
+    stream: S,
+    id: u64,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+    spawn_connection(connection, id);
+    Ok(client)
+}
+
 /// A TLS connect, observed through the connector.
 async fn open_tls(
     config: &tokio_postgres::Config,
@@ -245,27 +259,13 @@ async fn open_plain(
                         socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
                     let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
                 }
-                let observed = Observed::new(stream, wire.clone());
-                config
-                    .connect_raw(observed, tokio_postgres::NoTls)
-                    .await
-                    .map(|(c, conn)| {
-                        spawn_connection(conn, id);
-                        c
-                    })
+                startup(config, Observed::new(stream, wire.clone()), id).await
             }
             Host::Unix(dir) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 let unix = tokio::time::timeout(per_host, tokio::net::UnixStream::connect(&path));
                 let Ok(Ok(stream)) = unix.await else { continue };
-                let observed = Observed::new(stream, wire.clone());
-                config
-                    .connect_raw(observed, tokio_postgres::NoTls)
-                    .await
-                    .map(|(c, conn)| {
-                        spawn_connection(conn, id);
-                        c
-                    })
+                startup(config, Observed::new(stream, wire.clone()), id).await
             }
         };
         let client = match connected {

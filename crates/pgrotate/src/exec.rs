@@ -417,3 +417,62 @@ fn kind_after_work(fault: Fault) -> ErrorKind {
         Fault::ServerGoingAway | Fault::Disconnected => ErrorKind::ConnectionLost,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY_FAULT: [Fault; 9] = [
+        Fault::Credentials,
+        Fault::DatabaseGone,
+        Fault::ReadOnly,
+        Fault::ServerGoingAway,
+        Fault::Disconnected,
+        Fault::Unreachable,
+        Fault::TooManyConnections,
+        Fault::PoolerUnavailable,
+        Fault::CallersError,
+    ];
+
+    #[test]
+    fn a_fault_the_pool_retried_ends_in_a_kind_that_agrees_with_it() {
+        for fault in EVERY_FAULT {
+            let kind = kind_after_work(fault);
+            let e = Error::new(kind, "x");
+            // Connection-level faults end retryable (later, on another
+            // connection), except credentials that stayed rejected; the
+            // caller's own error never is, and says it is the caller's.
+            match fault {
+                Fault::CallersError => {
+                    assert!(e.is_callers_error() && !e.is_retryable(), "{fault:?}")
+                }
+                Fault::Credentials => {
+                    assert!(e.is_credentials() && e.is_unavailable(), "{fault:?}")
+                }
+                _ => assert!(
+                    e.is_retryable() && e.is_unavailable() && !e.is_callers_error(),
+                    "{fault:?} ended as {kind:?}"
+                ),
+            }
+        }
+        assert_eq!(kind_after_work(Fault::ReadOnly), ErrorKind::ReadOnlyServer);
+    }
+
+    #[test]
+    fn read_only_is_a_standby_only_when_the_server_says_it_is_one() {
+        let unknown = Wire::unobserved();
+        assert_eq!(standby_aware(Fault::ReadOnly, &unknown), Fault::ReadOnly);
+        assert_eq!(
+            standby_aware(Fault::Disconnected, &unknown),
+            Fault::Disconnected
+        );
+    }
+
+    #[test]
+    fn an_abandoned_attempt_is_a_lost_connection_that_says_its_timeout() {
+        let e = abandoned(Some(Duration::from_millis(1500)));
+        assert_eq!(e.kind(), ErrorKind::ConnectionLost);
+        assert!(e.is_retryable());
+        assert!(e.to_string().contains("1.5 s"), "{e}");
+    }
+}
