@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_cargo
 ensure_postgres
-exec cargo run --locked --release --example rotation_demo -- "$@"
+exec cargo run --locked --example rotation_demo -- "$@"
