@@ -86,6 +86,7 @@ impl FixtureError {
     }
 
     /// A failed Docker operation; the message carries the engine's answer.
+    #[cfg(feature = "containers")]
     pub(crate) fn docker(
         action: impl Into<String>,
         source: impl StdError + Send + Sync + 'static,

@@ -30,7 +30,9 @@
 //!
 //! - [`Backend::Process`]: `initdb` and `postgres` from the local
 //!   installation, as described above.
-//! - [`Backend::Container`]: a Docker container through testcontainers, its
+//! - [`Backend::Container`] (feature `containers`, off by default so a build
+//!   that needs only local processes never compiles testcontainers): a
+//!   Docker container through testcontainers, its
 //!   port 5432 published on `127.0.0.1` at a fixed host port (kept across
 //!   `docker stop` / `docker start`), the fixture's CA and a server
 //!   certificate for `localhost` and `127.0.0.1` copied in, on a private
@@ -162,8 +164,14 @@ mod bin;
 mod certs;
 mod cluster;
 mod conf;
+#[cfg(feature = "containers")]
 mod container;
+#[cfg(not(feature = "containers"))]
+mod containers_off;
+#[cfg(feature = "containers")]
 mod docker;
+#[cfg(not(feature = "containers"))]
+use containers_off::{container, docker};
 mod error;
 mod pgbouncer;
 mod process;
