@@ -137,8 +137,12 @@ pub(crate) fn classify_connect(err: &tokio_postgres::Error) -> Fault {
     };
     match fault {
         // A connect that failed without a server's word never had a
-        // connection to lose.
-        Fault::Disconnected if err.as_db_error().is_none() => Fault::Unreachable,
+        // connection to lose — unless a TLS check failed: a server answered.
+        Fault::Disconnected
+            if err.as_db_error().is_none() && crate::tls::describe_failure(err).is_none() =>
+        {
+            Fault::Unreachable
+        }
         f => f,
     }
 }
