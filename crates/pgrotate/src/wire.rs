@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -44,16 +44,13 @@ pub(crate) enum TxStatus {
 #[derive(Debug)]
 pub(crate) struct Wire {
     status: AtomicU8,
-    /// Requests sent that have not had their `ReadyForQuery` (the startup
-    /// counts as one).
-    unanswered: AtomicI64,
     /// 0 unknown, 1 off, 2 on.
     hot_standby: AtomicU8,
     /// The tag of the last `CommandComplete`: 0 another, 1 `COMMIT`,
     /// 2 `ROLLBACK`.
     last_end: AtomicU8,
     /// What each request sent still waits for, oldest first: the answers
-    /// come in order. `unanswered` mirrors its length.
+    /// come in order (the startup counts as one).
     expected: Mutex<VecDeque<Expect>>,
     observed: AtomicBool,
     ready: Notify,
@@ -85,7 +82,6 @@ impl Default for Wire {
     fn default() -> Wire {
         Wire {
             status: AtomicU8::new(0),
-            unanswered: AtomicI64::new(1),
             hot_standby: AtomicU8::new(0),
             last_end: AtomicU8::new(0),
             expected: Mutex::new(VecDeque::from([Expect::Startup])),
@@ -117,7 +113,15 @@ impl Wire {
     pub(crate) fn unanswered(&self) -> Option<i64> {
         self.observed
             .load(Ordering::Acquire)
-            .then(|| self.unanswered.load(Ordering::Acquire))
+            .then(|| self.pending())
+    }
+
+    fn pending(&self) -> i64 {
+        self.queue().len() as i64
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
+        self.expected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the server is a hot standby, when it said (PostgreSQL 14+).
@@ -136,7 +140,7 @@ impl Wire {
         let wait = async {
             loop {
                 let ready = self.ready.notified();
-                if self.unanswered.load(Ordering::Acquire) <= 0 {
+                if self.pending() == 0 {
                     return;
                 }
                 ready.await;
@@ -155,17 +159,12 @@ impl Wire {
     }
 
     fn expect(&self, e: Expect) {
-        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        q.push_back(e);
-        self.unanswered.store(q.len() as i64, Ordering::Release);
+        self.queue().push_back(e);
     }
 
     fn ready_for_query(&self, status: u8) {
         self.status.store(status, Ordering::Release);
-        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
-        q.pop_front();
-        self.unanswered.store(q.len() as i64, Ordering::Release);
-        drop(q);
+        self.queue().pop_front();
         self.ready.notify_waiters();
     }
 
@@ -173,14 +172,13 @@ impl Wire {
     /// `Sync`, the server ignores that `Sync` (it is in copy-in mode); the
     /// one after `CopyDone` gets the `ReadyForQuery`.
     fn copy_in(&self) {
-        let mut q = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.queue();
         if q.front()
             == Some(&Expect::Sync {
                 after_execute: true,
             })
         {
             q.pop_front();
-            self.unanswered.store(q.len() as i64, Ordering::Release);
         }
     }
 
