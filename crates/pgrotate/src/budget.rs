@@ -153,6 +153,12 @@ impl Budget {
         self
     }
 
+    /// The same budget with another refill interval.
+    pub(crate) const fn with_refill(mut self, refill: Duration) -> Budget {
+        self.refill = refill;
+        self
+    }
+
     /// The most requests banked.
     pub const fn burst(&self) -> u32 {
         self.burst

@@ -231,15 +231,12 @@ impl HerokuApi {
     /// (`RateLimit-Remaining` below 100) halves the refill.
     fn current_budget(&self, remaining: Option<u64>) -> Budget {
         match remaining {
-            Some(r) if r < LOW_REMAINING => Budget::new(
-                self.budget.burst(),
+            Some(r) if r < LOW_REMAINING => self.budget.with_refill(
                 self.budget
                     .refill()
                     .saturating_mul(2)
                     .min(crate::budget::MAX_REFILL),
-            )
-            .reserve(self.budget.reserved())
-            .outage_grace(self.budget.grace()),
+            ),
             _ => self.budget,
         }
     }
