@@ -123,20 +123,15 @@ async fn a_get_client_dropped_mid_query_is_not_inherited_and_its_query_is_cancel
             started.elapsed()
         );
         // The server does not run the abandoned sleep to its end either.
-        let admin = cluster.superuser().await.unwrap();
         common::wait_until(async || {
-            let n: i64 = admin
-                .query_one(
-                    "select count(*) from pg_stat_activity where usename = $1 and query like '%pg_sleep(5)%' and state = 'active'",
-                    &[&role.name],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            n == 0
+            let running = "query like '%pg_sleep(5)%' and state = 'active'";
+            common::count_sessions(cluster, &role.name, running).await == 0
         })
         .await;
-        assert!(started.elapsed() < Duration::from_secs(4), "cancelled, not run to its end");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "cancelled, not run to its end"
+        );
     })
     .await;
 }
@@ -241,15 +236,20 @@ async fn a_transaction_left_open_releases_its_locks_when_its_connection_comes_ba
             .await
             .unwrap();
         pool.run(async |c| {
-            c.batch_execute("create table t (id int primary key, v int); insert into t values (1, 0)")
-                .await
+            c.batch_execute(
+                "create table t (id int primary key, v int); insert into t values (1, 0)",
+            )
+            .await
         })
         .await
         .unwrap();
         let other = pool.get().await.unwrap();
-        pool.run(async |c| c.batch_execute("BEGIN; UPDATE t SET v = 1 WHERE id = 1").await)
-            .await
-            .unwrap();
+        pool.run(async |c| {
+            c.batch_execute("BEGIN; UPDATE t SET v = 1 WHERE id = 1")
+                .await
+        })
+        .await
+        .unwrap();
         // The other caller is not blocked by a lock held in the pool.
         let updated = tokio::time::timeout(
             Duration::from_secs(5),
@@ -259,16 +259,7 @@ async fn a_transaction_left_open_releases_its_locks_when_its_connection_comes_ba
         .expect("blocked by a transaction left open in the pool")
         .unwrap();
         assert_eq!(updated, 1);
-        let admin = cluster.superuser().await.unwrap();
-        let idle_in_tx: i64 = admin
-            .query_one(
-                "select count(*) from pg_stat_activity where usename = $1 and state like 'idle in transaction%'",
-                &[&role.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(idle_in_tx, 0);
+        assert_eq!(common::idle_in_transaction(cluster, &role.name).await, 0);
     })
     .await;
 }

@@ -169,8 +169,11 @@ async fn futures_dropped_at_random_points_leave_no_connection_idle_in_transactio
                 if i % 2 == 0 {
                     pool2
                         .transaction(async |tx| {
-                            tx.execute("insert into t values ($1, 0) on conflict do nothing", &[&i])
-                                .await?;
+                            tx.execute(
+                                "insert into t values ($1, 0) on conflict do nothing",
+                                &[&i],
+                            )
+                            .await?;
                             tx.execute("select pg_sleep(0.001)", &[]).await?;
                             Ok(())
                         })
@@ -192,19 +195,13 @@ async fn futures_dropped_at_random_points_leave_no_connection_idle_in_transactio
                 dropped += 1;
             }
         }
-        assert!(dropped > 20, "the test must really drop futures mid-work ({dropped})");
+        assert!(
+            dropped > 20,
+            "the test must really drop futures mid-work ({dropped})"
+        );
         // Every connection the pool still holds is clean, and the server has
         // no session of this role left idle in a transaction.
-        let su = cluster.superuser().await.unwrap();
-        let n: i64 = su
-            .query_one(
-                "select count(*) from pg_stat_activity where usename = $1 and state like 'idle in transaction%'",
-                &[&role.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(n, 0);
+        assert_eq!(common::idle_in_transaction(cluster, &role.name).await, 0);
         // And the pool hands out working connections.
         for _ in 0..8 {
             pool.transaction(async |tx| tx.execute("select 1", &[]).await)

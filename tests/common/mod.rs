@@ -44,6 +44,27 @@ pub async fn current_database(pool: &pgrotate::Pool) -> Result<String, pgrotate:
     .await
 }
 
+/// How many sessions of `role` `pg_stat_activity` shows where `condition`
+/// (SQL over its columns) holds, e.g. `state like 'idle in transaction%'`.
+pub async fn count_sessions(cluster: &Cluster, role: &str, condition: &str) -> i64 {
+    cluster
+        .superuser()
+        .await
+        .unwrap()
+        .query_one(
+            &format!("select count(*) from pg_stat_activity where usename = $1 and {condition}"),
+            &[&role],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Sessions of `role` left idle inside a transaction.
+pub async fn idle_in_transaction(cluster: &Cluster, role: &str) -> i64 {
+    count_sessions(cluster, role, "state like 'idle in transaction%'").await
+}
+
 /// A file holding `DATABASE_URL`, as a mounted secret would.
 pub struct UrlFile {
     dir: tempfile::TempDir,
