@@ -154,6 +154,7 @@ impl Budget {
     }
 
     /// The same budget with another refill interval.
+    #[cfg(feature = "heroku")]
     pub(crate) const fn with_refill(mut self, refill: Duration) -> Budget {
         self.refill = refill;
         self
