@@ -3,9 +3,9 @@
 
 use tokio::sync::OnceCell;
 
-use crate::cluster::TRACE_TARGET;
 use crate::docker;
 use crate::error::{ErrorKind, FixtureError};
+use crate::util::TRACE_TARGET;
 
 /// Environment variable choosing the backend: `process`, `container`, or
 /// `auto` (the same as unset).

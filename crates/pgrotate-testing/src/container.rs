@@ -27,9 +27,9 @@ use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
 use crate::backend::ImageChoice;
-use crate::cluster::{TRACE_TARGET, free_port};
 use crate::docker;
 use crate::error::FixtureError;
+use crate::util::{TRACE_TARGET, free_port};
 
 /// The line the pgrotate-postgres entrypoint prints once the server accepts
 /// connections.

@@ -37,8 +37,8 @@ use testcontainers::bollard::query_parameters::{
 use testcontainers::core::client::docker_client_instance;
 use tokio::runtime::Runtime;
 
-use crate::cluster::TRACE_TARGET;
 use crate::error::{ErrorKind, FixtureError};
+use crate::util::TRACE_TARGET;
 
 /// Label: the session (test process) a container belongs to.
 pub(crate) const LABEL_SESSION: &str = "org.pgrotate.session";

@@ -178,6 +178,7 @@ mod process;
 mod proxy;
 mod role;
 mod user;
+mod util;
 
 pub use backend::{BACKEND_VAR, Backend, IMAGE_VAR};
 pub use bin::{find_bindir, find_bindir_in};

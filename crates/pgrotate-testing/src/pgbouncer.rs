@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
-use crate::cluster::{
-    Cluster, TRACE_TARGET, free_port, new_cluster_dir, read_log_since, write_file,
-};
+use crate::cluster::Cluster;
 use crate::error::{ErrorKind, FixtureError};
 use crate::process::{Launch, Stop, Watchdog};
 use crate::role::{self, TestRole};
 use crate::user::ServerUser;
+use crate::util::{TRACE_TARGET, free_port, new_cluster_dir, read_log_since, write_file};
 
 /// How long PgBouncer may take to serve its admin console.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

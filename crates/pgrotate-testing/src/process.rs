@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{ErrorKind, FixtureError};
 use crate::user::ServerUser;
+use crate::util::tail;
 
 /// `$1` is the postgres binary, the rest its arguments.
 const WATCHDOG_SCRIPT: &str = r#"
@@ -104,15 +105,6 @@ pub(crate) async fn run(mut cmd: Command, what: &str) -> Result<Output, FixtureE
         ErrorKind::Command,
         format!("{what} failed ({}): {}", output.status, tail(&text, 4000)),
     ))
-}
-
-/// The last `max` bytes of `text` (on a char boundary).
-pub(crate) fn tail(text: &str, max: usize) -> &str {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].trim()
 }
 
 /// What the watchdog starts.
@@ -282,13 +274,6 @@ fn setpriv() -> Option<&'static Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tail_keeps_the_end_on_a_char_boundary() {
-        assert_eq!(tail("hello world", 5), "world");
-        assert_eq!(tail("short", 100), "short");
-        assert_eq!(tail("aé", 1), "");
-    }
 
     /// `sleep 30` with default signal handling: a non-interactive shell
     /// starts background jobs with SIGINT and SIGQUIT ignored (postgres

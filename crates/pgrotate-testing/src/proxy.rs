@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::cluster::TRACE_TARGET;
+use crate::util::TRACE_TARGET;
 use crate::error::FixtureError;
 use crate::role::TestRole;
 
