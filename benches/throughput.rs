@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgrotate_testing::Cluster;
+use pgrotate_testing::{Cluster, TestCa};
 
 const POOL_SIZE: usize = 8;
 const CONCURRENCY: usize = 32;
@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let role = cluster.create_role("bench").await?;
     let url = cluster.url(&role);
 
-    let plain = plain_deadpool(&url, cluster.ca().cert_pem())?;
+    let plain = plain_deadpool(&url, cluster.ca())?;
     let rotating = pgrotate::Pool::builder(pgrotate::source::Static::new(&url))
         .max_size(POOL_SIZE)
         .build()
@@ -147,17 +147,9 @@ where
 /// fixture's CA (the per-query cost of TLS is the same either way).
 fn plain_deadpool(
     url: &str,
-    ca_pem: &str,
+    ca: &TestCa,
 ) -> Result<deadpool_postgres::Pool, Box<dyn std::error::Error>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = ca.rustls_client_config()?;
     let mut pg: tokio_postgres::Config = url.parse()?;
     pg.ssl_mode(tokio_postgres::config::SslMode::Require);
     pg.host("localhost");

@@ -11,7 +11,7 @@ use rcgen::{
 };
 use tempfile::TempDir;
 
-use crate::error::FixtureError;
+use crate::error::{ErrorKind, FixtureError};
 
 /// A certificate authority made for one test run.
 ///
@@ -110,6 +110,58 @@ impl TestCa {
         Ok((issued.cert_pem, issued.key_pem))
     }
 
+    /// A rustls client configuration that trusts this CA alone (ring
+    /// provider, rustls' safe default protocol versions) and presents no
+    /// client certificate: what a test hands
+    /// `tokio_postgres_rustls::MakeRustlsConnect::new` to verify a server of
+    /// this CA.
+    pub fn rustls_client_config(&self) -> Result<rustls::ClientConfig, FixtureError> {
+        Ok(self.rustls_client_builder()?.with_no_client_auth())
+    }
+
+    /// [`rustls_client_config`](Self::rustls_client_config), presenting
+    /// the client certificate `cert_pem` with its key `key_pem` (as
+    /// [`issue_client_cert`](Self::issue_client_cert) returns them).
+    pub fn rustls_client_config_with_cert(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<rustls::ClientConfig, FixtureError> {
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| FixtureError::io("reading a client key", e))?
+            .ok_or_else(|| {
+                FixtureError::new(
+                    ErrorKind::Certificate,
+                    "no private key in the client key PEM",
+                )
+            })?;
+        self.rustls_client_builder()?
+            .with_client_auth_cert(parse_certs(cert_pem)?, key)
+            .map_err(|e| {
+                FixtureError::with_source(ErrorKind::Certificate, "using a client certificate", e)
+            })
+    }
+
+    fn rustls_client_builder(
+        &self,
+    ) -> Result<
+        rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+        FixtureError,
+    > {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in parse_certs(self.cert_pem())? {
+            roots.add(cert).map_err(|e| {
+                FixtureError::with_source(ErrorKind::Certificate, "trusting the test CA", e)
+            })?;
+        }
+        Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FixtureError::with_source(ErrorKind::Certificate, "configuring rustls", e))?
+        .with_root_certificates(roots))
+    }
+
     /// A server certificate for `localhost` and `127.0.0.1`.
     pub(crate) fn issue_server_cert(&self) -> Result<IssuedCert, FixtureError> {
         self.issue(
@@ -151,6 +203,13 @@ impl fmt::Debug for TestCa {
             .field("cert_path", &self.cert_path)
             .finish_non_exhaustive()
     }
+}
+
+/// The certificates in `pem`.
+fn parse_certs(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, FixtureError> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| FixtureError::io("reading a certificate PEM", e))
 }
 
 #[cfg(test)]

@@ -3,46 +3,18 @@
 //! `require_client_cert` admits exactly the clients with a certificate for
 //! their role.
 
-use std::sync::Arc;
-
 use pgrotate_testing::{Cluster, TestCa, TestRole};
-use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-fn parse_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile::certs(&mut pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn parse_key(pem: &str) -> PrivateKeyDer<'static> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())
-        .unwrap()
-        .unwrap()
-}
-
 /// A verifying rustls connector trusting `ca`, presenting `client` if given.
 fn tls(ca: &TestCa, client: Option<(String, String)>) -> MakeRustlsConnect {
-    let mut roots = RootCertStore::empty();
-    for cert in parse_certs(ca.cert_pem()) {
-        roots.add(cert).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
     let config = match client {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(parse_certs(&cert), parse_key(&key))
-            .unwrap(),
-        None => builder.with_no_client_auth(),
+        Some((cert, key)) => ca.rustls_client_config_with_cert(&cert, &key),
+        None => ca.rustls_client_config(),
     };
-    MakeRustlsConnect::new(config)
+    MakeRustlsConnect::new(config.unwrap())
 }
 
 async fn connect_tls(url: &str, tls: MakeRustlsConnect) -> Result<Client, tokio_postgres::Error> {
