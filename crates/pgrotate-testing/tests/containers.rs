@@ -5,7 +5,8 @@
 //! says it was skipped. The generic operations are covered for both
 //! backends by tests/fixture.rs.
 
-use std::io::BufRead;
+mod common;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -247,29 +248,7 @@ async fn process_exit_removes_a_leaked_shared_container() {
         return;
     }
     bounded(async {
-        let output = Command::new(std::env::current_exe().unwrap())
-            .env("PGROTATE_TEST_BACKEND", "container")
-            .args([
-                "leak_shared_container_and_exit",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .output()
-            .unwrap();
-        let leaked = output
-            .stdout
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|line| line.split_once("LEAKED ").map(|(_, rest)| rest.to_owned()))
-            .unwrap_or_else(|| {
-                panic!(
-                    "child printed no LEAKED line: {}\n{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            });
+        let leaked = common::leaked_by_child("leak_shared_container_and_exit", Some("container"));
         let (id, log_path) = leaked.split_once(' ').unwrap();
         let log_path = std::path::PathBuf::from(log_path);
         let filter = format!("id={id}");

@@ -4,10 +4,10 @@
 //! directories and processes pin `Backend::Process` (the container
 //! backend's own are in tests/containers.rs).
 
-use std::io::BufRead;
+mod common;
+
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pgrotate_testing::{Backend, Cluster, ErrorKind, TestRole, find_bindir_in};
@@ -323,29 +323,7 @@ async fn leak_shared_cluster_and_exit() {
 
 #[test]
 fn process_exit_stops_a_leaked_cluster() {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .env("PGROTATE_TEST_BACKEND", "process")
-        .args([
-            "leak_shared_cluster_and_exit",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
-    let leaked = output
-        .stdout
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|line| line.split_once("LEAKED ").map(|(_, rest)| rest.to_owned()))
-        .unwrap_or_else(|| {
-            panic!(
-                "child printed no LEAKED line: {}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
+    let leaked = common::leaked_by_child("leak_shared_cluster_and_exit", Some("process"));
     let (port, data_dir) = leaked.split_once(' ').unwrap();
     let port: u16 = port.parse().unwrap();
     let data_dir = PathBuf::from(data_dir);

@@ -2,16 +2,15 @@
 //! transaction mode with `auth_query`: what works through it, what breaks,
 //! and the errors PgBouncer itself sends (all SQLSTATE 08P01).
 
+mod common;
+
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrotate_testing::{Cluster, FaultProxy, PgBouncer, PgBouncerOptions, TestRole};
-use rustls::RootCertStore;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(20);
@@ -318,18 +317,7 @@ async fn tls_to_pgbouncer_without_channel_binding() {
     let cluster = Cluster::shared().await.unwrap();
     let role = cluster.create_role("bouncer_tls").await.unwrap();
     let bouncer = start(cluster, PgBouncerOptions::default().client_tls(true)).await;
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut cluster.ca().cert_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tls = MakeRustlsConnect::new(config);
+    let tls = common::tls(cluster);
     let url = bouncer.url(&role).replace("@127.0.0.1:", "@localhost:")
         + "?sslmode=require&hostaddr=127.0.0.1";
 
@@ -437,26 +425,7 @@ async fn leak_pgbouncer_and_exit() {
 
 #[test]
 fn process_exit_stops_a_leaked_pgbouncer() {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "leak_pgbouncer_and_exit",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let leaked = stdout
-        .lines()
-        .find_map(|line| line.split_once("LEAKED ").map(|(_, rest)| rest.to_owned()))
-        .unwrap_or_else(|| {
-            panic!(
-                "child printed no LEAKED line: {stdout}\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
+    let leaked = common::leaked_by_child("leak_pgbouncer_and_exit", None);
     let (port, dir) = leaked.split_once(' ').unwrap();
     let port: u16 = port.parse().unwrap();
     let dir = std::path::PathBuf::from(dir);

@@ -2,6 +2,8 @@
 //! latency, blackhole, reset, and cutting a connection at a chosen message
 //! (the two COMMIT windows), over plaintext; and a TLS connection through it.
 
+mod common;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +11,8 @@ use std::time::{Duration, Instant};
 use pgrotate_testing::{
     Action, BlackholeMode, Cluster, Direction, FaultProxy, FrontendMessage, TestRole, Times,
 };
-use rustls::RootCertStore;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// The bound on anything that should happen promptly.
 const PROMPT: Duration = Duration::from_secs(10);
@@ -388,21 +388,6 @@ async fn dropping_the_proxy_closes_its_connections() {
     assert!(refused.is_err(), "the port still accepts");
 }
 
-fn tls(cluster: &Cluster) -> MakeRustlsConnect {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut cluster.ca().cert_pem().as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    MakeRustlsConnect::new(config)
-}
-
 #[tokio::test]
 async fn tls_passes_through_with_latency_blackhole_and_reset() {
     let cluster = Cluster::shared().await.unwrap();
@@ -418,7 +403,9 @@ async fn tls_passes_through_with_latency_blackhole_and_reset() {
     // The certificate names `localhost`; the proxy listens on 127.0.0.1.
     let url = proxy.url(&role).replace("@127.0.0.1:", "@localhost:")
         + "?sslmode=require&hostaddr=127.0.0.1";
-    let (client, connection) = tokio_postgres::connect(&url, tls(cluster)).await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, common::tls(cluster))
+        .await
+        .unwrap();
     let connection = tokio::spawn(connection);
     let ssl: bool = client
         .query_one(
