@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrotate_testing::{Cluster, TestRole};
 
@@ -42,6 +42,33 @@ pub async fn current_database(pool: &pgrotate::Pool) -> Result<String, pgrotate:
             .try_get(0)
     })
     .await
+}
+
+/// Whether the server answering through `Pool::run` is in recovery (a
+/// standby).
+pub async fn in_recovery(pool: &pgrotate::Pool) -> Result<bool, pgrotate::Error> {
+    pool.run(async |c| {
+        c.query_one("select pg_is_in_recovery()", &[])
+            .await?
+            .try_get::<_, bool>(0)
+    })
+    .await
+}
+
+/// Right after a failover cut at `cut`: eight readers at once, each of
+/// which must get an answer from the new primary (not in recovery), with
+/// the pool on its second URL. Returns how long they took from `cut`.
+pub async fn readers_after_failover(pool: &pgrotate::Pool, cut: Instant) -> Duration {
+    let readers = futures::future::join_all((0..8).map(|_| in_recovery(pool))).await;
+    let moved = cut.elapsed();
+    for r in readers {
+        assert!(
+            !r.unwrap(),
+            "every reader got an answer, from the new primary"
+        );
+    }
+    assert_eq!(pool.status().generation, 2);
+    moved
 }
 
 /// How many sessions of `role` `pg_stat_activity` shows where `condition`
