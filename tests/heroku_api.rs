@@ -7,16 +7,14 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::heroku_server::{ApiServer, Scripted, Seen};
+use common::load::Load;
 use common::{bounded, capture_tracing, captured_logs, select_one};
 use pgrotate::source::{Budget, HerokuApi, HerokuCli, SourceErrorKind};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::Cluster;
-use tokio::sync::mpsc;
 
 /// Every token these tests use: none may ever be printed.
 const TOKEN: &str = "HRKU-5f0c2b9e-token-never-printed";
@@ -90,44 +88,8 @@ async fn a_rotation_costs_one_api_request_and_callers_see_no_error() {
             .unwrap();
 
         const WORKERS: usize = 24;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rotated = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
-        let (warm_tx, mut warm_rx) = mpsc::unbounded_channel::<()>();
-        let (after_tx, mut after_rx) = mpsc::unbounded_channel::<()>();
-        let mut workers = Vec::new();
-        for w in 0..WORKERS {
-            let (pool, stop, rotated, errors) =
-                (pool.clone(), stop.clone(), rotated.clone(), errors.clone());
-            let (warm_tx, after_tx) = (warm_tx.clone(), after_tx.clone());
-            workers.push(tokio::spawn(async move {
-                let (mut warmed, mut reported) = (false, false);
-                while !stop.load(Ordering::Relaxed) {
-                    let after_rotation = rotated.load(Ordering::SeqCst);
-                    match select_one(&pool).await {
-                        Ok(1) => {
-                            if !warmed {
-                                warmed = true;
-                                let _ = warm_tx.send(());
-                            }
-                            if after_rotation && !reported {
-                                reported = true;
-                                let _ = after_tx.send(());
-                            }
-                        }
-                        Ok(n) => panic!("select 1 returned {n}"),
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("worker {w}: {e}");
-                        }
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }));
-        }
-        for _ in 0..WORKERS {
-            warm_rx.recv().await.unwrap();
-        }
+        let load = Load::start(&pool, WORKERS);
+        load.warmed().await;
         assert_eq!(server.seen().len(), 1, "only the fetch at build so far");
 
         // `heroku pg:credentials:rotate`: the config var changes, the
@@ -135,16 +97,11 @@ async fn a_rotation_costs_one_api_request_and_callers_see_no_error() {
         let new_role = cluster.rotate_password(&role).await.unwrap();
         server.set_var("DATABASE_URL", Some(&cluster.url(&new_role)));
         cluster.terminate_backends(&role.name).await.unwrap();
-        rotated.store(true, Ordering::SeqCst);
-        for _ in 0..WORKERS {
-            after_rx.recv().await.unwrap();
-        }
-        stop.store(true, Ordering::Relaxed);
-        for w in workers {
-            w.await.unwrap();
-        }
+        load.mark();
+        load.all_succeeded_after_mark().await;
+        let (_, errors) = load.stop().await;
 
-        assert_eq!(errors.load(Ordering::Relaxed), 0, "callers saw errors");
+        assert_eq!(errors, 0, "callers saw errors");
         let status = pool.status();
         assert_eq!(status.generation, 2, "{status:?}");
         let seen = server.seen();

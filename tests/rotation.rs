@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::load::Load;
 use common::{bounded, capture_tracing, captured_logs, role_and_file, select_one};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::Cluster;
-use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
@@ -23,52 +21,8 @@ async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
         let pool = Pool::builder(file.source()).max_size(8).build().await.unwrap();
 
         const WORKERS: usize = 32;
-        let stop = Arc::new(AtomicBool::new(false));
-        let rotated = Arc::new(AtomicBool::new(false));
-        let errors = Arc::new(AtomicU64::new(0));
-        let calls = Arc::new(AtomicU64::new(0));
-        let (progress_tx, mut progress_rx) = mpsc::unbounded_channel::<(usize, Instant)>();
-        let (warm_tx, mut warm_rx) = mpsc::unbounded_channel::<usize>();
-        let mut workers = Vec::new();
-        for w in 0..WORKERS {
-            let (pool, stop, rotated, errors, calls) = (
-                pool.clone(),
-                stop.clone(),
-                rotated.clone(),
-                errors.clone(),
-                calls.clone(),
-            );
-            let (progress_tx, warm_tx) = (progress_tx.clone(), warm_tx.clone());
-            workers.push(tokio::spawn(async move {
-                let mut warmed = false;
-                let mut reported = false;
-                while !stop.load(Ordering::Relaxed) {
-                    let after_rotation = rotated.load(Ordering::SeqCst);
-                    match select_one(&pool).await {
-                        Ok(1) => {
-                            calls.fetch_add(1, Ordering::Relaxed);
-                            if !warmed {
-                                warmed = true;
-                                let _ = warm_tx.send(w);
-                            }
-                            if after_rotation && !reported {
-                                reported = true;
-                                let _ = progress_tx.send((w, Instant::now()));
-                            }
-                        }
-                        Ok(other) => panic!("select 1 returned {other}"),
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("worker {w}: {e}");
-                        }
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }));
-        }
-        for _ in 0..WORKERS {
-            warm_rx.recv().await.unwrap();
-        }
+        let load = Load::start(&pool, WORKERS);
+        load.warmed().await;
         assert_eq!(pool.status().generation, 1);
 
         // What `heroku pg:credentials:rotate` does: the config var changes,
@@ -79,29 +33,21 @@ async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
         let terminated = cluster.terminate_backends(&role.name).await.unwrap();
         // Until the server ends the old sessions they keep working; the
         // pool has to act from here on.
-        let cut = Instant::now();
-        rotated.store(true, Ordering::SeqCst);
+        let cut = load.mark();
         assert!(terminated >= 1, "the rotation must end live connections");
 
-        let mut first_success = None;
-        for _ in 0..WORKERS {
-            let (_, at) = progress_rx.recv().await.unwrap();
-            first_success.get_or_insert(at);
-        }
-        stop.store(true, Ordering::Relaxed);
-        for w in workers {
-            w.await.unwrap();
-        }
+        load.all_succeeded_after_mark().await;
+        let first = load.first_success_after_mark().await;
+        let (calls, errors) = load.stop().await;
 
         let status = pool.status();
-        assert_eq!(errors.load(Ordering::Relaxed), 0, "callers saw errors");
+        assert_eq!(errors, 0, "callers saw errors");
         assert_eq!(status.generation, 2, "{status:?}");
         assert_eq!(status.refreshes, 1, "one new URL, one refresh: {status:?}");
         assert_eq!(
             status.fetches, 2,
             "32 callers failing at once cause one fetch: {status:?}"
         );
-        let first = first_success.unwrap().duration_since(cut);
         assert!(
             first < Duration::from_secs(1),
             "first success {first:?} after the old sessions were cut"
@@ -142,9 +88,9 @@ async fn rotation_under_load_through_run_loses_no_call_and_leaks_no_secret() {
         }
         eprintln!(
             "rotation under load: {} calls, first success {:?} after the cut ({:?} after the source changed), {} retries",
-            calls.load(Ordering::Relaxed),
+            calls,
             first,
-            first_success.unwrap().duration_since(source_changed),
+            first + cut.duration_since(source_changed),
             status.retries
         );
     })

@@ -18,6 +18,8 @@ struct Shared {
     /// Calls started at or after this count for `first_success_after`.
     mark: Mutex<Option<Instant>>,
     first_after_mark: Mutex<Option<Instant>>,
+    /// Workers whose call started at or after the mark has succeeded.
+    after_mark: AtomicU64,
     changed: Notify,
 }
 
@@ -37,6 +39,7 @@ impl Load {
                 let (pool, shared) = (pool.clone(), shared.clone());
                 tokio::spawn(async move {
                     let mut warmed = false;
+                    let mut reported: Option<Instant> = None;
                     while !shared.stop.load(Ordering::Relaxed) {
                         let started = Instant::now();
                         match super::select_one(&pool).await {
@@ -48,10 +51,16 @@ impl Load {
                                     shared.changed.notify_waiters();
                                 }
                                 let mark = *shared.mark.lock().unwrap();
-                                if mark.is_some_and(|m| started >= m) {
+                                if let Some(m) = mark.filter(|&m| started >= m) {
                                     let mut first = shared.first_after_mark.lock().unwrap();
                                     if first.is_none() {
                                         *first = Some(Instant::now());
+                                        shared.changed.notify_waiters();
+                                    }
+                                    drop(first);
+                                    if reported != Some(m) {
+                                        reported = Some(m);
+                                        shared.after_mark.fetch_add(1, Ordering::SeqCst);
                                         shared.changed.notify_waiters();
                                     }
                                 }
@@ -90,7 +99,20 @@ impl Load {
         let now = Instant::now();
         *self.shared.mark.lock().unwrap() = Some(now);
         *self.shared.first_after_mark.lock().unwrap() = None;
+        self.shared.after_mark.store(0, Ordering::SeqCst);
         now
+    }
+
+    /// Waits until every worker has had a call that started after the mark
+    /// succeed.
+    pub async fn all_succeeded_after_mark(&self) {
+        loop {
+            let changed = self.shared.changed.notified();
+            if self.shared.after_mark.load(Ordering::SeqCst) as usize >= self.workers {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// How long after the mark the first call started after it succeeded
