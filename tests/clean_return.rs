@@ -31,7 +31,7 @@ async fn one_connection_pool(prefix: &str) -> (Pool, common::UrlFile) {
 async fn ids(pool: &Pool) -> Vec<i32> {
     pool.run(async |c| {
         let rows = c.query("select id from t order by id", &[]).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok::<_, tokio_postgres::Error>(rows.iter().map(|r| r.get(0)).collect())
     })
     .await
     .unwrap()
@@ -149,7 +149,7 @@ async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back(
                 // A duplicate key, swallowed.
                 let dup = tx.execute("insert into t values (1)", &[]).await;
                 assert!(dup.is_err());
-                Ok(())
+                Ok::<_, tokio_postgres::Error>(())
             })
             .await;
         let e = r.unwrap_err();
@@ -169,7 +169,7 @@ async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back(
                 tx.batch_execute("SAVEPOINT a").await?;
                 let _ = tx.execute("insert into t values (1)", &[]).await;
                 let _ = tx.batch_execute("RELEASE SAVEPOINT a").await;
-                Ok(())
+                Ok::<_, tokio_postgres::Error>(())
             })
             .await
             .unwrap_err();
@@ -182,7 +182,7 @@ async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back(
             tx.batch_execute("SAVEPOINT a").await?;
             let _ = tx.execute("insert into t values (1)", &[]).await;
             tx.batch_execute("ROLLBACK TO SAVEPOINT a").await?;
-            Ok(())
+            Ok::<_, tokio_postgres::Error>(())
         })
         .await
         .unwrap();
@@ -355,7 +355,7 @@ async fn over_plaintext_prefer_connections_come_back_clean_too() {
             .transaction(async |tx| {
                 tx.execute("insert into t values (44)", &[]).await?;
                 let _ = tx.execute("insert into t values (43)", &[]).await;
-                Ok(())
+                Ok::<_, tokio_postgres::Error>(())
             })
             .await
             .unwrap_err();

@@ -61,7 +61,7 @@ async fn insert(pool: &Pool, k: i32, runs: &AtomicU32) -> Result<(), pgrotate::E
         tx.execute("insert into t (k) values ($1)", &[&k]).await?;
         tx.execute("update t set v = v + 1 where k = $1", &[&k])
             .await?;
-        Ok(())
+        Ok::<_, tokio_postgres::Error>(())
     })
     .await
 }
@@ -177,7 +177,7 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
                             tx.execute("insert into t (k) values ($1)", &[&k]).await?;
                             tx.execute("update t set v = v + 1 where k = $1", &[&k])
                                 .await?;
-                            Ok(())
+                            Ok::<_, tokio_postgres::Error>(())
                         })
                         .await;
                     outcomes.push((k, r.map_err(|e| e.kind())));
@@ -195,7 +195,7 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
             .run(async |c| {
                 let rows = c.query("select k, v from t", &[]).await?;
                 rows.iter()
-                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
                     .collect()
             })
             .await

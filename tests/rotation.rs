@@ -162,7 +162,7 @@ async fn get_during_a_rotation_waits_then_succeeds() {
                 let n: i64 = c
                     .query_one("select 7::int8", &[])
                     .await
-                    .map_err(|e| panic!("query on the handed-out connection: {e}"))?
+                    .unwrap_or_else(|e| panic!("query on the handed-out connection: {e}"))
                     .get(0);
                 Ok::<_, pgrotate::Error>((n, c.generation()))
             })

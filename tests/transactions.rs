@@ -64,7 +64,7 @@ async fn a_transaction_whose_connection_is_terminated_mid_way_runs_again_once() 
                     }
                     tx.execute("update t set attempt = attempt where k = 1", &[])
                         .await?;
-                    Ok(n)
+                    Ok::<_, tokio_postgres::Error>(n)
                 })
                 .await
             })
@@ -137,7 +137,7 @@ async fn serialization_failures_are_retried_only_when_asked() {
                         )
                         .await?;
                     }
-                    Ok(())
+                    Ok::<_, tokio_postgres::Error>(())
                 })
                 .await;
             (r, runs.load(Ordering::SeqCst))
@@ -175,7 +175,7 @@ async fn futures_dropped_at_random_points_leave_no_connection_idle_in_transactio
                             )
                             .await?;
                             tx.execute("select pg_sleep(0.001)", &[]).await?;
-                            Ok(())
+                            Ok::<_, tokio_postgres::Error>(())
                         })
                         .await
                 } else {

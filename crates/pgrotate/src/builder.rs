@@ -39,6 +39,7 @@ pub struct PoolBuilder {
     pub(crate) pooler_mode: Option<bool>,
     pub(crate) pooler_retry: Duration,
     pub(crate) pooler_query_timeout: Duration,
+    pub(crate) after_connect: Option<crate::hook::Hook>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -74,6 +75,7 @@ impl PoolBuilder {
             pooler_mode: None,
             pooler_retry: Duration::from_secs(15),
             pooler_query_timeout: Duration::from_secs(30),
+            after_connect: None,
         }
     }
 
@@ -319,6 +321,40 @@ impl PoolBuilder {
     /// connection. Default 30 s.
     pub fn pooler_query_timeout(mut self, d: Duration) -> PoolBuilder {
         self.pooler_query_timeout = d;
+        self
+    }
+
+    /// Runs `hook` on every new connection before it is handed out — every
+    /// connection of every generation, so settings survive a rotation (like
+    /// deadpool's `post_create` hook). A hook that fails with the server's
+    /// answer (an unknown setting, a syntax error) fails that checkout with
+    /// [`ErrorKind::Query`] and the server's words; a connection lost
+    /// during the hook is retried like a failed connect. Through PgBouncer
+    /// in transaction mode session settings do not stick: use `SET LOCAL`
+    /// inside transactions instead.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), pgrotate::Error> {
+    /// use pgrotate::{Pool, source};
+    /// let pool = Pool::builder(source::Env::new("DATABASE_URL"))
+    ///     .after_connect(|c| {
+    ///         Box::pin(async move {
+    ///             c.batch_execute("SET statement_timeout = '5s'; SET search_path = app, public")
+    ///                 .await
+    ///         })
+    ///     })
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn after_connect<F>(mut self, hook: F) -> PoolBuilder
+    where
+        F: for<'a> Fn(&'a deadpool_postgres::ClientWrapper) -> crate::hook::HookFuture<'a>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.after_connect = Some(std::sync::Arc::new(hook));
         self
     }
 

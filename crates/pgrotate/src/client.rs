@@ -9,9 +9,28 @@ use deadpool::managed::Object;
 use crate::manager::{Connection, Manager};
 use crate::wire::TxStatus;
 
-/// A pooled connection. Derefs to [`tokio_postgres::Client`]; returns to the
-/// pool when dropped (and is closed then if the pool moved to a newer
-/// generation meanwhile).
+/// A pooled connection, as deadpool-postgres hands one out: it derefs to
+/// deadpool-postgres's [`ClientWrapper`](deadpool_postgres::ClientWrapper)
+/// (`prepare_cached`, `prepare_typed_cached`, `transaction`,
+/// `build_transaction` with the statement cache), which derefs to
+/// [`tokio_postgres::Client`]. It returns to the pool when dropped (and is
+/// closed then if the pool moved to a newer generation meanwhile).
+///
+/// The statement cache belongs to the connection, so a statement prepared
+/// once is reused by every later caller of that connection; a connection of
+/// a new generation starts with an empty one. In pooler mode
+/// ([`PoolBuilder::pooler_mode`](crate::PoolBuilder::pooler_mode)) the cache
+/// is emptied every time the connection is handed out: PgBouncer in
+/// transaction mode keeps a named statement only within one transaction.
+///
+/// ```no_run
+/// # async fn demo(pool: pgrotate::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let client = pool.get().await?;
+/// let stmt = client.prepare_cached("select name from users where id = $1").await?;
+/// let row = client.query_one(&stmt, &[&7i64]).await?;
+/// let name: String = row.get(0);
+/// # Ok(()) }
+/// ```
 ///
 /// While `Pool::run` or `Pool::transaction` has work in flight on it, the
 /// connection is marked busy; if that work's future is dropped (a timeout,
@@ -114,14 +133,14 @@ impl Drop for Client {
 }
 
 impl Deref for Client {
-    type Target = tokio_postgres::Client;
-    fn deref(&self) -> &tokio_postgres::Client {
+    type Target = deadpool_postgres::ClientWrapper;
+    fn deref(&self) -> &deadpool_postgres::ClientWrapper {
         &self.conn().client
     }
 }
 
 impl DerefMut for Client {
-    fn deref_mut(&mut self) -> &mut tokio_postgres::Client {
+    fn deref_mut(&mut self) -> &mut deadpool_postgres::ClientWrapper {
         &mut self.conn_mut().client
     }
 }

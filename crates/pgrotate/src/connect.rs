@@ -97,6 +97,8 @@ pub(crate) enum ConnectFailed {
     /// `connect_timeout` bounds only the TCP connect; a partition after it
     /// (a TLS handshake that never answers) would hang forever.
     TimedOut(Duration),
+    /// The caller's `after_connect` hook failed (its error says how).
+    Hook(Error),
 }
 
 impl ConnectFailed {
@@ -104,6 +106,8 @@ impl ConnectFailed {
         match self {
             ConnectFailed::Postgres(e) => crate::classify::classify_connect(e),
             ConnectFailed::TimedOut(_) => Fault::Unreachable,
+            // Returned as it is: no refetch, no outage.
+            ConnectFailed::Hook(_) => Fault::CallersError,
         }
     }
 
@@ -114,6 +118,7 @@ impl ConnectFailed {
                 "no answer within the connect timeout of {}",
                 crate::time::fmt_duration(*d)
             ),
+            ConnectFailed::Hook(e) => e.to_string(),
         }
     }
 
@@ -123,6 +128,7 @@ impl ConnectFailed {
     pub(crate) fn is_outage(&self) -> bool {
         match self {
             ConnectFailed::TimedOut(_) => true,
+            ConnectFailed::Hook(_) => false,
             ConnectFailed::Postgres(e) => {
                 classify(e).worth_one_refetch() && crate::tls::describe_failure(e).is_none()
             }
@@ -135,6 +141,7 @@ impl ConnectFailed {
         let e = match self {
             ConnectFailed::Postgres(e) => Error::postgres(kind, fault, e),
             ConnectFailed::TimedOut(_) => Error::new(kind, self.describe()),
+            ConnectFailed::Hook(e) => return e,
         };
         if outage { e.into_outage() } else { e }
     }

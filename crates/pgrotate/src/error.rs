@@ -56,6 +56,11 @@ pub enum ErrorKind {
     /// The connection was lost after `COMMIT` was sent and before its answer
     /// arrived: the transaction may or may not have been committed.
     CommitOutcomeUnknown,
+    /// The connection was lost after a statement of a pool-level call
+    /// ([`Pool::execute`](crate::Pool::execute) and the like) was sent and
+    /// before its answer arrived, with nothing to prove it did not run: it
+    /// may or may not have been applied. Never retried.
+    OutcomeUnknown,
     /// Writes kept landing on a read-only standby (25006 with the server in
     /// recovery): after a failover the URL still pointed at it, and the
     /// retry budget ran out before it moved.
@@ -79,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timed out",
             ErrorKind::Closed => "pool closed",
             ErrorKind::CommitOutcomeUnknown => "commit outcome unknown",
+            ErrorKind::OutcomeUnknown => "statement outcome unknown",
             ErrorKind::RolledBack => "transaction rolled back",
             ErrorKind::ReadOnlyServer => "read-only server",
         }
@@ -135,6 +141,12 @@ impl Error {
         self
     }
 
+    /// Shares `other`'s cause (a database error converted with `?`).
+    pub(crate) fn with_cause_of(mut self, other: Error) -> Error {
+        self.cause = other.cause;
+        self
+    }
+
     pub(crate) fn with_detail_prefix(mut self, prefix: &str) -> Error {
         self.detail = format!("{prefix}: {}", self.detail);
         self
@@ -178,6 +190,15 @@ impl Error {
             attempts: None,
             cause: Some(Arc::new(err)),
             outage: false,
+        }
+    }
+
+    /// The pool's reading of a tokio-postgres error it does not own (the
+    /// closure's error keeps it): kind, fault and the server's words.
+    pub(crate) fn verdict(kind: ErrorKind, fault: Fault, err: &tokio_postgres::Error) -> Error {
+        Error {
+            fault: Some(fault),
+            ..Error::new(kind, own_words(err, fault))
         }
     }
 
@@ -249,6 +270,7 @@ impl Error {
             | ErrorKind::Query
             | ErrorKind::Closed
             | ErrorKind::CommitOutcomeUnknown
+            | ErrorKind::OutcomeUnknown
             | ErrorKind::RolledBack => false,
         }
     }
@@ -290,10 +312,34 @@ impl Error {
         )
     }
 
+    /// Whether the work may or may not have been applied: the connection
+    /// was lost after `COMMIT` ([`ErrorKind::CommitOutcomeUnknown`]) or a
+    /// pool-level statement ([`ErrorKind::OutcomeUnknown`]) was sent and
+    /// before the answer came. Only the caller can find out (look for the
+    /// row it wrote); redoing it blindly may apply it twice.
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self.kind,
+            ErrorKind::CommitOutcomeUnknown | ErrorKind::OutcomeUnknown
+        )
+    }
+
     /// Whether the server rejected the credentials the source gave
     /// (rotated, and the source still returns the old ones).
     pub fn is_credentials(&self) -> bool {
         self.kind == ErrorKind::CredentialsRejected
+    }
+}
+
+/// A tokio-postgres error met outside the pool's retry loops (on a
+/// [`Client`](crate::Client) from `get()`, or with `?` inside a closure),
+/// classified by the fault table: the caller's own error is
+/// [`ErrorKind::Query`], a lost connection [`ErrorKind::ConnectionLost`],
+/// and so on.
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Error {
+        let fault = crate::classify::classify(&err);
+        Error::postgres(crate::exec::kind_after_work(fault), fault, err)
     }
 }
 

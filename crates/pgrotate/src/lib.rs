@@ -37,17 +37,27 @@ mod wire;
 mod builder;
 mod error;
 mod from_env;
+mod hook;
 mod maintenance;
 mod retry;
+mod statements;
 mod stats;
 mod time;
+mod work_error;
 
 pub use builder::PoolBuilder;
 pub use classify::{Fault, classify};
 pub use client::Client;
+/// deadpool-postgres's client wrapper and transaction (with `prepare_cached`),
+/// as `run`, `transaction` and [`Client`] hand them out.
+pub use deadpool_postgres::{ClientWrapper, StatementCache, Transaction, TransactionBuilder};
 pub use error::{Error, ErrorKind};
+pub use exec::TransactionOptions;
+pub use hook::HookFuture;
 pub use pool::Pool;
 pub use retry::{Backoff, RetryPolicy};
+pub use statements::RowStream;
 pub use stats::{BudgetStatus, Status};
 pub use tls::{ChannelBinding, SslMode, TlsError};
 pub use url::{DatabaseUrl, UrlError};
+pub use work_error::{ClosureError, WorkError};

@@ -45,7 +45,9 @@ tokio::task_local! {
 
 /// One pooled connection.
 pub(crate) struct Connection {
-    pub(crate) client: tokio_postgres::Client,
+    /// deadpool-postgres's wrapper: the client with its statement cache
+    /// (`prepare_cached`), as deadpool-postgres hands it out.
+    pub(crate) client: deadpool_postgres::ClientWrapper,
     pub(crate) generation: u64,
     /// Work in flight (set by `run` / `transaction`); a busy connection
     /// is never handed out again.
@@ -99,6 +101,11 @@ pub(crate) struct Manager {
     /// are closed without a check of their own, so a blackholed network
     /// costs one ping timeout, not one per idle connection.
     pub(crate) suspect: std::sync::atomic::AtomicU64,
+    /// Through a transaction-mode pooler: the statement cache lives no
+    /// longer than one checkout.
+    pub(crate) pooler: bool,
+    /// The caller's setup of every new connection.
+    pub(crate) after_connect: Option<crate::hook::Hook>,
 }
 
 impl Manager {
@@ -124,6 +131,19 @@ impl Manager {
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
         let (client, wire, canceller) = open_bounded(generation, deadline).await?;
+        let client = wrap(client);
+        if let Some(hook) = &self.after_connect {
+            match tokio::time::timeout_at(deadline, hook(&client)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ConnectFailed::Hook(crate::hook::failed(e))),
+                Err(_) => {
+                    return Err(ConnectFailed::Hook(Error::new(
+                        ErrorKind::Timeout,
+                        "the after_connect hook did not finish within the checkout's deadline",
+                    )));
+                }
+            }
+        }
         self.counters
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
@@ -220,6 +240,11 @@ impl managed::Manager for Manager {
             tracing::debug!(target: TARGET, generation = conn.generation, current = self.refresher.current_id(), "closing a connection of an older generation or past its lifetime");
             return Err(RecycleError::message("older generation"));
         }
+        if self.pooler {
+            // PgBouncer in transaction mode: a statement prepared in an
+            // earlier checkout may live on another server connection.
+            conn.client.statement_cache.clear();
+        }
         if let Err(why) = leave_clean(conn, self.ping_timeout).await {
             tracing::debug!(target: TARGET, generation = conn.generation, why, "not reusing a connection its last caller left unclean");
             return Err(RecycleError::message(why));
@@ -255,6 +280,15 @@ impl managed::Manager for Manager {
         }
         Ok(())
     }
+}
+
+/// deadpool-postgres's `ClientWrapper` around a connected client. The
+/// wrapper aborts the task handle it is given when dropped; it gets one of
+/// a task that has nothing to do, because the connection task ends by
+/// itself once the client is dropped — after sending `Terminate`, so the
+/// server sees a clean goodbye rather than a cut socket.
+fn wrap(client: tokio_postgres::Client) -> deadpool_postgres::ClientWrapper {
+    deadpool_postgres::ClientWrapper::new(client, tokio::spawn(async {}))
 }
 
 /// Makes sure a connection comes back idle and clean, or not at all: a

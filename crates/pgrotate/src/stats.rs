@@ -22,12 +22,14 @@ impl Counters {
     }
 }
 
-/// A snapshot of the pool.
+/// A snapshot of the pool. `max_size`, `size`, `available` and `waiting`
+/// are deadpool's fields, with deadpool's names and meanings; the rest are
+/// pgrotate's.
 ///
 /// ```
 /// # fn demo(pool: &pgrotate::Pool) {
 /// let s = pool.status();
-/// println!("{} of {} connections idle, generation {}", s.idle, s.size, s.generation);
+/// println!("{} of {} connections available, generation {}", s.available, s.size, s.generation);
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +39,10 @@ pub struct Status {
     pub max_size: usize,
     /// Connections open now (idle and checked out).
     pub size: usize,
-    /// Connections open and idle.
+    /// Connections open and idle, ready to be handed out (deadpool's name
+    /// and meaning).
+    pub available: usize,
+    /// The same as [`Status::available`] (pgrotate's earlier name).
     pub idle: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -54,6 +54,34 @@ pub(crate) struct Wire {
     expected: Mutex<VecDeque<Expect>>,
     observed: AtomicBool,
     ready: Notify,
+    /// Requests that run something (`Query`, `Execute`, `FunctionCall`)
+    /// handed to the stream below, counted from their first bytes.
+    runs_sent: AtomicU64,
+    /// `CommandComplete` messages received.
+    completions: AtomicU64,
+    /// The stream ended (end of file or an error reading it).
+    ended: AtomicBool,
+}
+
+/// What came of waiting for the answers of the requests sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answers {
+    /// Every request has its `ReadyForQuery`.
+    All,
+    /// The stream ended first.
+    Ended,
+    /// Neither within the time given, or the stream is not observed.
+    Unknown,
+}
+
+/// How far a connection's traffic had come, to compare before and after a
+/// statement: [`Wire::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Requests that run something, sent.
+    pub(crate) runs_sent: u64,
+    /// `CommandComplete` messages received.
+    pub(crate) completions: u64,
 }
 
 /// A request that gets one `ReadyForQuery`.
@@ -87,6 +115,9 @@ impl Default for Wire {
             expected: Mutex::new(VecDeque::from([Expect::Startup])),
             observed: AtomicBool::new(false),
             ready: Notify::new(),
+            runs_sent: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
         }
     }
 }
@@ -124,6 +155,14 @@ impl Wire {
         self.expected.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How far the traffic has come, if the stream is observed.
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        self.observed.load(Ordering::Acquire).then(|| Progress {
+            runs_sent: self.runs_sent.load(Ordering::Acquire),
+            completions: self.completions.load(Ordering::Acquire),
+        })
+    }
+
     /// Whether the server is a hot standby, when it said (PostgreSQL 14+).
     pub(crate) fn in_hot_standby(&self) -> Option<bool> {
         match self.hot_standby.load(Ordering::Acquire) {
@@ -147,6 +186,34 @@ impl Wire {
             }
         };
         self.unanswered().is_some() && tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    /// Waits until every request sent has its answer or the stream ends,
+    /// at most `within`.
+    pub(crate) async fn answers(&self, within: Duration) -> Answers {
+        if self.unanswered().is_none() {
+            return Answers::Unknown;
+        }
+        let wait = async {
+            loop {
+                let ready = self.ready.notified();
+                if self.pending() == 0 {
+                    return Answers::All;
+                }
+                if self.ended.load(Ordering::Acquire) {
+                    return Answers::Ended;
+                }
+                ready.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or(Answers::Unknown)
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ready.notify_waiters();
     }
 
     /// What the last `CommandComplete` said, when it ended a transaction.
@@ -183,6 +250,7 @@ impl Wire {
     }
 
     fn command_complete(&self, tag: &[u8]) {
+        self.completions.fetch_add(1, Ordering::AcqRel);
         let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
             b"COMMIT" => 1,
             b"ROLLBACK" => 2,
@@ -307,6 +375,9 @@ impl Writer {
                 self.left = len.saturating_sub(4);
                 if self.started {
                     let kind = self.header[0];
+                    if matches!(kind, b'Q' | b'E' | b'F') {
+                        wire.runs_sent.fetch_add(1, Ordering::AcqRel);
+                    }
                     match kind {
                         b'Q' => wire.expect(Expect::Query),
                         b'S' => wire.expect(Expect::Sync {
@@ -362,7 +433,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
+        let got = buf.filled().len() - before;
+        if read.is_err() || (got == 0 && buf.remaining() > 0) {
+            this.wire.end();
+        }
+        read?;
         this.reader.feed(&buf.filled()[before..], &this.wire);
         Poll::Ready(Ok(()))
     }

@@ -30,9 +30,7 @@ mod command;
 mod env;
 mod file;
 mod fixed;
-#[cfg(feature = "heroku")]
 mod heroku;
-mod heroku_cli;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -48,8 +46,8 @@ pub use env::Env;
 pub use file::File;
 pub use fixed::Static;
 #[cfg(feature = "heroku")]
-pub use heroku::{HerokuApi, HerokuToken};
-pub use heroku_cli::HerokuCli;
+pub use heroku::HerokuApi;
+pub use heroku::{HerokuCli, HerokuToken};
 
 use crate::url::{DatabaseUrl, UrlError};
 

@@ -1,11 +1,19 @@
-//! The retry executor behind `run` and `transaction`: one attempt on one
-//! connection, what its failure means (retry on a fresh connection, fail,
-//! or — once `COMMIT` was sent — an unknown outcome), and the commit-window
-//! checks (a failed transaction is reported rolled back, never committed).
+//! The retry executor behind `run`, `transaction` and the pool-level
+//! statements: one attempt on one connection ([`run`], [`transaction`],
+//! [`statement`]), what its failure means (retry on a fresh connection,
+//! fail, or — once `COMMIT` or a statement was sent — an unknown outcome),
+//! and here what they share: the attempts of a call, the next connection,
+//! the backoff.
 //!
 //! Plain data and plain loops: no closure of the library wraps the
 //! caller's, so a caller's `async move` closure keeps the whole future
 //! `Send`.
+
+mod run;
+pub(crate) mod statement;
+mod transaction;
+
+pub use transaction::TransactionOptions;
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -21,15 +29,46 @@ use crate::pool::Pool;
 use crate::refetch::Wait;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::time::{fmt_duration, later};
-use crate::wire::{LastEnd, TxStatus, Wire};
+use crate::wire::Wire;
+use crate::work_error::ClosureError;
 
 const RETRY_TARGET: &str = "pgrotate::retry";
 
-/// What one attempt of `run` or `transaction` came to.
-pub(crate) enum Outcome<T> {
+/// What one attempt came to.
+pub(crate) enum Outcome<T, E> {
     Done(T),
-    Fail(Error),
-    Retry(Error),
+    Fail(Failure<E>),
+    Retry(Failure<E>),
+}
+
+/// A failed attempt: the pool's reading of it, and the closure's own error
+/// when the closure failed (returned to the caller as it is).
+pub(crate) struct Failure<E> {
+    pub(crate) err: Error,
+    pub(crate) work: Option<E>,
+}
+
+impl<E> Failure<E> {
+    pub(crate) fn pool(err: Error) -> Failure<E> {
+        Failure { err, work: None }
+    }
+
+    pub(crate) fn work(err: Error, work: E) -> Failure<E> {
+        Failure {
+            err,
+            work: Some(work),
+        }
+    }
+}
+
+impl<E: ClosureError> Failure<E> {
+    /// What the call returns.
+    pub(crate) fn finish(self) -> E::Returned {
+        match self.work {
+            Some(w) => w.returned(self.err),
+            None => E::from_pool(self.err),
+        }
+    }
 }
 
 /// Runs `fut`, giving up at `until` if there is one.
@@ -50,187 +89,6 @@ fn is_serialization_failure(e: &tokio_postgres::Error) -> bool {
 }
 
 impl Pool {
-    pub(crate) async fn run_once<T, F>(
-        &self,
-        policy: &RetryPolicy,
-        attempts: &Attempts,
-        work: &mut F,
-        mut client: Client,
-    ) -> Outcome<T>
-    where
-        F: AsyncFnMut(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
-    {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
-        let generation = client.generation();
-        client.set_busy(true);
-        match until(deadline, work(&client)).await {
-            Err(()) => Outcome::Retry(abandoned(timeout)),
-            Ok(Ok(v)) => {
-                client.set_busy(false);
-                Outcome::Done(v)
-            }
-            Ok(Err(e)) => {
-                let fault = classify(&e);
-                let fault = if fault == Fault::ReadOnly {
-                    read_only_or_standby(&client).await
-                } else {
-                    fault
-                };
-                if !fault.is_connection_level() {
-                    client.set_busy(false);
-                    return Outcome::Fail(Error::postgres(ErrorKind::Query, fault, e));
-                }
-                drop(client);
-                self.after_fault(attempts, generation, fault).await;
-                Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
-            }
-        }
-    }
-
-    pub(crate) async fn transaction_once<T, F>(
-        &self,
-        policy: &RetryPolicy,
-        attempts: &Attempts,
-        work: &mut F,
-        mut client: Client,
-    ) -> Outcome<T>
-    where
-        F: AsyncFnMut(&tokio_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
-    {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
-        let generation = client.generation();
-        let wire = client.wire();
-        client.set_busy(true);
-        let tx = match until(deadline, client.transaction()).await {
-            Err(()) => return Outcome::Retry(abandoned(timeout)),
-            Ok(Err(e)) => return self.lost_before_commit(attempts, generation, e).await,
-            Ok(Ok(tx)) => tx,
-        };
-        let value = match until(deadline, work(&tx)).await {
-            Err(()) => return Outcome::Retry(abandoned(timeout)),
-            Ok(Ok(v)) => v,
-            Ok(Err(e)) if standby_aware(classify(&e), &wire).is_connection_level() => {
-                if wire.tx_status() == TxStatus::Idle && wire.last_end() == LastEnd::Commit {
-                    // The closure ran COMMIT itself, then lost the
-                    // connection: what it wrote before is committed, so it
-                    // must not run again.
-                    return Outcome::Fail(
-                        Error::postgres(ErrorKind::CommitOutcomeUnknown, classify(&e), e)
-                            .with_detail_prefix(
-                                "the closure ran COMMIT itself and the connection failed after it; \
-                                 its work up to that COMMIT is committed and is not run again",
-                            ),
-                    );
-                }
-                drop(tx);
-                return self.lost_before_commit(attempts, generation, e).await;
-            }
-            Ok(Err(e)) => {
-                // The caller's own error: roll back, keep the connection
-                // (closed instead if the rollback does not answer in time).
-                let rolled_back = matches!(until(deadline, tx.rollback()).await, Ok(Ok(())));
-                if rolled_back {
-                    client.set_busy(false);
-                }
-                return callers_error(policy, e);
-            }
-        };
-        if tx.client().is_closed() {
-            // Known dead before COMMIT was handed over: nothing was sent.
-            drop(tx);
-            drop(client);
-            self.after_fault(attempts, generation, Fault::Disconnected)
-                .await;
-            return Outcome::Retry(Error::new(
-                ErrorKind::ConnectionLost,
-                "the connection closed before COMMIT was sent",
-            ));
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            // Out of time before COMMIT was sent: nothing was committed, so
-            // this is a plain abandoned attempt, not an unknown outcome.
-            return Outcome::Retry(abandoned(timeout));
-        }
-        if wire.unanswered().is_some_and(|n| n > 0) {
-            wire.settled(Duration::from_millis(50)).await;
-        }
-        if wire.tx_status() == TxStatus::Idle {
-            // The closure ended the transaction itself (a transaction
-            // closure must not): say what became of it. The COMMIT or
-            // ROLLBACK sent now is a no-op outside a transaction.
-            let committed = wire.last_end() == LastEnd::Commit;
-            let ended = if committed {
-                until(deadline, tx.commit()).await
-            } else {
-                until(deadline, tx.rollback()).await
-            };
-            if matches!(ended, Ok(Ok(()))) {
-                client.set_busy(false);
-            }
-            return if committed {
-                Outcome::Done(value)
-            } else {
-                Outcome::Fail(Error::new(
-                    ErrorKind::RolledBack,
-                    "the closure ended the transaction itself (ROLLBACK); nothing was committed",
-                ))
-            };
-        }
-        if wire.tx_status() == TxStatus::Failed {
-            // A statement failed and the closure went on: COMMIT would only
-            // roll back, and tokio-postgres would report that as success.
-            let rolled_back = matches!(until(deadline, tx.rollback()).await, Ok(Ok(())));
-            if rolled_back {
-                client.set_busy(false);
-            }
-            return Outcome::Fail(Error::new(
-                ErrorKind::RolledBack,
-                "a statement in the transaction failed and the closure returned Ok anyway \
-                 (an error swallowed, or a savepoint not rolled back to); nothing was committed",
-            ));
-        }
-        match until(deadline, tx.commit()).await {
-            Ok(Ok(())) => {
-                client.set_busy(false);
-                Outcome::Done(value)
-            }
-            // The server answered COMMIT with an error of the caller's kind
-            // (a deferred constraint, a serialization failure): the
-            // transaction did not commit, and the connection is fine.
-            Ok(Err(e)) if e.as_db_error().is_some() && !classify(&e).is_connection_level() => {
-                client.set_busy(false);
-                callers_error(policy, e)
-            }
-            Ok(Err(e)) => {
-                let fault = classify(&e);
-                Outcome::Fail(
-                    Error::postgres(ErrorKind::CommitOutcomeUnknown, fault, e)
-                        .with_detail_prefix("the connection failed after COMMIT was sent"),
-                )
-            }
-            Err(()) => Outcome::Fail(Error::new(
-                ErrorKind::CommitOutcomeUnknown,
-                format!(
-                    "no answer to COMMIT within the attempt timeout of {}",
-                    timeout.map_or_else(String::new, fmt_duration)
-                ),
-            )),
-        }
-    }
-
-    pub(crate) async fn lost_before_commit<T>(
-        &self,
-        attempts: &Attempts,
-        generation: u64,
-        e: tokio_postgres::Error,
-    ) -> Outcome<T> {
-        let fault = classify(&e);
-        self.after_fault(attempts, generation, fault).await;
-        Outcome::Retry(Error::postgres(kind_after_work(fault), fault, e))
-    }
-
     /// A connection of `generation` failed with `fault`: refetch if the
     /// fault says the URL may point elsewhere now. A failed refetch shows up
     /// in the next `get`. Waits no longer than the call's deadline: a paced
@@ -290,16 +148,19 @@ impl Pool {
                 Ok(None)
             }
             Err(e) if e.is_retryable() => {
-                self.back_off(attempts, e).await?;
-                Ok(None)
+                if self.back_off(attempts, &e).await {
+                    Ok(None)
+                } else {
+                    Err(e.with_attempts(attempts.n))
+                }
             }
             Err(e) => Err(attempts.fail(e)),
         }
     }
 
-    /// Waits before the next attempt, or returns `err` when the policy
-    /// allows no more.
-    pub(crate) async fn back_off(&self, attempts: &Attempts, err: Error) -> Result<(), Error> {
+    /// Waits before the next attempt (`true`), or says the policy allows no
+    /// more after `err` (`false`).
+    pub(crate) async fn back_off(&self, attempts: &Attempts, err: &Error) -> bool {
         let mut delay = attempts.backoff.jittered(attempts.n - 1);
         let pooler_busy = err.fault() == Some(Fault::PoolerUnavailable)
             || (self.inner.pooler_query_timeout.is_some()
@@ -310,12 +171,27 @@ impl Pool {
             delay = delay.max(self.inner.pooler_retry);
         }
         if attempts.n >= attempts.max || crate::time::after(delay) >= attempts.deadline {
-            return Err(err.with_attempts(attempts.n));
+            return false;
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, delay = %fmt_duration(delay), error = %format_args!("{err:#}"), "retrying on a fresh connection");
         tokio::time::sleep(delay).await;
-        Ok(())
+        true
+    }
+
+    /// After a failed attempt: waits for the next one (`Ok`), or the
+    /// failure the call returns, with the attempts counted.
+    pub(crate) async fn retry_or_finish<E>(
+        &self,
+        attempts: &Attempts,
+        mut failure: Failure<E>,
+    ) -> Result<(), Failure<E>> {
+        if self.back_off(attempts, &failure.err).await {
+            Ok(())
+        } else {
+            failure.err = failure.err.with_attempts(attempts.n);
+            Err(failure)
+        }
     }
 }
 
@@ -354,6 +230,12 @@ impl Attempts {
             e
         }
     }
+
+    /// [`Attempts::fail`] for an attempt's failure.
+    pub(crate) fn failed<E>(&self, mut f: Failure<E>) -> Failure<E> {
+        f.err = self.fail(f.err);
+        f
+    }
 }
 
 /// 25006 (read-only transaction) means "landed on a standby" only when the
@@ -385,14 +267,26 @@ async fn read_only_or_standby(client: &Client) -> Fault {
     }
 }
 
-fn callers_error<T>(policy: &RetryPolicy, e: tokio_postgres::Error) -> Outcome<T> {
-    let retry = policy.retries_serialization_failures() && is_serialization_failure(&e);
-    let err = Error::postgres(ErrorKind::Query, Fault::CallersError, e);
+/// The caller's own error: failed, except a serialization failure or a
+/// deadlock when the policy retries those.
+fn callers_error<T, E: ClosureError>(policy: &RetryPolicy, e: E) -> Outcome<T, E> {
+    let pg = e.postgres();
+    let retry = policy.retries_serialization_failures() && pg.is_some_and(is_serialization_failure);
+    let err = match pg {
+        Some(pg) => Error::verdict(ErrorKind::Query, Fault::CallersError, pg),
+        None => Error::new(ErrorKind::Query, "the closure returned an error of its own"),
+    };
     if retry {
-        Outcome::Retry(err)
+        Outcome::Retry(Failure::work(err, e))
     } else {
-        Outcome::Fail(err)
+        Outcome::Fail(Failure::work(err, e))
     }
+}
+
+/// How a closure's error reads in the fault table: the class of the
+/// database error inside, or the caller's own.
+fn fault_of(pg: Option<&tokio_postgres::Error>) -> Fault {
+    pg.map_or(Fault::CallersError, classify)
 }
 
 fn abandoned(timeout: Option<Duration>) -> Error {
@@ -405,7 +299,7 @@ fn abandoned(timeout: Option<Duration>) -> Error {
     )
 }
 
-fn kind_after_work(fault: Fault) -> ErrorKind {
+pub(crate) fn kind_after_work(fault: Fault) -> ErrorKind {
     match fault {
         Fault::Credentials => ErrorKind::CredentialsRejected,
         Fault::ReadOnly => ErrorKind::ReadOnlyServer,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Budget, Command, SourceError, UrlSource};
+use crate::source::{Budget, Command, SourceError, UrlSource};
 use crate::url::DatabaseUrl;
 
 /// Runs the Heroku CLI, `heroku config:get VAR -a APP` (no shell), and reads
@@ -107,7 +107,7 @@ impl UrlSource for HerokuCli {
     }
 
     fn is_pooler_url(&self) -> bool {
-        super::names_pooler_url(&self.var)
+        crate::source::names_pooler_url(&self.var)
     }
 
     fn budget(&self) -> Budget {

@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use super::{Budget, SourceError, SourceErrorKind, UrlSource};
+use super::HerokuToken;
+use crate::source::{Budget, SourceError, SourceErrorKind, UrlSource};
 use crate::time::fmt_duration;
 use crate::url::{DatabaseUrl, redact};
 
@@ -31,55 +32,6 @@ const LOW_REMAINING: u64 = 100;
 
 /// How many `*_URL` names an error about a missing var lists at most.
 const MAX_NAMES_LISTED: usize = 30;
-
-/// A Heroku API token (`HEROKU_API_KEY`, `heroku auth:token`,
-/// `heroku authorizations:create`). `Debug` and `Display` print `_`; the
-/// token is only sent in the `Authorization` header.
-///
-/// ```
-/// use pgrotate::source::HerokuToken;
-/// let token = HerokuToken::new("d4b1e3f0-secret");
-/// assert_eq!(format!("{token} {token:?}"), "_ HerokuToken(_)");
-/// ```
-#[derive(Clone, PartialEq, Eq)]
-pub struct HerokuToken(String);
-
-impl HerokuToken {
-    /// A token; surrounding white space (a newline from a file) is trimmed.
-    pub fn new(token: impl Into<String>) -> HerokuToken {
-        let token = token.into();
-        HerokuToken(token.trim().to_string())
-    }
-
-    /// The token itself. Hand it only to code that authenticates.
-    pub fn expose_secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for HerokuToken {
-    fn from(token: String) -> HerokuToken {
-        HerokuToken::new(token)
-    }
-}
-
-impl From<&str> for HerokuToken {
-    fn from(token: &str) -> HerokuToken {
-        HerokuToken::new(token)
-    }
-}
-
-impl fmt::Debug for HerokuToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("HerokuToken(_)")
-    }
-}
-
-impl fmt::Display for HerokuToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("_")
-    }
-}
 
 /// Reads one config var of a Heroku app (default `DATABASE_URL`) through
 /// the Platform API, `GET {base}/apps/{app}/config-vars`, with a bearer
@@ -438,7 +390,7 @@ impl HerokuApi {
             StatusCode::TOO_MANY_REQUESTS => {
                 let after = retry_after
                     .unwrap_or_else(|| crate::time::stretched(self.budget.refill(), 0.2))
-                    .min(super::MAX_RETRY_AFTER);
+                    .min(crate::source::MAX_RETRY_AFTER);
                 // This answer's own header only: an earlier answer's count
                 // says nothing about now.
                 let left = header_u64(headers, "ratelimit-remaining")
@@ -493,7 +445,7 @@ impl UrlSource for HerokuApi {
     }
 
     fn is_pooler_url(&self) -> bool {
-        super::names_pooler_url(&self.var)
+        crate::source::names_pooler_url(&self.var)
     }
 
     fn budget(&self) -> Budget {

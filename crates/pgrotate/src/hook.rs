@@ -1,0 +1,35 @@
+//! The `after_connect` hook: the caller's own setup of every new
+//! connection (`SET statement_timeout`, `search_path`, …), run before the
+//! connection is handed out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::ClientWrapper;
+
+use crate::classify::classify;
+use crate::error::{Error, ErrorKind, describe_postgres};
+
+/// The future an [`after_connect`](crate::PoolBuilder::after_connect) hook
+/// returns: `Box::pin(async move { … })`.
+pub type HookFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>>;
+
+/// The hook as the pool keeps it.
+pub(crate) type Hook = Arc<dyn for<'a> Fn(&'a ClientWrapper) -> HookFuture<'a> + Send + Sync>;
+
+/// What a failed hook means: a lost connection is retried like any failed
+/// connect; the hook's own error (a syntax error, an unknown setting) fails
+/// the checkout at once, with what the server said — every new connection
+/// would fail the same way.
+pub(crate) fn failed(e: tokio_postgres::Error) -> Error {
+    let fault = classify(&e);
+    let kind = if fault.is_connection_level() {
+        ErrorKind::ConnectionLost
+    } else {
+        ErrorKind::Query
+    };
+    let detail = format!("the after_connect hook failed: {}", describe_postgres(&e));
+    Error::new(kind, detail).with_cause(e)
+}
