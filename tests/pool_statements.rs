@@ -1,0 +1,303 @@
+//! Pool-level statements (`Pool::execute`, `Pool::query`, …) against a
+//! real server: retried only when the failure proves the statement did not
+//! run, so reads and writes survive a rotation with no error and no write
+//! is ever applied twice. Every row is counted.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{bounded, count_sessions, role_and_file, wait_until};
+use futures::StreamExt;
+use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
+use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
+
+/// How many rows each key has.
+async fn counts(pool: &Pool) -> HashMap<i32, i64> {
+    pool.query("select k, count(*) from t group by k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "stmtrot").await;
+        let pool = Pool::builder(file.source())
+            .max_size(4)
+            .build()
+            .await
+            .unwrap();
+        // No key: a write applied twice shows as a count of 2.
+        pool.batch_execute("create table t (k int not null)")
+            .await
+            .unwrap();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU32::new(0));
+        let done = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let (pool, stop, next, done) = (pool.clone(), stop.clone(), next.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut written = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = if w % 2 == 0 {
+                        let k = next.fetch_add(1, Ordering::SeqCst) as i32;
+                        let r = pool.execute("insert into t values ($1)", &[&k]).await;
+                        if r.is_ok() {
+                            written.push(k);
+                        }
+                        r.map(drop)
+                    } else {
+                        pool.query_one("select count(*) from t", &[])
+                            .await
+                            .map(drop)
+                    };
+                    match r {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                }
+                (errors, written)
+            }));
+        }
+        let mut role = role;
+        for _ in 0..2 {
+            let before = done.load(Ordering::Relaxed);
+            wait_until(async || done.load(Ordering::Relaxed) >= before + 200).await;
+            let rotated = cluster.rotate_password(&role).await.unwrap();
+            file.set(&cluster.url(&rotated));
+            cluster.terminate_backends(&role.name).await.unwrap();
+            role = rotated;
+        }
+        let before = done.load(Ordering::Relaxed);
+        wait_until(async || done.load(Ordering::Relaxed) >= before + 200).await;
+        stop.store(true, Ordering::Relaxed);
+
+        let mut errors = Vec::new();
+        let mut written = Vec::new();
+        for t in tasks {
+            let (e, w) = t.await.unwrap();
+            errors.extend(e);
+            written.extend(w);
+        }
+        assert!(
+            errors.is_empty(),
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        let present = counts(&pool).await;
+        for k in &written {
+            assert_eq!(present.get(k), Some(&1), "key {k} applied exactly once");
+        }
+        assert_eq!(
+            present.len(),
+            written.len(),
+            "nothing applied that was not reported"
+        );
+        assert_eq!(pool.status().generation, 3);
+        eprintln!(
+            "two rotations: {} calls, {} writes, 0 errors, {} retries",
+            done.load(Ordering::Relaxed),
+            written.len(),
+            pool.status().retries
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "stmtterm").await;
+        let pool = Pool::builder(file.source())
+            .max_size(2)
+            .build()
+            .await
+            .unwrap();
+        pool.batch_execute("create table t (k int not null)")
+            .await
+            .unwrap();
+
+        let write = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.execute("insert into t select 1 from pg_sleep(0.3)", &[])
+                    .await
+            })
+        };
+        // Terminated while it runs: the server answers it with 57P01 and
+        // rolls it back, so it is safe to run again.
+        wait_until(async || {
+            count_sessions(
+                cluster,
+                &role.name,
+                "state = 'active' and query like 'insert%'",
+            )
+            .await
+                == 1
+        })
+        .await;
+        assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 1);
+        assert_eq!(write.await.unwrap().unwrap(), 1);
+        assert_eq!(counts(&pool).await, HashMap::from([(1, 1)]));
+        assert_eq!(pool.status().retries, 1);
+    })
+    .await;
+}
+
+async fn through_proxy(prefix: &str) -> (FaultProxy, Pool) {
+    let cluster = Cluster::shared().await.unwrap();
+    let role = cluster.create_role(prefix).await.unwrap();
+    let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
+    let policy = RetryPolicy::default()
+        .attempts(20)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20));
+    let pool = Pool::builder(source::Static::new(proxy.url(&role)))
+        .sslmode(SslMode::Disable)
+        .max_size(8)
+        .retry(policy)
+        .build()
+        .await
+        .unwrap();
+    pool.batch_execute("create table t (k int not null)")
+        .await
+        .unwrap();
+    (proxy, pool)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_never_sent_is_retried_and_one_whose_answer_was_lost_is_not() {
+    bounded(async {
+        let (proxy, pool) = through_proxy("stmtcut").await;
+
+        // Cut before the server sees the statement's Parse: nothing ran.
+        proxy.on_message(
+            |m| m.tag == b'P' && m.sql.is_some_and(|s| s.contains("values (1)")),
+            Action::DropAndCut,
+            Times::Once,
+        );
+        assert_eq!(
+            pool.execute("insert into t values (1)", &[]).await.unwrap(),
+            1
+        );
+        assert_eq!(pool.status().retries, 1);
+
+        // The server applies it and the answer is lost: it may have run, so
+        // it is not run again.
+        proxy.on_message(
+            |m| m.tag == b'E' && m.sql.is_some_and(|s| s.contains("values (2)")),
+            Action::ForwardThenCut,
+            Times::Once,
+        );
+        let e = pool
+            .execute("insert into t values (2)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::OutcomeUnknown, "{e:#}");
+        assert!(e.is_outcome_unknown() && !e.is_retryable(), "{e:#}");
+        assert_eq!(counts(&pool).await, HashMap::from([(1, 1), (2, 1)]));
+
+        // The rows of a stream come with their connection, which goes back
+        // once they are read.
+        let mut rows = pool
+            .query_raw("select k from t order by k", std::iter::empty::<i32>())
+            .await
+            .unwrap();
+        let mut ks = Vec::new();
+        while let Some(row) = rows.next().await {
+            ks.push(row.unwrap().get::<_, i32>(0));
+        }
+        assert_eq!(ks, [1, 2]);
+        drop(rows);
+        wait_until(async || pool.status().available == pool.status().size).await;
+        assert_eq!(proxy.events().matched, 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_silently() {
+    bounded(async {
+        let (proxy, pool) = through_proxy("stmtchaos").await;
+        // 4 % of the messages that prepare or run a write are cut: half
+        // dropped, half applied with the answer lost.
+        let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(7)));
+        for action in [Action::DropAndCut, Action::ForwardThenCut] {
+            let rng = rng.clone();
+            proxy.on_message(
+                move |m| {
+                    m.sql.is_some_and(|s| s.starts_with("insert into t"))
+                        && matches!(m.tag, b'P' | b'E')
+                        && rng.lock().unwrap().f64() < 0.02
+                },
+                action,
+                Times::Always,
+            );
+        }
+        const N: i32 = 1000;
+        let next = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (pool, next) = (pool.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst) as i32;
+                    if k >= N {
+                        break;
+                    }
+                    let r = pool.execute("insert into t values ($1)", &[&k]).await;
+                    outcomes.push((k, r.map_err(|e| e.kind())));
+                }
+                outcomes
+            }));
+        }
+        let mut outcome = HashMap::new();
+        for t in tasks {
+            outcome.extend(t.await.unwrap());
+        }
+        proxy.clear_faults();
+        let present = counts(&pool).await;
+        let mut unknown = 0;
+        for k in 0..N {
+            match outcome[&k] {
+                Ok(n) => {
+                    assert_eq!(n, 1);
+                    assert_eq!(present.get(&k), Some(&1), "key {k}: Ok but not applied exactly once");
+                }
+                Err(ErrorKind::OutcomeUnknown) => {
+                    unknown += 1;
+                    assert!(matches!(present.get(&k), None | Some(&1)), "key {k}: applied twice");
+                }
+                Err(kind) => assert!(!present.contains_key(&k), "key {k}: {kind:?} yet present"),
+            }
+        }
+        let events = proxy.events();
+        let cuts = events.dropped_and_cut + events.forwarded_and_cut;
+        assert!(cuts > 20, "{events:?}");
+        let retries = pool.status().retries;
+        assert!(retries > 0, "statements never sent were retried");
+        eprintln!(
+            "1,000 pool-level writes: {cuts} cuts, {retries} retries, {unknown} OutcomeUnknown, {} other errors",
+            outcome
+                .values()
+                .filter(|r| matches!(r, Err(k) if *k != ErrorKind::OutcomeUnknown))
+                .count()
+        );
+    })
+    .await;
+}
