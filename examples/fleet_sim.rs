@@ -437,7 +437,7 @@ async fn worker(i: usize, pool: Pool, fleet: Arc<Fleet>, mut stop: watch::Receiv
             return;
         }
         let started = Instant::now();
-        let call = pool.run(async |c| {
+        let call = pool.run(async move |c| {
             c.query_typed_one("select 1::int8", &[])
                 .await?
                 .try_get::<_, i64>(0)

@@ -7,7 +7,7 @@
 //! PASSWORD`, `pg_terminate_backend`. Prints live progress and a summary;
 //! exits non-zero if any call failed.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         workers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let r = pool
-                    .run(async |c| {
+                    .run(async move |c| {
                         c.query_one("select 1::int8", &[])
                             .await?
                             .try_get::<_, i64>(0)
@@ -74,7 +74,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rotations_at = [total / 3, total * 2 / 3];
     let mut rotations = 0;
     let mut last = (Instant::now(), 0u64);
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    // Live frames redrawn with `\r` on a terminal; in a log (CI, a file),
+    // one plain line per second instead.
+    let tty = std::io::stdout().is_terminal();
+    let (frame_start, frame_end) = if tty { ("\r", "   ") } else { ("", "\n") };
+    let mut ticker = tokio::time::interval(Duration::from_millis(if tty { 500 } else { 1000 }));
     while started.elapsed() < total {
         ticker.tick().await;
         if rotations < rotations_at.len() && started.elapsed() >= rotations_at[rotations] {
@@ -83,7 +87,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let ended = cluster.terminate_backends(&role.name).await?;
             rotations += 1;
             println!(
-                "\nrotation {rotations}: password changed, URL file updated, {ended} backends terminated"
+                "{}rotation {rotations}: password changed, URL file updated, {ended} backends terminated",
+                if tty { "\n" } else { "" }
             );
         }
         let now = (Instant::now(), ok.load(Ordering::Relaxed));
@@ -91,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         last = now;
         let s = pool.status();
         print!(
-            "\r{:>5.1} s  {:>8.0} queries/s  {:>9} ok  {} errors  generation {}  pool {}/{}  retries {}   ",
+            "{frame_start}{:>5.1} s  {:>8.0} queries/s  {:>9} ok  {} errors  generation {}  pool {}/{}  retries {}{frame_end}",
             started.elapsed().as_secs_f64(),
             qps,
             now.1,
@@ -112,7 +117,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n_ok = ok.load(Ordering::Relaxed);
     let n_err = errors.load(Ordering::Relaxed);
     println!(
-        "\n\nsummary: {n_ok} queries in {:.1} s ({:.0}/s) by {WORKERS} workers on {POOL_SIZE} connections; \
+        "\nsummary: {n_ok} queries in {:.1} s ({:.0}/s) by {WORKERS} workers on {POOL_SIZE} connections; \
          {rotations} rotations; {n_err} errors; generation {}; {} refetches of the URL; {} retries; {} connections opened",
         started.elapsed().as_secs_f64(),
         n_ok as f64 / started.elapsed().as_secs_f64(),

@@ -100,7 +100,7 @@ type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// ```
 /// # async fn demo(pool: pgrotate::Pool) {
-/// match pool.run(async |c| c.execute("insert into t values (1)", &[]).await).await {
+/// match pool.run(async move |c| c.execute("insert into t values (1)", &[]).await).await {
 ///     Ok(_) => {}
 ///     Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
 ///         // the caller's own error: returned as it is, never retried

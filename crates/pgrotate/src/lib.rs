@@ -10,14 +10,19 @@
 //   generation   the current generation of that target, numbered, swapped atomically
 //   budget       a token bucket per source: when a refetch may go out
 //   connect      one connect, bounded per host, its protocol observed (wire)
-//   manager      deadpool's create (refetch on rejected credentials) and recycle (clean or closed)
-//   pool / exec  the public handle; run and transaction retry on a fresh connection
+//   manager      deadpool's create (refetch on rejected credentials, the after_connect hook)
+//                and recycle (clean or closed); connections are deadpool-postgres ClientWrappers
+//   pool / exec  the public handle; exec/: run, transaction, statement — one attempt each,
+//                retried on a fresh connection (statements only when provably not run)
+//   statements   the pool-level statements (query, execute, …) and their RowStream
 //   classify     the one table from error to fault
 //   refetch      a fault that means the URL is stale → one budgeted, bounded fetch → back to generation
 //
 // Around them: builder (settings and their checks), maintenance (the one
 // background task), error, stats (Status), time (deadlines, the jitter),
-// retry (the policy as data), client (the pooled connection), from_env.
+// retry (the policy as data), client (the pooled connection), from_env,
+// work_error (the closure's error: tokio-postgres's, pgrotate's, the app's),
+// hook (after_connect).
 
 mod budget;
 mod classify;

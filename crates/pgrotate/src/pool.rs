@@ -49,7 +49,7 @@ use deadpool_postgres::{ClientWrapper, Transaction};
 /// # async fn demo() -> Result<(), pgrotate::Error> {
 /// let pool = Pool::builder(source::Env::new("DATABASE_URL")).max_size(16).build().await?;
 /// let n: i64 = pool
-///     .run(async |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
+///     .run(async move |c| c.query_one("select 1::int8", &[]).await?.try_get(0))
 ///     .await?;
 /// assert_eq!(n, 1);
 /// # Ok(()) }
