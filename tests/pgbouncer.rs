@@ -367,3 +367,81 @@ async fn a_statement_pgbouncer_killed_for_running_too_long_is_not_run_again() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_level_statements_and_prepare_cached_work_through_pgbouncer() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let bouncer = bouncer(cluster).await;
+        let role = cluster.create_role("pgb_stmt").await.unwrap();
+        let file = UrlFile::new(&bouncer.url(&role));
+        let pool = pool(&file, 8).await;
+        pool.batch_execute("create table t (k int8 not null)")
+            .await
+            .unwrap();
+
+        // Pool-level statements with parameters: their types learned once,
+        // then unnamed statements, so PgBouncer's server connections never
+        // see a named one.
+        let mut tasks = Vec::new();
+        for w in 0..32i64 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut errors = Vec::new();
+                for i in 0..20i64 {
+                    let n = w * 1000 + i;
+                    match pool.query_one("select $1::int8", &[&n]).await {
+                        Ok(row) => assert_eq!(row.get::<_, i64>(0), n),
+                        Err(e) => errors.push(format!("{e:#}")),
+                    }
+                    if let Err(e) = pool.execute("insert into t values ($1)", &[&n]).await {
+                        errors.push(format!("{e:#}"));
+                    }
+                }
+                errors
+            }));
+        }
+        let mut errors = Vec::new();
+        for t in tasks {
+            errors.extend(t.await.unwrap());
+        }
+        assert!(
+            errors.is_empty(),
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+        let n: i64 = pool
+            .query_one("select count(*) from t", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 640);
+        let rows: Vec<_> = {
+            use futures::StreamExt;
+            pool.query_raw("select k from t where k < $1", [&3i64])
+                .await
+                .unwrap()
+                .collect()
+                .await
+        };
+        assert_eq!(rows.len(), 3);
+
+        // deadpool-postgres's prepare_cached inside a transaction, again and
+        // again: the cache lives within one checkout, where PgBouncer keeps
+        // one server connection.
+        for _ in 0..20 {
+            let total: i64 = pool
+                .transaction(async move |tx| {
+                    let stmt = tx
+                        .prepare_cached("select count(*) from t where k >= $1")
+                        .await?;
+                    tx.query_one(&stmt, &[&0i64]).await?.try_get(0)
+                })
+                .await
+                .unwrap();
+            assert_eq!(total, 640);
+        }
+    })
+    .await;
+}

@@ -31,13 +31,18 @@ use deadpool_postgres::{ClientWrapper, Transaction};
 /// [`PoolBuilder::pooler_mode`]) consecutive statements may run on different
 /// server connections, so only what needs no server-side state works:
 ///
-/// - **Safe:** the unnamed-statement calls — `query_typed`,
-///   `query_typed_one`, `query_typed_opt`, `query_typed_raw`,
-///   `execute_typed`, `simple_query`, `batch_execute` — and transactions
-///   through [`Pool::transaction`], with `SET LOCAL` for settings.
-/// - **Fails:** named prepared statements — `query(&str, ..)`,
-///   `execute(&str, ..)`, `prepare` — with 26000 "prepared statement does
-///   not exist" or 42P05 "already exists". A parameter or column of a type
+/// - **Safe:** the pool-level statements ([`Pool::query`], [`Pool::execute`],
+///   …: in pooler mode each statement's parameter types are learned once,
+///   inside a transaction, and it then runs unnamed, in one round trip); the
+///   unnamed-statement calls on a client — `query_typed`, `query_typed_one`,
+///   `query_typed_opt`, `query_typed_raw`, `execute_typed`, `simple_query`,
+///   `batch_execute`; transactions through [`Pool::transaction`], with
+///   `SET LOCAL` for settings, and `prepare_cached` inside them (the
+///   statement cache is emptied at every checkout).
+/// - **Fails:** named prepared statements on a client outside a
+///   transaction — `client.query(&str, ..)`, `client.execute(&str, ..)`,
+///   `prepare`, `prepare_cached` — with 26000 "prepared statement does not
+///   exist" or 42P05 "already exists". A parameter or column of a type
 ///   that is not built in makes tokio-postgres prepare a named statement to
 ///   look the type up: cast it to `text`.
 /// - **Not available:** session state outside a transaction (`SET`,
@@ -71,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) pooler_retry: Duration,
     /// In pooler mode, the attempt timeout used when the policy has none.
     pub(crate) pooler_query_timeout: Option<Duration>,
+    /// In pooler mode, the parameter types of the pool-level statements.
+    pub(crate) param_types: crate::statements::ParamTypes,
 }
 
 impl Drop for Inner {
@@ -144,6 +151,7 @@ impl Pool {
             shutdown,
             pooler_retry: builder.pooler_retry,
             pooler_query_timeout: pooler.then_some(builder.pooler_query_timeout),
+            param_types: crate::statements::ParamTypes::default(),
         });
         crate::maintenance::spawn(
             Arc::downgrade(&inner),

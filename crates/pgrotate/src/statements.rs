@@ -8,7 +8,9 @@
 //! writes both survive a rotation, and a write is never applied twice.
 //! Otherwise the call fails with [`ErrorKind::OutcomeUnknown`].
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use deadpool_postgres::ClientWrapper;
@@ -38,6 +40,70 @@ async fn prepare(
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// How many statements' parameter types a pool keeps (pooler mode).
+const MAX_TYPED: usize = 1000;
+
+/// In pooler mode, the parameter types of each statement the pool ran,
+/// learned once: the statement then runs unnamed (`query_typed`), in one
+/// round trip, as PgBouncer in transaction mode requires.
+#[derive(Debug, Default)]
+pub(crate) struct ParamTypes(Mutex<HashMap<String, Arc<[Type]>>>);
+
+impl ParamTypes {
+    fn get(&self, sql: &str) -> Option<Arc<[Type]>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+            .cloned()
+    }
+
+    fn keep(&self, sql: &str, types: Arc<[Type]>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() < MAX_TYPED {
+            map.insert(sql.to_string(), types);
+        }
+    }
+}
+
+/// Learns the parameter types of `sql` through a transaction-mode pooler:
+/// prepared and closed inside `BEGIN` … `ROLLBACK`, so all of it happens on
+/// one server connection and no named statement is left behind there.
+async fn learn_types(
+    cache: &ParamTypes,
+    slot: &OnceLock<Arc<[Type]>>,
+    client: &ClientWrapper,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if slot.get().is_some() {
+        return Ok(());
+    }
+    if let Some(types) = cache.get(sql) {
+        let _ = slot.set(types);
+        return Ok(());
+    }
+    client.batch_execute("BEGIN").await?;
+    let prepared = client.prepare(sql).await;
+    let learned = prepared.map(|stmt| Arc::<[Type]>::from(stmt.params()));
+    // The statement's Close went out before this, inside the transaction.
+    let ended = client.batch_execute("ROLLBACK").await;
+    let types = learned?;
+    ended?;
+    cache.keep(sql, types.clone());
+    let _ = slot.set(types);
+    Ok(())
+}
+
+/// The parameters with the types learned, when they match in number (when
+/// they do not, the named path lets tokio-postgres say so).
+fn typed<'a>(
+    params: impl ExactSizeIterator<Item = &'a (dyn ToSql + Sync)>,
+    types: Option<&Arc<[Type]>>,
+) -> Option<Vec<(&'a (dyn ToSql + Sync), Type)>> {
+    let types = types?;
+    (params.len() == types.len()).then(|| params.zip(types.iter().cloned()).collect())
+}
+
 /// What a statement with parameters returns.
 #[derive(Clone, Copy)]
 enum Rows {
@@ -58,7 +124,9 @@ enum Answer {
 /// `query`, `query_one`, `query_opt`, `execute`: a prepared (cached)
 /// statement with parameters.
 struct Prepared<'a> {
-    pooler: bool,
+    /// In pooler mode: where the parameter types are learned.
+    pooler: Option<&'a ParamTypes>,
+    types: OnceLock<Arc<[Type]>>,
     sql: &'a str,
     params: Params<'a>,
     rows: Rows,
@@ -67,8 +135,25 @@ struct Prepared<'a> {
 impl Call for Prepared<'_> {
     type Output = Answer;
 
+    async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
+        match self.pooler {
+            Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
+            None => Ok(()),
+        }
+    }
+
     async fn call(&self, c: &ClientWrapper) -> Result<Answer, tokio_postgres::Error> {
-        let stmt = prepare(self.pooler, c, self.sql).await?;
+        if let Some(params) = typed(self.params.iter().copied(), self.types.get()) {
+            // Pooler mode: unnamed, one round trip.
+            let sql = self.sql;
+            return Ok(match self.rows {
+                Rows::All => Answer::All(c.query_typed(sql, &params).await?),
+                Rows::One => Answer::One(c.query_typed_one(sql, &params).await?),
+                Rows::Opt => Answer::Opt(c.query_typed_opt(sql, &params).await?),
+                Rows::Count => Answer::Count(c.execute_typed(sql, &params).await?),
+            });
+        }
+        let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
         Ok(match self.rows {
             Rows::All => Answer::All(c.query(&stmt, self.params).await?),
             Rows::One => Answer::One(c.query_one(&stmt, self.params).await?),
@@ -115,7 +200,8 @@ impl Call for Typed<'_> {
 
 /// `query_raw`: the parameters collected once, lent to every attempt.
 struct Raw<'a, P> {
-    pooler: bool,
+    pooler: Option<&'a ParamTypes>,
+    types: OnceLock<Arc<[Type]>>,
     sql: &'a str,
     params: Vec<P>,
 }
@@ -123,11 +209,29 @@ struct Raw<'a, P> {
 impl<P: BorrowToSql + Sync> Call for Raw<'_, P> {
     type Output = tokio_postgres::RowStream;
 
+    async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
+        match self.pooler {
+            Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
+            None => Ok(()),
+        }
+    }
+
     async fn call(
         &self,
         c: &ClientWrapper,
     ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
-        let stmt = prepare(self.pooler, c, self.sql).await?;
+        if let Some(types) = self.types.get()
+            && types.len() == self.params.len()
+        {
+            // Pooler mode: unnamed, one round trip.
+            let params = self
+                .params
+                .iter()
+                .map(BorrowToSql::borrow_to_sql)
+                .zip(types.iter().cloned());
+            return c.query_typed_raw(self.sql, params).await;
+        }
+        let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
         c.query_raw(&stmt, self.params.iter().map(BorrowToSql::borrow_to_sql))
             .await
     }
@@ -184,13 +288,18 @@ fn unexpected() -> Error {
 /// # Ok(()) }
 /// ```
 impl Pool {
-    fn pooler(&self) -> bool {
-        self.inner.pooler_query_timeout.is_some()
+    /// In pooler mode, the pool's cache of parameter types.
+    fn pooler(&self) -> Option<&ParamTypes> {
+        self.inner
+            .pooler_query_timeout
+            .is_some()
+            .then_some(&self.inner.param_types)
     }
 
     async fn prepared(&self, sql: &str, params: Params<'_>, rows: Rows) -> Result<Answer, Error> {
         let call = Prepared {
             pooler: self.pooler(),
+            types: OnceLock::new(),
             sql,
             params,
             rows,
@@ -266,6 +375,7 @@ impl Pool {
     {
         let call = Raw {
             pooler: self.pooler(),
+            types: OnceLock::new(),
             sql: statement,
             params: params.into_iter().collect(),
         };

@@ -52,6 +52,16 @@ pub(crate) trait Call: Sync {
     /// What the statement returns.
     type Output;
 
+    /// What must happen before the statement, that runs nothing of it
+    /// (learning its parameter types in pooler mode): a failure here is
+    /// retried like a failed connect.
+    fn setup<'a>(
+        &'a self,
+        _client: &'a ClientWrapper,
+    ) -> impl Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a {
+        async { Ok(()) }
+    }
+
     /// Runs the statement on `client`.
     fn call<'a>(
         &'a self,
@@ -137,8 +147,30 @@ impl Pool {
         let deadline = timeout.map(crate::time::after);
         let generation = client.generation();
         let wire = client.wire();
-        let before = wire.progress();
         client.set_busy(true);
+        match until(deadline, call.setup(&client)).await {
+            Ok(Ok(())) => {}
+            Err(()) => return Outcome::Retry(Failure::pool(abandoned(timeout))),
+            Ok(Err(e)) => {
+                let fault = classify(&e);
+                if !fault.is_connection_level() {
+                    client.set_busy(false);
+                    return Outcome::Fail(Failure::pool(Error::postgres(
+                        ErrorKind::Query,
+                        fault,
+                        e,
+                    )));
+                }
+                drop(client);
+                self.after_fault(attempts, generation, fault).await;
+                return Outcome::Retry(Failure::pool(Error::postgres(
+                    kind_after_work(fault),
+                    fault,
+                    e,
+                )));
+            }
+        }
+        let before = wire.progress();
         let e = match until(deadline, call.call(&client)).await {
             Err(()) if !sent_since(before, &wire) => {
                 return Outcome::Retry(Failure::pool(abandoned(timeout)));
