@@ -1,0 +1,247 @@
+//! The pool-level statements as plain data, one [`Call`] each: what runs
+//! on the connection an attempt got, and in pooler mode the parameter types
+//! learned once so the statement can run unnamed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::types::{BorrowToSql, ToSql, Type};
+use tokio_postgres::{Row, SimpleQueryMessage, Statement};
+
+use crate::exec::statement::Call;
+
+/// The statement for `sql` on this connection: from its statement cache,
+/// or prepared afresh in pooler mode (PgBouncer keeps a named statement
+/// only within one transaction).
+async fn prepare(
+    pooler: bool,
+    client: &ClientWrapper,
+    sql: &str,
+) -> Result<Statement, tokio_postgres::Error> {
+    if pooler {
+        client.prepare(sql).await
+    } else {
+        client.prepare_cached(sql).await
+    }
+}
+
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// How many statements' parameter types a pool keeps (pooler mode).
+const MAX_TYPED: usize = 1000;
+
+/// In pooler mode, the parameter types of each statement the pool ran,
+/// learned once: the statement then runs unnamed (`query_typed`), in one
+/// round trip, as PgBouncer in transaction mode requires.
+#[derive(Debug, Default)]
+pub(crate) struct ParamTypes(Mutex<HashMap<String, Arc<[Type]>>>);
+
+impl ParamTypes {
+    fn get(&self, sql: &str) -> Option<Arc<[Type]>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sql)
+            .cloned()
+    }
+
+    fn keep(&self, sql: &str, types: Arc<[Type]>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() < MAX_TYPED {
+            map.insert(sql.to_string(), types);
+        }
+    }
+}
+
+/// Learns the parameter types of `sql` through a transaction-mode pooler:
+/// prepared and closed inside `BEGIN` … `ROLLBACK`, so all of it happens on
+/// one server connection and no named statement is left behind there.
+async fn learn_types(
+    cache: &ParamTypes,
+    slot: &OnceLock<Arc<[Type]>>,
+    client: &ClientWrapper,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    if slot.get().is_some() {
+        return Ok(());
+    }
+    if let Some(types) = cache.get(sql) {
+        let _ = slot.set(types);
+        return Ok(());
+    }
+    client.batch_execute("BEGIN").await?;
+    let prepared = client.prepare(sql).await;
+    let learned = prepared.map(|stmt| Arc::<[Type]>::from(stmt.params()));
+    // The statement's Close went out before this, inside the transaction.
+    let ended = client.batch_execute("ROLLBACK").await;
+    let types = learned?;
+    ended?;
+    cache.keep(sql, types.clone());
+    let _ = slot.set(types);
+    Ok(())
+}
+
+/// The parameters with the types learned, when they match in number (when
+/// they do not, the named path lets tokio-postgres say so).
+fn typed<'a>(
+    params: impl ExactSizeIterator<Item = &'a (dyn ToSql + Sync)>,
+    types: Option<&Arc<[Type]>>,
+) -> Option<Vec<(&'a (dyn ToSql + Sync), Type)>> {
+    let types = types?;
+    (params.len() == types.len()).then(|| params.zip(types.iter().cloned()).collect())
+}
+
+/// What a statement with parameters returns.
+#[derive(Clone, Copy)]
+pub(super) enum Rows {
+    All,
+    One,
+    Opt,
+    Count,
+}
+
+/// The result of a [`Prepared`] call, by [`Rows`].
+pub(super) enum Answer {
+    All(Vec<Row>),
+    One(Row),
+    Opt(Option<Row>),
+    Count(u64),
+}
+
+/// `query`, `query_one`, `query_opt`, `execute`: a prepared (cached)
+/// statement with parameters.
+pub(super) struct Prepared<'a> {
+    /// In pooler mode: where the parameter types are learned.
+    pub(super) pooler: Option<&'a ParamTypes>,
+    pub(super) types: OnceLock<Arc<[Type]>>,
+    pub(super) sql: &'a str,
+    pub(super) params: Params<'a>,
+    pub(super) rows: Rows,
+}
+
+impl Call for Prepared<'_> {
+    type Output = Answer;
+
+    async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
+        match self.pooler {
+            Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn call(&self, c: &ClientWrapper) -> Result<Answer, tokio_postgres::Error> {
+        if let Some(params) = typed(self.params.iter().copied(), self.types.get()) {
+            // Pooler mode: unnamed, one round trip.
+            let sql = self.sql;
+            return Ok(match self.rows {
+                Rows::All => Answer::All(c.query_typed(sql, &params).await?),
+                Rows::One => Answer::One(c.query_typed_one(sql, &params).await?),
+                Rows::Opt => Answer::Opt(c.query_typed_opt(sql, &params).await?),
+                Rows::Count => Answer::Count(c.execute_typed(sql, &params).await?),
+            });
+        }
+        let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
+        Ok(match self.rows {
+            Rows::All => Answer::All(c.query(&stmt, self.params).await?),
+            Rows::One => Answer::One(c.query_one(&stmt, self.params).await?),
+            Rows::Opt => Answer::Opt(c.query_opt(&stmt, self.params).await?),
+            Rows::Count => Answer::Count(c.execute(&stmt, self.params).await?),
+        })
+    }
+}
+
+/// `simple_query` (`rows`) and `batch_execute`.
+pub(super) struct Simple<'a> {
+    pub(super) sql: &'a str,
+    pub(super) rows: bool,
+}
+
+impl Call for Simple<'_> {
+    type Output = Vec<SimpleQueryMessage>;
+
+    async fn call(
+        &self,
+        c: &ClientWrapper,
+    ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        if self.rows {
+            c.simple_query(self.sql).await
+        } else {
+            c.batch_execute(self.sql).await.map(|()| Vec::new())
+        }
+    }
+}
+
+/// `query_typed`.
+pub(super) struct Typed<'a> {
+    pub(super) sql: &'a str,
+    pub(super) params: &'a [(&'a (dyn ToSql + Sync), Type)],
+}
+
+impl Call for Typed<'_> {
+    type Output = Vec<Row>;
+
+    async fn call(&self, c: &ClientWrapper) -> Result<Vec<Row>, tokio_postgres::Error> {
+        c.query_typed(self.sql, self.params).await
+    }
+}
+
+/// `query_raw`: the parameters collected once, lent to every attempt.
+pub(super) struct Raw<'a, P> {
+    pub(super) pooler: Option<&'a ParamTypes>,
+    pub(super) types: OnceLock<Arc<[Type]>>,
+    pub(super) sql: &'a str,
+    pub(super) params: Vec<P>,
+}
+
+impl<P: BorrowToSql + Sync> Call for Raw<'_, P> {
+    type Output = tokio_postgres::RowStream;
+
+    async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
+        match self.pooler {
+            Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn call(
+        &self,
+        c: &ClientWrapper,
+    ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+        if let Some(types) = self.types.get()
+            && types.len() == self.params.len()
+        {
+            // Pooler mode: unnamed, one round trip.
+            let params = self
+                .params
+                .iter()
+                .map(BorrowToSql::borrow_to_sql)
+                .zip(types.iter().cloned());
+            return c.query_typed_raw(self.sql, params).await;
+        }
+        let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
+        c.query_raw(&stmt, self.params.iter().map(BorrowToSql::borrow_to_sql))
+            .await
+    }
+}
+
+/// `query_typed_raw`.
+pub(super) struct TypedRaw<'a, P> {
+    pub(super) sql: &'a str,
+    pub(super) params: Vec<(P, Type)>,
+}
+
+impl<P: BorrowToSql + Sync> Call for TypedRaw<'_, P> {
+    type Output = tokio_postgres::RowStream;
+
+    async fn call(
+        &self,
+        c: &ClientWrapper,
+    ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+        let typed = self
+            .params
+            .iter()
+            .map(|(p, t)| (p.borrow_to_sql(), t.clone()));
+        c.query_typed_raw(self.sql, typed).await
+    }
+}

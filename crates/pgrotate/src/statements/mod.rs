@@ -1,0 +1,208 @@
+//! Pool-level statements: tokio-postgres `Client`'s statement methods, with
+//! the same names and parameters, on the [`Pool`] itself. No closure, so
+//! nothing to make `Send` in a handler; each call checks out a connection,
+//! runs one statement and hands the connection back.
+//!
+//! A statement is retried on a fresh connection only when its failure
+//! proves it did not run (see the rule in `exec/statement.rs`): reads and
+//! writes both survive a rotation, and a write is never applied twice.
+//! Otherwise the call fails with [`ErrorKind::OutcomeUnknown`].
+
+mod calls;
+mod rows;
+
+use std::sync::OnceLock;
+
+use tokio_postgres::types::{BorrowToSql, ToSql, Type};
+use tokio_postgres::{Row, SimpleQueryMessage};
+
+use crate::error::{Error, ErrorKind};
+use crate::pool::Pool;
+pub(crate) use calls::ParamTypes;
+use calls::{Answer, Params, Prepared, Raw, Rows, Simple, Typed, TypedRaw};
+pub use rows::RowStream;
+
+/// An answer of the kind asked for (each [`Rows`] gets its own [`Answer`]).
+fn unexpected() -> Error {
+    Error::new(
+        ErrorKind::Query,
+        "internal: a statement answered in another form than asked",
+    )
+}
+
+/// The statements. Each takes the SQL as `&str`: a [`Statement`](tokio_postgres::Statement) belongs
+/// to the connection that prepared it, and each call may get another one.
+/// The pool prepares each statement once per connection and keeps it in
+/// that connection's statement cache (deadpool-postgres's), so a repeated
+/// call costs one round trip, as `prepare_cached` + `query` does.
+///
+/// ```no_run
+/// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
+/// let row = pool.query_one("select name from users where id = $1", &[&7i64]).await?;
+/// let name: String = row.get(0);
+/// let inserted = pool
+///     .execute("insert into audit (what) values ($1)", &[&"login"])
+///     .await?;
+/// match pool.execute("update accounts set balance = balance - 1 where id = 1", &[]).await {
+///     Ok(_) => {}
+///     // The connection was lost after the statement was sent: it may have run.
+///     Err(e) if e.is_outcome_unknown() => { /* look before doing it again */ }
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
+impl Pool {
+    /// In pooler mode, the pool's cache of parameter types.
+    fn pooler(&self) -> Option<&ParamTypes> {
+        self.inner
+            .pooler_query_timeout
+            .is_some()
+            .then_some(&self.inner.param_types)
+    }
+
+    async fn prepared(&self, sql: &str, params: Params<'_>, rows: Rows) -> Result<Answer, Error> {
+        let call = Prepared {
+            pooler: self.pooler(),
+            types: OnceLock::new(),
+            sql,
+            params,
+            rows,
+        };
+        self.statement(&call).await
+    }
+
+    /// Runs a statement and returns its rows, as
+    /// [`tokio_postgres::Client::query`].
+    pub async fn query(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, Error> {
+        match self.prepared(statement, params, Rows::All).await? {
+            Answer::All(rows) => Ok(rows),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Runs a statement that returns exactly one row, as
+    /// [`tokio_postgres::Client::query_one`]: any other number of rows is
+    /// an error of kind [`ErrorKind::Query`].
+    pub async fn query_one(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, Error> {
+        match self.prepared(statement, params, Rows::One).await? {
+            Answer::One(row) => Ok(row),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Runs a statement that returns zero or one row, as
+    /// [`tokio_postgres::Client::query_opt`].
+    pub async fn query_opt(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, Error> {
+        match self.prepared(statement, params, Rows::Opt).await? {
+            Answer::Opt(row) => Ok(row),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Runs a statement and returns the number of rows it affected, as
+    /// [`tokio_postgres::Client::execute`]. Returns only once the server
+    /// has confirmed the end of the statement's transaction.
+    pub async fn execute(
+        &self,
+        statement: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, Error> {
+        match self.prepared(statement, params, Rows::Count).await? {
+            Answer::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    /// Runs a statement and returns its rows as a stream, as
+    /// [`tokio_postgres::Client::query_raw`]. The connection stays with the
+    /// stream and goes back to the pool when the stream has been read to
+    /// its end (dropped earlier, it is closed: the server stops the
+    /// statement). Retried only before the first row, under the same rule
+    /// as the other statements.
+    pub async fn query_raw<P, I>(&self, statement: &str, params: I) -> Result<RowStream, Error>
+    where
+        P: BorrowToSql + Sync,
+        I: IntoIterator<Item = P>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let call = Raw {
+            pooler: self.pooler(),
+            types: OnceLock::new(),
+            sql: statement,
+            params: params.into_iter().collect(),
+        };
+        let (rows, client) = self.statement_streaming(&call).await?;
+        Ok(RowStream::new(rows, client))
+    }
+
+    /// Runs statements in the simple query protocol, as
+    /// [`tokio_postgres::Client::simple_query`]. Several statements in one
+    /// string run in one implicit transaction; a failure after one of them
+    /// completed is [`ErrorKind::OutcomeUnknown`] (one may have committed
+    /// itself), never retried.
+    pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        self.statement(&Simple {
+            sql: query,
+            rows: true,
+        })
+        .await
+    }
+
+    /// Runs statements in the simple query protocol, returning no rows, as
+    /// [`tokio_postgres::Client::batch_execute`].
+    pub async fn batch_execute(&self, query: &str) -> Result<(), Error> {
+        self.statement(&Simple {
+            sql: query,
+            rows: false,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs an unnamed statement with parameters of the given types, as
+    /// [`tokio_postgres::Client::query_typed`]: one round trip, no prepared
+    /// statement (works through PgBouncer in transaction mode).
+    pub async fn query_typed(
+        &self,
+        statement: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, Error> {
+        self.statement(&Typed {
+            sql: statement,
+            params,
+        })
+        .await
+    }
+
+    /// [`Pool::query_typed`] with the rows as a stream, as
+    /// [`tokio_postgres::Client::query_typed_raw`]; the connection stays
+    /// with the stream as for [`Pool::query_raw`].
+    pub async fn query_typed_raw<P, I>(
+        &self,
+        statement: &str,
+        params: I,
+    ) -> Result<RowStream, Error>
+    where
+        P: BorrowToSql + Sync,
+        I: IntoIterator<Item = (P, Type)>,
+    {
+        let call = TypedRaw {
+            sql: statement,
+            params: params.into_iter().collect(),
+        };
+        let (rows, client) = self.statement_streaming(&call).await?;
+        Ok(RowStream::new(rows, client))
+    }
+}
