@@ -1,19 +1,21 @@
 //! [`PoolBuilder`]: every setting of a pool, each with a documented default.
 
+mod check;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::generation::RefreshConfig;
 use crate::maintenance::Maintenance;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::source::{Budget, DynSource};
 use crate::target::Settings;
+use crate::tls::Roots;
 use crate::tls::{ChannelBinding, SslMode};
-use crate::tls::{ClientIdentity, Roots};
 
 /// The largest `max_size`: far above any plan's connection limit (Heroku's
 /// largest allow a few hundred), small enough that the pool's bookkeeping
@@ -227,7 +229,7 @@ impl PoolBuilder {
     /// Default 5 s. Rejected credentials are retried this way until the
     /// caller's deadline (the create timeout for `get`, the retry deadline
     /// for `run` and `transaction`), then fail with
-    /// [`ErrorKind::CredentialsRejected`] saying when the source may be
+    /// [`ErrorKind::CredentialsRejected`](crate::ErrorKind::CredentialsRejected) saying when the source may be
     /// asked again.
     pub fn refetch_backoff_cap(mut self, d: Duration) -> PoolBuilder {
         self.refresh.backoff_cap = d;
@@ -328,7 +330,7 @@ impl PoolBuilder {
     /// connection of every generation, so settings survive a rotation (like
     /// deadpool's `post_create` hook). A hook that fails with the server's
     /// answer (an unknown setting, a syntax error) fails that checkout with
-    /// [`ErrorKind::Query`] and the server's words; a connection lost
+    /// [`ErrorKind::Query`](crate::ErrorKind::Query) and the server's words; a connection lost
     /// during the hook is retried like a failed connect. Through PgBouncer
     /// in transaction mode session settings do not stick: use `SET LOCAL`
     /// inside transactions instead.
@@ -361,62 +363,7 @@ impl PoolBuilder {
     /// Checks the settings, fetches the URL once (a broken source fails
     /// here, with the source and the problem named) and builds the pool. No
     /// connection is opened yet.
-    pub async fn build(mut self) -> Result<Pool, Error> {
-        let build_err = |msg: String| Error::new(ErrorKind::Build, msg);
-        if self.max_size == 0 || self.max_size > MAX_POOL_SIZE {
-            return Err(build_err(format!(
-                "max_size must be at least 1 and at most {MAX_POOL_SIZE} (got {})",
-                self.max_size
-            )));
-        }
-        self.retry.validate().map_err(build_err)?;
-        if [
-            self.maintenance.watch,
-            self.maintenance.idle_timeout,
-            self.maintenance.max_lifetime,
-        ]
-        .iter()
-        .any(|d| d.is_some_and(|d| d.is_zero()))
-        {
-            return Err(build_err(
-                "watch, idle_timeout and max_lifetime must be more than zero".into(),
-            ));
-        }
-        if self.refresh.backoff_cap.is_zero() {
-            return Err(build_err(
-                "refetch_backoff_cap must be more than zero".into(),
-            ));
-        }
-        if self.refresh.fetch_timeout.is_zero() {
-            return Err(build_err("fetch_timeout must be more than zero".into()));
-        }
-        if let Some(b) = &self.refresh.budget {
-            b.validate().map_err(build_err)?;
-        }
-        if let Some(path) = &self.root_cert_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                build_err(format!("reading root certificates {}: {e}", path.display()))
-            })?;
-            self.settings.roots = Roots::Pem(Arc::new(pem));
-        }
-        if let Some((cert, key)) = &self.client_cert {
-            let id = ClientIdentity::from_pem(cert, key).map_err(|e| {
-                Error::new(ErrorKind::Build, "the client certificate cannot be used").with_cause(e)
-            })?;
-            self.settings.client_identity = Some(id);
-        }
-        let pooler = self
-            .pooler_mode
-            .unwrap_or_else(|| self.source.is_pooler_url());
-        if self.ping_timeout.is_zero() {
-            return Err(build_err("ping_timeout must be more than zero".into()));
-        }
-        if self.pooler_query_timeout.is_zero() {
-            return Err(build_err(
-                "pooler_query_timeout must be more than zero".into(),
-            ));
-        }
-        self.settings.pooler = pooler;
-        Pool::from_builder(self).await
+    pub async fn build(self) -> Result<Pool, Error> {
+        Pool::from_builder(self.checked()?).await
     }
 }
