@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::bounded;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
-use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
+use pgrotate_testing::{Action, Cluster, FaultProxy};
 
 struct Setup {
     proxy: FaultProxy,
@@ -143,23 +143,14 @@ async fn a_thousand_transactions_under_random_cuts_are_never_applied_twice_or_lo
         let s = setup("chaos", 8, policy).await;
         // 4% of the statements a transaction sends (BEGIN, INSERT, UPDATE,
         // COMMIT) are cut: half dropped, half applied with the answer lost.
-        let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(42)));
-        for action in [Action::DropAndCut, Action::ForwardThenCut] {
-            let rng = rng.clone();
-            s.proxy.on_message(
-                move |m| {
-                    let Some(sql) = m.sql else { return false };
-                    let ours = sql.starts_with("insert into t (k)")
-                        || sql.starts_with("update t set v")
-                        || sql.eq_ignore_ascii_case("START TRANSACTION")
-                        || sql.eq_ignore_ascii_case("COMMIT");
-                    ours && matches!(m.tag, b'Q' | b'E') && rng.lock().unwrap().f64() < 0.02
-                },
-                action,
-                Times::Always,
-            );
-        }
-
+        common::random_cuts(&s.proxy, 42, 0.02, |m| {
+            let Some(sql) = m.sql else { return false };
+            let ours = sql.starts_with("insert into t (k)")
+                || sql.starts_with("update t set v")
+                || sql.eq_ignore_ascii_case("START TRANSACTION")
+                || sql.eq_ignore_ascii_case("COMMIT");
+            ours && matches!(m.tag, b'Q' | b'E')
+        });
         const N: i32 = 1000;
         let next = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();

@@ -15,6 +15,25 @@ use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
 use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
 
+/// A role of its own, a URL file for it, and a pool with an empty table
+/// `t (k int)` — no key: a write applied twice shows as a count of 2.
+async fn pool_with_table(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
+    let (role, file) = role_and_file(cluster, prefix).await;
+    let pool = Pool::builder(file.source())
+        .max_size(size)
+        .build()
+        .await
+        .unwrap();
+    pool.batch_execute("create table t (k int not null)")
+        .await
+        .unwrap();
+    (role, file, pool)
+}
+
 /// How many rows each key has.
 async fn counts(pool: &Pool) -> HashMap<i32, i64> {
     pool.query("select k, count(*) from t group by k", &[])
@@ -29,16 +48,7 @@ async fn counts(pool: &Pool) -> HashMap<i32, i64> {
 async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, file) = role_and_file(cluster, "stmtrot").await;
-        let pool = Pool::builder(file.source())
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        // No key: a write applied twice shows as a count of 2.
-        pool.batch_execute("create table t (k int not null)")
-            .await
-            .unwrap();
+        let (role, file, pool) = pool_with_table(cluster, "stmtrot", 4).await;
 
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU32::new(0));
@@ -122,15 +132,7 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
 async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, file) = role_and_file(cluster, "stmtterm").await;
-        let pool = Pool::builder(file.source())
-            .max_size(2)
-            .build()
-            .await
-            .unwrap();
-        pool.batch_execute("create table t (k int not null)")
-            .await
-            .unwrap();
+        let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2).await;
 
         let write = {
             let pool = pool.clone();
@@ -235,19 +237,9 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
         let (proxy, pool) = through_proxy("stmtchaos").await;
         // 4 % of the messages that prepare or run a write are cut: half
         // dropped, half applied with the answer lost.
-        let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(7)));
-        for action in [Action::DropAndCut, Action::ForwardThenCut] {
-            let rng = rng.clone();
-            proxy.on_message(
-                move |m| {
-                    m.sql.is_some_and(|s| s.starts_with("insert into t"))
-                        && matches!(m.tag, b'P' | b'E')
-                        && rng.lock().unwrap().f64() < 0.02
-                },
-                action,
-                Times::Always,
-            );
-        }
+        common::random_cuts(&proxy, 7, 0.02, |m| {
+            m.sql.is_some_and(|s| s.starts_with("insert into t")) && matches!(m.tag, b'P' | b'E')
+        });
         const N: i32 = 1000;
         let next = Arc::new(AtomicU32::new(0));
         let mut tasks = Vec::new();

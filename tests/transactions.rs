@@ -240,3 +240,50 @@ async fn a_future_dropped_inside_a_transaction_closes_its_connection() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_terminated_at_commit_before_it_took_effect_is_rerun_and_applied_once() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (pool, _role, _file) = pool_with_table(cluster, "tx_commit57", 2).await;
+        // A deferred constraint trigger runs inside COMMIT, before the commit
+        // record: on the first COMMIT only (a sequence is not rolled back) it
+        // terminates its own session for real, so the server answers COMMIT
+        // with 57P01 and nothing is committed.
+        pool.batch_execute(
+            "create sequence kill_once;
+             create function kill_at_commit() returns trigger language plpgsql as $$
+             begin
+                 if nextval('kill_once') = 1 then
+                     perform pg_terminate_backend(pg_backend_pid());
+                     perform pg_sleep(1);
+                 end if;
+                 return null;
+             end $$;
+             create constraint trigger at_commit after insert on t
+                 deferrable initially deferred for each row execute function kill_at_commit();",
+        )
+        .await
+        .unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let seen = runs.clone();
+        pool.transaction(async move |tx| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tx.execute("insert into t values (7, 1)", &[]).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            runs.load(Ordering::SeqCst),
+            2,
+            "the first COMMIT was answered 57P01: rerun"
+        );
+        let n: i64 = pool
+            .query_one("select count(*) from t where k = 7", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "applied exactly once");
+    })
+    .await;
+}

@@ -169,6 +169,27 @@ pub fn capture_tracing() {
     });
 }
 
+/// Random cuts through the fault proxy: each message `matches` selects is
+/// cut with probability `2 × share`, half of them dropped before the server
+/// sees it, half applied with the answer lost. Seeded: the same run twice.
+pub fn random_cuts(
+    proxy: &pgrotate_testing::FaultProxy,
+    seed: u64,
+    share: f64,
+    matches: impl Fn(&pgrotate_testing::FrontendMessage<'_>) -> bool + Send + Sync + Clone + 'static,
+) {
+    use pgrotate_testing::{Action, Times};
+    let rng = std::sync::Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
+    for action in [Action::DropAndCut, Action::ForwardThenCut] {
+        let (rng, matches) = (rng.clone(), matches.clone());
+        proxy.on_message(
+            move |m| matches(m) && rng.lock().unwrap().f64() < share,
+            action,
+            Times::Always,
+        );
+    }
+}
+
 /// A local stand-in for the Heroku Platform API (tests/heroku_api.rs).
 pub mod heroku_server;
 

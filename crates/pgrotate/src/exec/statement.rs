@@ -79,7 +79,7 @@ fn sent_since(before: Option<Progress>, wire: &Wire) -> bool {
 }
 
 /// Whether a `CommandComplete` arrived since `before` (unknown: one did).
-fn completed_since(before: Option<Progress>, wire: &Wire) -> bool {
+pub(super) fn completed_since(before: Option<Progress>, wire: &Wire) -> bool {
     match (before, wire.progress()) {
         (Some(b), Some(now)) => now.completions > b.completions,
         _ => true,

@@ -246,10 +246,28 @@ impl Pool {
                  (an error swallowed, or a savepoint not rolled back to); nothing was committed",
             )));
         }
+        let before_commit = wire.progress();
         match until(deadline, tx.commit()).await {
             Ok(Ok(())) => {
                 client.set_busy(false);
                 Outcome::Done(value)
+            }
+            // The server answered COMMIT itself with an error that ends the
+            // session (57P01 from `pg_terminate_backend`), before any
+            // `CommandComplete`: PostgreSQL queues COMMIT's
+            // `CommandComplete` right after the commit, with interrupts held
+            // in between, so an error with none before it means the
+            // transaction was rolled back. Nothing was applied: run it again.
+            Ok(Err(e))
+                if e.as_db_error().is_some()
+                    && classify(&e).is_connection_level()
+                    && !super::statement::completed_since(before_commit, &wire) =>
+            {
+                let fault = classify(&e);
+                self.after_fault(attempts, generation, fault).await;
+                let verdict = Error::postgres(kind_after_work(fault), fault, e)
+                    .with_detail_prefix("the server ended the session before COMMIT took effect");
+                Outcome::Retry(Failure::pool(verdict))
             }
             // The server answered COMMIT with an error of the caller's kind
             // (a deferred constraint, a serialization failure): the
