@@ -4,13 +4,15 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
+use crate::budget::Budget;
 use crate::generation::{Probe, RefreshConfig};
-use crate::source::UrlSource;
+use crate::source::{SourceError, SourceErrorKind, UrlSource};
 use crate::stats::Counters;
 use crate::target::Settings;
+use crate::url::DatabaseUrl;
 
 const OLD: &str = "postgres://app:old-pw@127.0.0.1:1/app";
 const NEW: &str = "postgres://app:new-pw@127.0.0.1:1/app";

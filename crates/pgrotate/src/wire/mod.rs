@@ -1,0 +1,284 @@
+//! What the server says on a connection, read off its byte stream on the
+//! way to tokio-postgres, at no extra round trip: the transaction status
+//! every `ReadyForQuery` carries (idle, in a transaction, in a failed one),
+//! how many requests are still unanswered, and `in_hot_standby` (reported by
+//! PostgreSQL 14+ at startup and again when a standby is promoted).
+//!
+//! tokio-postgres keeps all three to itself. The pool owns the stream below
+//! it (the TLS connector hands it over, and a plaintext connect is made by
+//! the pool), so it can watch the protocol's framing go by: the frontend's
+//! `Query`, `Sync` and `FunctionCall` each get exactly one `ReadyForQuery`.
+//! This is how a connection is known to come back idle and clean, like
+//! pgx's check of the transaction status on release.
+//!
+//! This file: the [`Wire`] state the pool reads; the message framing that
+//! fills it is in `parse`, the observed stream and the observing TLS
+//! connector in `stream`.
+
+mod parse;
+mod stream;
+
+pub(crate) use stream::{Observed, ObservingTls};
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// The transaction status of the last `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxStatus {
+    /// Not in a transaction block.
+    Idle,
+    /// In a transaction block.
+    InTransaction,
+    /// In a failed transaction block: every statement fails with 25P02
+    /// until `ROLLBACK` (a `COMMIT` only rolls back).
+    Failed,
+    /// Not known: the stream was not observed (a plaintext fallback, a
+    /// Unix socket) or no `ReadyForQuery` came yet.
+    Unknown,
+}
+
+/// What the observer has seen on one connection. Shared between the
+/// stream (inside tokio-postgres's connection task) and the pool.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    status: AtomicU8,
+    /// 0 unknown, 1 off, 2 on.
+    hot_standby: AtomicU8,
+    /// The tag of the last `CommandComplete`: 0 another, 1 `COMMIT`,
+    /// 2 `ROLLBACK`.
+    last_end: AtomicU8,
+    /// What each request sent still waits for, oldest first: the answers
+    /// come in order (the startup counts as one).
+    expected: Mutex<VecDeque<Expect>>,
+    observed: AtomicBool,
+    ready: Notify,
+    /// Requests that run something (`Query`, `Execute`, `FunctionCall`)
+    /// handed to the stream below, counted from their first bytes.
+    runs_sent: AtomicU64,
+    /// `CommandComplete` messages received.
+    completions: AtomicU64,
+    /// The stream ended (end of file or an error reading it).
+    ended: AtomicBool,
+}
+
+/// What came of waiting for the answers of the requests sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answers {
+    /// Every request has its `ReadyForQuery`.
+    All,
+    /// The stream ended first.
+    Ended,
+    /// Neither within the time given, or the stream is not observed.
+    Unknown,
+}
+
+/// How far a connection's traffic had come, to compare before and after a
+/// statement: [`Wire::progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Requests that run something, sent.
+    pub(crate) runs_sent: u64,
+    /// `CommandComplete` messages received.
+    pub(crate) completions: u64,
+}
+
+/// A request that gets one `ReadyForQuery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Startup,
+    Query,
+    /// A `Sync`; `after_execute` when it follows an `Execute` directly —
+    /// the one the server ignores if that `Execute` starts a `COPY FROM
+    /// STDIN` (tokio-postgres sends another after `CopyDone`).
+    Sync {
+        after_execute: bool,
+    },
+    FunctionCall,
+}
+
+/// How a transaction ended, by the last `CommandComplete` tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LastEnd {
+    Commit,
+    Rollback,
+    Other,
+}
+
+impl Default for Wire {
+    fn default() -> Wire {
+        Wire {
+            status: AtomicU8::new(0),
+            hot_standby: AtomicU8::new(0),
+            last_end: AtomicU8::new(0),
+            expected: Mutex::new(VecDeque::from([Expect::Startup])),
+            observed: AtomicBool::new(false),
+            ready: Notify::new(),
+            runs_sent: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Wire {
+    /// A wire for a stream nobody observes: every answer is "unknown".
+    pub(crate) fn unobserved() -> Arc<Wire> {
+        Arc::new(Wire::default())
+    }
+
+    pub(crate) fn tx_status(&self) -> TxStatus {
+        if !self.observed.load(Ordering::Acquire) {
+            return TxStatus::Unknown;
+        }
+        match self.status.load(Ordering::Acquire) {
+            b'I' => TxStatus::Idle,
+            b'T' => TxStatus::InTransaction,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::Unknown,
+        }
+    }
+
+    /// Requests still waiting for their answer, if the stream is observed.
+    pub(crate) fn unanswered(&self) -> Option<i64> {
+        self.observed
+            .load(Ordering::Acquire)
+            .then(|| self.pending())
+    }
+
+    fn pending(&self) -> i64 {
+        self.queue().len() as i64
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
+        self.expected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How far the traffic has come, if the stream is observed.
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        self.observed.load(Ordering::Acquire).then(|| Progress {
+            runs_sent: self.runs_sent.load(Ordering::Acquire),
+            completions: self.completions.load(Ordering::Acquire),
+        })
+    }
+
+    /// Whether the server is a hot standby, when it said (PostgreSQL 14+).
+    pub(crate) fn in_hot_standby(&self) -> Option<bool> {
+        match self.hot_standby.load(Ordering::Acquire) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
+    }
+
+    /// Waits until every request sent has its answer, at most `within`.
+    /// The answer to the last statement usually arrives in the same read
+    /// as its `ReadyForQuery`; this covers the rest.
+    pub(crate) async fn settled(&self, within: Duration) -> bool {
+        let wait = async {
+            loop {
+                let ready = self.ready.notified();
+                if self.pending() == 0 {
+                    return;
+                }
+                ready.await;
+            }
+        };
+        self.unanswered().is_some() && tokio::time::timeout(within, wait).await.is_ok()
+    }
+
+    /// Waits until every request sent has its answer or the stream ends,
+    /// at most `within`.
+    pub(crate) async fn answers(&self, within: Duration) -> Answers {
+        if self.unanswered().is_none() {
+            return Answers::Unknown;
+        }
+        let wait = async {
+            loop {
+                let ready = self.ready.notified();
+                if self.pending() == 0 {
+                    return Answers::All;
+                }
+                if self.ended.load(Ordering::Acquire) {
+                    return Answers::Ended;
+                }
+                ready.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or(Answers::Unknown)
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+    }
+
+    /// What the last `CommandComplete` said, when it ended a transaction.
+    pub(crate) fn last_end(&self) -> LastEnd {
+        match self.last_end.load(Ordering::Acquire) {
+            1 => LastEnd::Commit,
+            2 => LastEnd::Rollback,
+            _ => LastEnd::Other,
+        }
+    }
+
+    fn expect(&self, e: Expect) {
+        self.queue().push_back(e);
+    }
+
+    fn ready_for_query(&self, status: u8) {
+        self.status.store(status, Ordering::Release);
+        self.queue().pop_front();
+        self.ready.notify_waiters();
+    }
+
+    /// `CopyInResponse`: if the request being answered is an `Execute`'s
+    /// `Sync`, the server ignores that `Sync` (it is in copy-in mode); the
+    /// one after `CopyDone` gets the `ReadyForQuery`.
+    fn copy_in(&self) {
+        let mut q = self.queue();
+        if q.front()
+            == Some(&Expect::Sync {
+                after_execute: true,
+            })
+        {
+            q.pop_front();
+        }
+    }
+
+    fn command_complete(&self, tag: &[u8]) {
+        self.completions.fetch_add(1, Ordering::AcqRel);
+        let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
+            b"COMMIT" => 1,
+            b"ROLLBACK" => 2,
+            _ => 0,
+        };
+        self.last_end.store(end, Ordering::Release);
+    }
+
+    fn parameter(&self, name: &[u8], value: &[u8]) {
+        if name == b"in_hot_standby" {
+            let v = if value == b"on" { 2 } else { 1 };
+            self.hot_standby.store(v, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unobserved_wire_knows_nothing() {
+        let wire = Wire::unobserved();
+        assert_eq!(wire.tx_status(), TxStatus::Unknown);
+        assert_eq!(wire.unanswered(), None);
+        assert_eq!(wire.in_hot_standby(), None);
+    }
+}

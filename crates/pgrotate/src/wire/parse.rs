@@ -1,0 +1,286 @@
+//! The message framing: the backend's messages ([`Reader`]) and the
+//! frontend's ([`Writer`]) followed byte by byte, each one told to the
+//! [`Wire`].
+
+use std::sync::atomic::Ordering;
+
+use super::{Expect, Wire};
+
+/// The longest body the reader keeps to look at (`ReadyForQuery`,
+/// `ParameterStatus`); longer ones are skipped.
+const KEEP_BODY: usize = 256;
+
+/// Follows the backend's messages: one type byte, a length, a body.
+#[derive(Debug, Default)]
+pub(super) struct Reader {
+    header: [u8; 5],
+    have: usize,
+    /// Body bytes still to come of the current message.
+    left: usize,
+    kind: u8,
+    body: Vec<u8>,
+}
+
+impl Reader {
+    pub(super) fn feed(&mut self, mut bytes: &[u8], wire: &Wire) {
+        while !bytes.is_empty() {
+            if self.have < 5 {
+                let take = (5 - self.have).min(bytes.len());
+                self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+                self.have += take;
+                bytes = &bytes[take..];
+                if self.have < 5 {
+                    return;
+                }
+                self.kind = self.header[0];
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                self.left = len.saturating_sub(4);
+                self.body.clear();
+                if self.left == 0 {
+                    self.message(wire);
+                }
+                continue;
+            }
+            let take = self.left.min(bytes.len());
+            if matches!(self.kind, b'Z' | b'S' | b'C') && self.body.len() + take <= KEEP_BODY {
+                self.body.extend_from_slice(&bytes[..take]);
+            }
+            self.left -= take;
+            bytes = &bytes[take..];
+            if self.left == 0 {
+                self.message(wire);
+            }
+        }
+    }
+
+    fn message(&mut self, wire: &Wire) {
+        match self.kind {
+            b'Z' => {
+                if let Some(&status) = self.body.first() {
+                    wire.ready_for_query(status);
+                }
+            }
+            b'S' => {
+                let mut parts = self.body.split(|b| *b == 0);
+                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                    wire.parameter(name, value);
+                }
+            }
+            b'C' => wire.command_complete(&self.body),
+            b'G' => wire.copy_in(),
+            _ => {}
+        }
+        self.have = 0;
+        self.body.clear();
+    }
+}
+
+/// Follows the frontend's messages: first the startup message (a length,
+/// no type byte), then typed ones.
+#[derive(Debug, Default)]
+pub(super) struct Writer {
+    started: bool,
+    header: [u8; 5],
+    have: usize,
+    left: usize,
+    /// The type of the last message sent.
+    last: u8,
+}
+
+impl Writer {
+    pub(super) fn feed(&mut self, mut bytes: &[u8], wire: &Wire) {
+        while !bytes.is_empty() {
+            let header_len = if self.started { 5 } else { 4 };
+            if self.have < header_len {
+                let take = (header_len - self.have).min(bytes.len());
+                self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
+                self.have += take;
+                bytes = &bytes[take..];
+                if self.have < header_len {
+                    return;
+                }
+                let len_at = header_len - 4;
+                let len = u32::from_be_bytes([
+                    self.header[len_at],
+                    self.header[len_at + 1],
+                    self.header[len_at + 2],
+                    self.header[len_at + 3],
+                ]) as usize;
+                self.left = len.saturating_sub(4);
+                if self.started {
+                    let kind = self.header[0];
+                    if matches!(kind, b'Q' | b'E' | b'F') {
+                        wire.runs_sent.fetch_add(1, Ordering::AcqRel);
+                    }
+                    match kind {
+                        b'Q' => wire.expect(Expect::Query),
+                        b'S' => wire.expect(Expect::Sync {
+                            after_execute: self.last == b'E',
+                        }),
+                        b'F' => wire.expect(Expect::FunctionCall),
+                        _ => {}
+                    }
+                    self.last = kind;
+                }
+                if self.left == 0 {
+                    self.started = true;
+                    self.have = 0;
+                }
+                continue;
+            }
+            let take = self.left.min(bytes.len());
+            self.left -= take;
+            bytes = &bytes[take..];
+            if self.left == 0 {
+                self.started = true;
+                self.have = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::wire::{LastEnd, TxStatus};
+
+    fn msg(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![kind];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn startup() -> Vec<u8> {
+        let body = b"\x00\x03\x00\x00user\x00app\x00\x00";
+        let mut m = (body.len() as u32 + 4).to_be_bytes().to_vec();
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn observed() -> (Arc<Wire>, Reader, Writer) {
+        let wire = Arc::new(Wire::default());
+        wire.observed.store(true, Ordering::Release);
+        (wire, Reader::default(), Writer::default())
+    }
+
+    #[test]
+    fn the_status_of_every_ready_for_query_is_kept_byte_by_byte() {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        let mut server = msg(b'R', &[0, 0, 0, 0]);
+        server.extend(msg(b'S', b"in_hot_standby\0off\0"));
+        server.extend(msg(b'K', &[0; 8]));
+        server.extend(msg(b'Z', b"I"));
+        // Split at every byte: framing survives any read size.
+        for b in &server {
+            r.feed(std::slice::from_ref(b), &wire);
+        }
+        assert_eq!(wire.tx_status(), TxStatus::Idle);
+        assert_eq!(wire.unanswered(), Some(0));
+        assert_eq!(wire.in_hot_standby(), Some(false));
+
+        let mut client = msg(b'Q', b"BEGIN; INSERT INTO t VALUES (42)\0");
+        client.extend(msg(b'P', b"\0select 1\0\0\0"));
+        client.extend(msg(b'B', &[0; 10]));
+        client.extend(msg(b'E', &[0; 5]));
+        client.extend(msg(b'S', b""));
+        w.feed(&client[..7], &wire);
+        w.feed(&client[7..], &wire);
+        assert_eq!(wire.unanswered(), Some(2), "a Query and a Sync in flight");
+        let mut answers = msg(b'C', b"INSERT 0 1\0");
+        answers.extend(msg(b'Z', b"T"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.tx_status(), TxStatus::InTransaction);
+        assert_eq!(wire.unanswered(), Some(1));
+        let mut answers = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+        answers.extend(msg(b'Z', b"E"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.tx_status(), TxStatus::Failed);
+        assert_eq!(wire.unanswered(), Some(0));
+        // A promotion is reported as a parameter change.
+        r.feed(&msg(b'S', b"in_hot_standby\0on\0"), &wire);
+        assert_eq!(wire.in_hot_standby(), Some(true));
+    }
+
+    #[test]
+    fn a_copy_in_ignores_the_sync_after_its_execute() {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        // tokio-postgres's copy_in: Bind, Execute, Sync; CopyData, CopyDone, Sync.
+        let mut client = msg(b'B', &[0; 10]);
+        client.extend(msg(b'E', &[0; 5]));
+        client.extend(msg(b'S', b""));
+        w.feed(&client, &wire);
+        r.feed(&msg(b'G', &[0, 0, 0]), &wire);
+        let mut client = msg(b'd', b"1\n");
+        client.extend(msg(b'c', b""));
+        client.extend(msg(b'S', b""));
+        w.feed(&client, &wire);
+        let mut answers = msg(b'C', b"COPY 1\0");
+        answers.extend(msg(b'Z', b"I"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.unanswered(), Some(0), "two Syncs, one answer");
+        // A simple-query COPY: one Query, one answer.
+        w.feed(&msg(b'Q', b"copy t from stdin\0"), &wire);
+        r.feed(&msg(b'G', &[0, 0, 0]), &wire);
+        w.feed(&msg(b'c', b""), &wire);
+        assert_eq!(wire.unanswered(), Some(1));
+        let mut answers = msg(b'C', b"COPY 0\0");
+        answers.extend(msg(b'Z', b"I"));
+        r.feed(&answers, &wire);
+        assert_eq!(wire.unanswered(), Some(0));
+    }
+
+    #[test]
+    fn the_last_command_tag_says_how_a_transaction_ended() {
+        let (wire, mut r, _) = observed();
+        r.feed(&msg(b'C', b"ROLLBACK\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Rollback);
+        r.feed(&msg(b'C', b"COMMIT\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Commit);
+        r.feed(&msg(b'C', b"INSERT 0 1\0"), &wire);
+        assert_eq!(wire.last_end(), LastEnd::Other);
+    }
+
+    #[test]
+    fn long_bodies_are_skipped_without_losing_the_framing() {
+        let (wire, mut r, _) = observed();
+        let big = vec![7u8; 100_000];
+        let mut bytes = msg(b'D', &big);
+        bytes.extend(msg(b'S', &[b'x'; 1000]));
+        bytes.extend(msg(b'Z', b"I"));
+        for chunk in bytes.chunks(4096) {
+            r.feed(chunk, &wire);
+        }
+        assert_eq!(wire.tx_status(), TxStatus::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_waits_for_the_last_answer_within_its_bound() {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        assert!(wire.settled(Duration::ZERO).await);
+        w.feed(&msg(b'Q', b"select pg_sleep(5)\0"), &wire);
+        assert!(!wire.settled(Duration::from_millis(50)).await);
+        let answer = {
+            let wire = wire.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Reader::default().feed(&msg(b'Z', b"I"), &wire);
+            })
+        };
+        assert!(wire.settled(Duration::from_secs(1)).await);
+        answer.await.unwrap();
+    }
+}

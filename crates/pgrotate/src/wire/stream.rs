@@ -1,0 +1,154 @@
+//! The observed stream: an `AsyncRead`/`AsyncWrite` wrapper that feeds
+//! the framing as bytes go by, and the TLS connector that wraps each
+//! connection it makes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::Wire;
+use super::parse::{Reader, Writer};
+
+/// A stream whose protocol is observed.
+pub(crate) struct Observed<S> {
+    inner: S,
+    wire: Arc<Wire>,
+    reader: Reader,
+    writer: Writer,
+}
+
+impl<S> Observed<S> {
+    pub(crate) fn new(inner: S, wire: Arc<Wire>) -> Observed<S> {
+        wire.observed.store(true, Ordering::Release);
+        Observed {
+            inner,
+            wire,
+            reader: Reader::default(),
+            writer: Writer::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
+        let got = buf.filled().len() - before;
+        if read.is_err() || (got == 0 && buf.remaining() > 0) {
+            this.wire.end();
+        }
+        read?;
+        this.reader.feed(&buf.filled()[before..], &this.wire);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Observed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        this.writer.feed(&data[..n], &this.wire);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: TlsStream + Unpin> TlsStream for Observed<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.inner.channel_binding()
+    }
+}
+
+type Inner = MakeRustlsConnect;
+type InnerConnect = <Inner as MakeTlsConnect<tokio_postgres::Socket>>::TlsConnect;
+type InnerStream = <Inner as MakeTlsConnect<tokio_postgres::Socket>>::Stream;
+
+/// The TLS connector of a generation, observing each connection it makes.
+/// A clone has a slot of its own, so concurrent connects never mix up
+/// their wires.
+pub(crate) struct ObservingTls {
+    inner: Inner,
+    slot: Arc<Mutex<Option<Arc<Wire>>>>,
+}
+
+impl Clone for ObservingTls {
+    fn clone(&self) -> ObservingTls {
+        ObservingTls::new(self.inner.clone())
+    }
+}
+
+impl ObservingTls {
+    pub(crate) fn new(inner: Inner) -> ObservingTls {
+        ObservingTls {
+            inner,
+            slot: Arc::default(),
+        }
+    }
+
+    /// The wire of the last TLS connection this connector made (the one
+    /// that succeeded: with several hosts, each try replaces it).
+    pub(crate) fn wire_slot(&self) -> Arc<Mutex<Option<Arc<Wire>>>> {
+        self.slot.clone()
+    }
+}
+
+impl MakeTlsConnect<tokio_postgres::Socket> for ObservingTls {
+    type Stream = Observed<InnerStream>;
+    type TlsConnect = ObservingConnect;
+    type Error = <Inner as MakeTlsConnect<tokio_postgres::Socket>>::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<ObservingConnect, Self::Error> {
+        let inner = <Inner as MakeTlsConnect<tokio_postgres::Socket>>::make_tls_connect(
+            &mut self.inner,
+            domain,
+        )?;
+        let wire = Arc::new(Wire::default());
+        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(wire.clone());
+        Ok(ObservingConnect { inner, wire })
+    }
+}
+
+/// One TLS connect, handing back an observed stream.
+pub(crate) struct ObservingConnect {
+    inner: InnerConnect,
+    wire: Arc<Wire>,
+}
+
+impl TlsConnect<tokio_postgres::Socket> for ObservingConnect {
+    type Stream = Observed<InnerStream>;
+    type Error = io::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = io::Result<Observed<InnerStream>>> + Send>>;
+
+    fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
+        let wire = self.wire;
+        let connecting =
+            <InnerConnect as TlsConnect<tokio_postgres::Socket>>::connect(self.inner, stream);
+        Box::pin(async move {
+            let stream = connecting.await?;
+            Ok(Observed::new(stream, wire))
+        })
+    }
+}
