@@ -7,6 +7,7 @@
 //! | 25006 read-only transaction | [`Fault::ReadOnly`] | refetch, drain (landed on a standby) |
 //! | 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect now | [`Fault::ServerGoingAway`] | reconnect |
 //! | 08xxx connection exceptions, connection closed, I/O error | [`Fault::Disconnected`] | reconnect |
+//! | 08P01 from PostgreSQL at severity `ERROR` (the session lives on: a Bind with the wrong number of parameters) | [`Fault::CallersError`] | not retried |
 //! | at connect only: refused, no answer, closed before the server spoke | [`Fault::Unreachable`] | reconnect; refetch when the budget allows it now (the URL may have moved) |
 //! | 53300 too many connections | [`Fault::TooManyConnections`] | back off, reconnect |
 //! | 08P01 from PgBouncer: "password authentication failed", "SASL authentication failed", "no such user" | [`Fault::Credentials`] | refetch the URL, reconnect |
@@ -181,13 +182,22 @@ const CONNECTION_EXCEPTION_CLASS: &str = "08";
 /// ```
 pub fn classify(err: &tokio_postgres::Error) -> Fault {
     let code = err.code();
-    classify_parts(
+    let fault = classify_parts(
         code,
         err.as_db_error().map(|d| d.message()),
         err.is_closed(),
         has_io_cause(err),
         is_client_side(err),
-    )
+    );
+    // PostgreSQL's own 08P01 at severity ERROR leaves the session alive: a
+    // malformed request of the caller's (a Bind with the wrong number of
+    // parameters). PgBouncer's own errors were told apart by their message
+    // above, and a broken session is FATAL.
+    let live_session = err.as_db_error().is_some_and(|d| d.severity() == "ERROR");
+    if fault == Fault::Disconnected && code == Some(&SqlState::PROTOCOL_VIOLATION) && live_session {
+        return Fault::CallersError;
+    }
+    fault
 }
 
 /// The table itself, over the parts of an error, so it can be tested for

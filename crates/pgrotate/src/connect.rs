@@ -49,7 +49,7 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) async fn open_bounded(
     generation: &Generation,
     deadline: tokio::time::Instant,
-) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), ConnectFailed> {
+) -> Result<Opened, ConnectFailed> {
     let bound = bound(&generation.target)
         .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
     tokio::time::timeout(bound, open(generation))
@@ -147,18 +147,24 @@ impl ConnectFailed {
     }
 }
 
+/// A connection just opened.
+pub(crate) struct Opened {
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) wire: Arc<Wire>,
+    pub(crate) canceller: Canceller,
+    /// Its connection task, to end at once a connection closed with work
+    /// still running on it (the task would otherwise read that work's
+    /// answer to its end, however long it takes).
+    pub(crate) task: tokio::task::AbortHandle,
+}
+
 /// Opens one connection with `generation`'s target, its protocol observed
 /// (TLS: through the connector; plaintext: on a socket the pool opens).
-async fn open(
-    generation: &Generation,
-) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
+async fn open(generation: &Generation) -> Result<Opened, tokio_postgres::Error> {
     let target = &generation.target;
     let id = generation.id;
-    let (client, wire, canceller) = match target.sslmode {
-        crate::tls::SslMode::Disable => {
-            let (client, wire) = open_plain(&target.config, id).await?;
-            (client, wire, Canceller::Plain)
-        }
+    let opened = match target.sslmode {
+        crate::tls::SslMode::Disable => open_plain(&target.config, id).await?,
         crate::tls::SslMode::Prefer => {
             // TLS if the server offers it, else plaintext — each on a stream
             // the pool observes (tokio-postgres's own fallback would hide
@@ -169,8 +175,7 @@ async fn open(
                 Err(e) if crate::tls::refused_tls(&e) => {
                     let mut plain = target.config.clone();
                     plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                    let (client, wire) = open_plain(&plain, id).await?;
-                    (client, wire, Canceller::Plain)
+                    open_plain(&plain, id).await?
                 }
                 other => other?,
             }
@@ -180,12 +185,15 @@ async fn open(
     if target.pooler {
         // Through PgBouncer a connect succeeds even while its logins to
         // the server fail: only a round trip proves the connection.
-        client.simple_query("select 1").await?;
+        opened.client.simple_query("select 1").await?;
     }
-    Ok((client, wire, canceller))
+    Ok(opened)
 }
 
-fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>, id: u64)
+fn spawn_connection<S, T>(
+    connection: tokio_postgres::Connection<S, T>,
+    id: u64,
+) -> tokio::task::AbortHandle
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -194,7 +202,8 @@ where
         if let Err(e) = connection.await {
             tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
         }
-    });
+    })
+    .abort_handle()
 }
 
 /// The startup and login on a plaintext stream of the pool's own.
@@ -202,13 +211,13 @@ async fn startup<S>(
     config: &tokio_postgres::Config,
     stream: S,
     id: u64,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+) -> Result<(tokio_postgres::Client, tokio::task::AbortHandle), tokio_postgres::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
-    spawn_connection(connection, id);
-    Ok(client)
+    let task = spawn_connection(connection, id);
+    Ok((client, task))
 }
 
 /// A TLS connect, observed through the connector.
@@ -216,17 +225,22 @@ async fn open_tls(
     config: &tokio_postgres::Config,
     target: &Target,
     id: u64,
-) -> Result<(tokio_postgres::Client, Arc<Wire>, Canceller), tokio_postgres::Error> {
+) -> Result<Opened, tokio_postgres::Error> {
     let tls = target.tls.clone();
     let slot = tls.wire_slot();
     let (client, connection) = config.connect(tls).await?;
-    spawn_connection(connection, id);
+    let task = spawn_connection(connection, id);
     let wire = slot
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .unwrap_or_else(Wire::unobserved);
-    Ok((client, wire, Canceller::Tls(target.tls.clone())))
+    Ok(Opened {
+        client,
+        wire,
+        canceller: Canceller::Tls(target.tls.clone()),
+        task,
+    })
 }
 
 /// A plaintext connect on a socket of the pool's own, so its protocol can
@@ -237,7 +251,7 @@ async fn open_tls(
 async fn open_plain(
     config: &tokio_postgres::Config,
     id: u64,
-) -> Result<(tokio_postgres::Client, Arc<Wire>), tokio_postgres::Error> {
+) -> Result<Opened, tokio_postgres::Error> {
     use tokio_postgres::config::{Host, TargetSessionAttrs};
     let hosts = config.get_hosts();
     let ports = config.get_ports();
@@ -275,7 +289,7 @@ async fn open_plain(
                 startup(config, Observed::new(stream, wire.clone()), id).await
             }
         };
-        let client = match connected {
+        let (client, task) = match connected {
             Ok(c) => c,
             Err(e) => {
                 last = Some(e);
@@ -292,7 +306,12 @@ async fn open_plain(
                 continue;
             }
         }
-        return Ok((client, wire));
+        return Ok(Opened {
+            client,
+            wire,
+            canceller: Canceller::Plain,
+            task,
+        });
     }
     if let Some(e) = last {
         return Err(e);
@@ -300,6 +319,11 @@ async fn open_plain(
     // No host could be reached (or none was read-write): tokio-postgres's
     // own connect makes the error it would have made.
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    spawn_connection(connection, id);
-    Ok((client, Wire::unobserved()))
+    let task = spawn_connection(connection, id);
+    Ok(Opened {
+        client,
+        wire: Wire::unobserved(),
+        canceller: Canceller::Plain,
+        task,
+    })
 }

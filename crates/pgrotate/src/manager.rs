@@ -65,6 +65,24 @@ pub(crate) struct Connection {
     /// Handed out since its last check (its last caller may have left a
     /// request queued in tokio-postgres, not yet written).
     pub(crate) lent: bool,
+    /// Its connection task.
+    pub(crate) task: tokio::task::AbortHandle,
+}
+
+impl Drop for Connection {
+    /// A connection closed with work still running on it (its caller gave
+    /// up, a hook timed out, a row stream was dropped): the server is asked
+    /// to cancel that work and the socket is closed now, rather than left
+    /// open while the connection task reads the work's answer to its end —
+    /// on a plan of 20 connections, a slot each. An idle connection ends
+    /// gracefully (`Terminate`).
+    fn drop(&mut self) {
+        let running = self.busy || self.wire.unanswered().is_some_and(|n| n > 0);
+        if running && tokio::runtime::Handle::try_current().is_ok() {
+            self.cancel_in_background();
+            self.task.abort();
+        }
+    }
 }
 
 /// How long a returned connection's last answer may lag behind its
@@ -130,35 +148,33 @@ impl Manager {
         self.counters
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
-        let (client, wire, canceller) = open_bounded(generation, deadline).await?;
-        let client = wrap(client);
-        if let Some(hook) = &self.after_connect {
-            match tokio::time::timeout_at(deadline, hook(&client)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(ConnectFailed::Hook(crate::hook::failed(e))),
-                Err(_) => {
-                    return Err(ConnectFailed::Hook(Error::new(
-                        ErrorKind::Timeout,
-                        "the after_connect hook did not finish within the checkout's deadline",
-                    )));
-                }
-            }
-        }
-        self.counters
-            .connections_opened
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(Connection {
-            client,
+        let opened = open_bounded(generation, deadline).await?;
+        let mut conn = Connection {
+            client: wrap(opened.client),
             generation: generation.id,
             busy: false,
             refresher: self.refresher.clone(),
             expires_at: self
                 .max_lifetime
                 .map(|l| crate::time::after(crate::time::shortened(l, 0.2))),
-            wire,
-            canceller,
+            wire: opened.wire,
+            canceller: opened.canceller,
             lent: false,
-        })
+            task: opened.task,
+        };
+        if let Some(hook) = &self.after_connect {
+            // Busy while the hook runs: if it fails or times out, the
+            // connection is dropped with its work cancelled and closed.
+            conn.busy = true;
+            crate::hook::run(hook, &conn.client, &conn.wire, deadline)
+                .await
+                .map_err(ConnectFailed::Hook)?;
+            conn.busy = false;
+        }
+        self.counters
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(conn)
     }
 }
 

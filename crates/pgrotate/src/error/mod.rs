@@ -57,6 +57,9 @@ pub struct Error {
     /// No server answered where the URL points (refused, no answer in
     /// time, shutting down): nothing ran, and the server may be back soon.
     outage: bool,
+    /// Every connection stayed checked out for the whole wait timeout:
+    /// waiting again would only wait longer than the caller allowed.
+    pool_full: bool,
 }
 
 impl Error {
@@ -68,6 +71,7 @@ impl Error {
             attempts: None,
             cause: None,
             outage: false,
+            pool_full: false,
         }
     }
 
@@ -112,6 +116,17 @@ impl Error {
         self.outage
     }
 
+    /// Marks a wait for a slot that timed out: not retried by the retry
+    /// loops (the wait timeout is the caller's bound on waiting).
+    pub(crate) fn into_pool_full(mut self) -> Error {
+        self.pool_full = true;
+        self
+    }
+
+    pub(crate) fn is_pool_full(&self) -> bool {
+        self.pool_full
+    }
+
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
         self.attempts = Some(attempts);
         self
@@ -128,6 +143,7 @@ impl Error {
             attempts: None,
             cause: Some(Arc::new(err)),
             outage: false,
+            pool_full: false,
         }
     }
 

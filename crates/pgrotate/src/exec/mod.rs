@@ -147,6 +147,9 @@ impl Pool {
                 tokio::time::sleep(delay).await;
                 Ok(None)
             }
+            // Waited the whole wait timeout for a slot: waiting again would
+            // wait longer than the caller allowed.
+            Err(e) if e.is_pool_full() => Err(attempts.fail(e)),
             Err(e) if e.is_retryable() => {
                 if self.back_off(attempts, &e).await {
                     Ok(None)

@@ -208,9 +208,9 @@ impl Pool {
         match got {
             Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
-            Err(PoolError::Timeout(TimeoutType::Wait)) => {
-                Err(self.explained(Error::timeout("waiting for a connection", timeouts.wait)))
-            }
+            Err(PoolError::Timeout(TimeoutType::Wait)) => Err(self
+                .explained(Error::timeout("waiting for a connection", timeouts.wait))
+                .into_pool_full()),
             Err(PoolError::Timeout(TimeoutType::Create)) => Err(self.explained(Error::timeout(
                 "opening a connection (with refetches)",
                 create,
@@ -321,5 +321,29 @@ mod tests {
         require_send(&q);
         let r = pool.query_raw("select $1::int4", [id]);
         require_send(&r);
+        let r = pool.query_raw(
+            "select $1::int4",
+            [&id as &(dyn tokio_postgres::types::ToSql + Sync)],
+        );
+        require_send(&r);
+        let typed = [(
+            &id as &(dyn tokio_postgres::types::ToSql + Sync),
+            tokio_postgres::types::Type::INT4,
+        )];
+        let r = pool.query_typed_raw("select $1::int4", typed);
+        require_send(&r);
+        let pool = pool.clone();
+        // Parameters borrowing a local of the task itself (the form that
+        // fails with a call generic over the parameter type).
+        let spawned = async move {
+            let w = 1i32;
+            let _ = pool
+                .query_raw(
+                    "select $1::int4",
+                    [&w as &(dyn tokio_postgres::types::ToSql + Sync)],
+                )
+                .await;
+        };
+        require_send(&spawned);
     }
 }

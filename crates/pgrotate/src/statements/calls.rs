@@ -186,15 +186,35 @@ impl Call for Typed<'_> {
     }
 }
 
-/// `query_raw`: the parameters collected once, lent to every attempt.
-pub(super) struct Raw<'a, P> {
+/// The parameters of `query_raw` / `query_typed_raw`, collected once and
+/// lent to every attempt, behind a trait object: a call generic over the
+/// parameter type would make the caller's future not `Send` when the
+/// parameters borrow locals (`&x as &(dyn ToSql + Sync)`), which the
+/// compiler cannot prove for every lifetime.
+pub(super) trait RawParams: Sync {
+    fn len(&self) -> usize;
+    fn each(&self) -> Box<dyn ExactSizeIterator<Item = &dyn ToSql> + Send + '_>;
+}
+
+impl<P: BorrowToSql + Sync> RawParams for Vec<P> {
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn each(&self) -> Box<dyn ExactSizeIterator<Item = &dyn ToSql> + Send + '_> {
+        Box::new(self.iter().map(BorrowToSql::borrow_to_sql))
+    }
+}
+
+/// `query_raw`.
+pub(super) struct Raw<'a> {
     pub(super) pooler: Option<&'a ParamTypes>,
     pub(super) types: OnceLock<Arc<[Type]>>,
     pub(super) sql: &'a str,
-    pub(super) params: Vec<P>,
+    pub(super) params: &'a dyn RawParams,
 }
 
-impl<P: BorrowToSql + Sync> Call for Raw<'_, P> {
+impl Call for Raw<'_> {
     type Output = tokio_postgres::RowStream;
 
     async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
@@ -212,36 +232,29 @@ impl<P: BorrowToSql + Sync> Call for Raw<'_, P> {
             && types.len() == self.params.len()
         {
             // Pooler mode: unnamed, one round trip.
-            let params = self
-                .params
-                .iter()
-                .map(BorrowToSql::borrow_to_sql)
-                .zip(types.iter().cloned());
+            let params = self.params.each().zip(types.iter().cloned());
             return c.query_typed_raw(self.sql, params).await;
         }
         let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
-        c.query_raw(&stmt, self.params.iter().map(BorrowToSql::borrow_to_sql))
-            .await
+        c.query_raw(&stmt, self.params.each()).await
     }
 }
 
-/// `query_typed_raw`.
-pub(super) struct TypedRaw<'a, P> {
+/// `query_typed_raw`: the parameters as for `query_raw`, with their types.
+pub(super) struct TypedRaw<'a> {
     pub(super) sql: &'a str,
-    pub(super) params: Vec<(P, Type)>,
+    pub(super) params: &'a dyn RawParams,
+    pub(super) types: &'a [Type],
 }
 
-impl<P: BorrowToSql + Sync> Call for TypedRaw<'_, P> {
+impl Call for TypedRaw<'_> {
     type Output = tokio_postgres::RowStream;
 
     async fn call(
         &self,
         c: &ClientWrapper,
     ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
-        let typed = self
-            .params
-            .iter()
-            .map(|(p, t)| (p.borrow_to_sql(), t.clone()));
+        let typed = self.params.each().zip(self.types.iter().cloned());
         c.query_typed_raw(self.sql, typed).await
     }
 }

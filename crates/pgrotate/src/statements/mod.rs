@@ -137,11 +137,12 @@ impl Pool {
         I: IntoIterator<Item = P>,
         I::IntoIter: ExactSizeIterator,
     {
+        let params: Vec<P> = params.into_iter().collect();
         let call = Raw {
             pooler: self.pooler(),
             types: OnceLock::new(),
             sql: statement,
-            params: params.into_iter().collect(),
+            params: &params,
         };
         let (rows, client) = self.statement_streaming(&call).await?;
         Ok(RowStream::new(rows, client))
@@ -198,9 +199,11 @@ impl Pool {
         P: BorrowToSql + Sync,
         I: IntoIterator<Item = (P, Type)>,
     {
+        let (params, types): (Vec<P>, Vec<Type>) = params.into_iter().unzip();
         let call = TypedRaw {
             sql: statement,
-            params: params.into_iter().collect(),
+            params: &params,
+            types: &types,
         };
         let (rows, client) = self.statement_streaming(&call).await?;
         Ok(RowStream::new(rows, client))

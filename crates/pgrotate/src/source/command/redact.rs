@@ -45,6 +45,7 @@ pub(super) fn redact_stderr(text: &str) -> String {
     let b = text.as_bytes();
     let mut hidden = named_values(b);
     hidden.extend(scheme_tokens(b));
+    hidden.extend(prose_values(b));
     hidden.extend(opaque_tokens(b));
     hidden.sort_by_key(|r| r.start);
     // Every range starts and ends next to an ASCII byte or at an end of
@@ -262,6 +263,49 @@ fn scheme_tokens(b: &[u8]) -> Vec<std::ops::Range<usize>> {
     hidden
 }
 
+/// Nouns after which, in prose, the next word may be the secret itself
+/// ("connecting with password Sekret0021").
+const PROSE_NOUNS: &[&str] = &["password", "passwd", "passphrase", "pwd", "secret", "token"];
+
+/// The word after a [`PROSE_NOUNS`] noun (and an optional `is`), when it
+/// looks like a value rather than English: it has a digit, a capital after
+/// its first letter, or a symbol. "password authentication failed for
+/// user app" keeps every word; "password Sekret0021" and "password is
+/// hunter2" do not.
+fn prose_values(b: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let is_word = |c: u8| !c.is_ascii_whitespace() && !matches!(c, b'"' | b'\'' | b',' | b';');
+    let mut hidden = Vec::new();
+    let mut from = 0;
+    while let Some(run) = run_at(b, from, |c| c.is_ascii_alphabetic()) {
+        from = run.end;
+        if !PROSE_NOUNS
+            .iter()
+            .any(|n| b[run.clone()].eq_ignore_ascii_case(n.as_bytes()))
+        {
+            continue;
+        }
+        let mut start = skip_blanks(b, run.end);
+        if start == run.end {
+            continue;
+        }
+        if b[start..].starts_with(b"is ") {
+            start = skip_blanks(b, start + 2);
+        }
+        let len = b[start..].iter().take_while(|&&c| is_word(c)).count();
+        let word = &b[start..start + len];
+        let looks_like_value = word.iter().any(u8::is_ascii_digit)
+            || word.iter().skip(1).any(u8::is_ascii_uppercase)
+            || word
+                .iter()
+                .any(|c| !c.is_ascii_alphanumeric() && !matches!(c, b'.' | b':' | b'-'));
+        if len > 0 && looks_like_value {
+            hidden.push(start..start + len);
+            from = start + len;
+        }
+    }
+    hidden
+}
+
 /// Prefixes of well-known credentials (GitHub, GitLab, Slack, AWS, Vault,
 /// Stripe, OpenAI-style keys): a word starting with one is hidden whatever
 /// its length.
@@ -337,6 +381,20 @@ mod tests {
             assert!(!out.contains(s), "{s:?} left in {out:?}");
         }
         out
+    }
+
+    #[test]
+    fn hides_a_password_written_out_in_prose_and_keeps_english() {
+        let out = hides(
+            "connecting with password Sekret0021\nthe password is hunter2; token: x\n",
+            &["Sekret0021", "hunter2"],
+        );
+        assert!(out.contains("connecting with password [redacted]"), "{out}");
+        let kept = redact_stderr("FATAL: password authentication failed for user \"app\"");
+        assert_eq!(
+            kept,
+            "FATAL: password authentication failed for user \"app\""
+        );
     }
 
     #[test]
