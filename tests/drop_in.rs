@@ -412,3 +412,60 @@ async fn transaction_options_set_isolation_and_read_only() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_leaves_a_transaction_open_fails_instead_of_hiding_every_write_in_it() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, file) = role_and_file(cluster, "hookbegin").await;
+        let pool = Pool::builder(file.source())
+            .after_connect(|c| Box::pin(async move { c.batch_execute("BEGIN").await }))
+            .build()
+            .await
+            .unwrap();
+        let e = pool.execute("select 1", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+        assert!(format!("{e}").contains("left a transaction open"), "{e}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_panics_is_an_error_not_a_panic() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, file) = role_and_file(cluster, "hookpanic").await;
+        let pool = Pool::builder(file.source())
+            .after_connect(|_c| Box::pin(async move { panic!("the hook's own bug") }))
+            .build()
+            .await
+            .unwrap();
+        let e = pool.execute("select 1", &[]).await.unwrap_err();
+        assert!(format!("{e}").contains("after_connect hook panicked"), "{e}");
+        assert_eq!(pool.status().size, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_hangs_is_bounded_and_its_backend_is_not_left_running() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "hookhang").await;
+        let pool = Pool::builder(file.source())
+            .wait_timeout(std::time::Duration::from_millis(500))
+            .create_timeout(std::time::Duration::from_millis(500))
+            .after_connect(|c| Box::pin(async move { c.batch_execute("select pg_sleep(3600)").await }))
+            .build()
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let e = pool.get().await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e:#}");
+        }
+        // Each hook's statement is cancelled and its connection closed: no
+        // backend of the role stays behind holding a slot.
+        common::wait_until(async || common::count_sessions(cluster, &role.name, "true").await == 0).await;
+    })
+    .await;
+}

@@ -293,3 +293,66 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_table(cluster, "stmtdrop", 2).await;
+        let mut rows = pool
+            .query_raw(
+                "select g, pg_sleep(0.001) from generate_series(1, 100000) g",
+                std::iter::empty::<i32>(),
+            )
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            rows.next().await.unwrap().unwrap();
+        }
+        drop(rows);
+        wait_until(async || count_sessions(cluster, &role.name, "state = 'active'").await == 0).await;
+        assert_eq!(pool.query_one("select 1::int8", &[]).await.unwrap().get::<_, i64>(0), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind_with_the_wrong_number_of_parameters_is_the_callers_error_and_not_retried() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool_with_table(cluster, "stmtbind", 2).await;
+        let e = pool.query_typed("select $1::int8", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+        assert!(e.is_callers_error() && !e.is_unavailable(), "{e:#}");
+        assert_eq!(e.attempts(), None, "not retried: {e:#}");
+        assert_eq!(pool.status().retries, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_full_for_the_whole_wait_timeout_fails_once_not_once_per_attempt() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "stmtfull").await;
+        let _ = role;
+        let pool = Pool::builder(file.source())
+            .max_size(1)
+            .wait_timeout(Duration::from_millis(300))
+            .build()
+            .await
+            .unwrap();
+        let held = pool.get().await.unwrap();
+        let e = pool.query_one("select 1", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout, "{e:#}");
+        assert_eq!(e.attempts(), None, "the wait timeout is the bound: {e:#}");
+        let e = pool
+            .run(async move |c| c.query_one("select 1", &[]).await)
+            .await
+            .unwrap_err();
+        assert_eq!(e.attempts(), None, "{e:#}");
+        assert_eq!(pool.status().retries, 0);
+        drop(held);
+    })
+    .await;
+}

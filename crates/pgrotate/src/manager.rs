@@ -322,7 +322,8 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
         }
     }
     if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
-        conn.cancel_in_background();
+        // Dropped by deadpool: `Connection::drop` cancels the request and
+        // closes the socket.
         return Err("a request was still running when its client was dropped");
     }
     match conn.wire.tx_status() {
