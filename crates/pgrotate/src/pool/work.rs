@@ -34,7 +34,9 @@ impl Pool {
     /// write the closure `async move |c| …` and move clones of what it needs
     /// into it — today's compiler cannot prove the future `Send` when an
     /// async closure borrows from its surroundings ("implementation of
-    /// `Send` is not general enough").
+    /// `Send` is not general enough"). The closure may run more than once,
+    /// so it cannot consume what it captured (E0507): clone it inside
+    /// (`for name in names.clone()`).
     ///
     /// ```no_run
     /// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
@@ -88,7 +90,10 @@ impl Pool {
     /// [`Transaction`](deadpool_postgres::Transaction) (`prepare_cached`, and
     /// every [`tokio_postgres::Transaction`] method through `Deref`).
     /// `work` may run more than once, so it must not have effects outside
-    /// the transaction (no email sent from inside it). Isolation level,
+    /// the transaction (no email sent from inside it). It gets the
+    /// transaction by shared reference: for a savepoint, run `SAVEPOINT a`
+    /// / `ROLLBACK TO SAVEPOINT a` as SQL (a failed statement rolled back to
+    /// its savepoint commits the rest as usual). Isolation level,
     /// read-only, deferrable: [`Pool::transaction_with_options`].
     ///
     /// ```no_run
