@@ -441,7 +441,10 @@ async fn a_hook_that_panics_is_an_error_not_a_panic() {
             .await
             .unwrap();
         let e = pool.execute("select 1", &[]).await.unwrap_err();
-        assert!(format!("{e}").contains("after_connect hook panicked"), "{e}");
+        assert!(
+            format!("{e}").contains("after_connect hook panicked"),
+            "{e}"
+        );
         assert_eq!(pool.status().size, 0);
     })
     .await;
@@ -455,7 +458,9 @@ async fn a_hook_that_hangs_is_bounded_and_its_backend_is_not_left_running() {
         let pool = Pool::builder(file.source())
             .wait_timeout(std::time::Duration::from_millis(500))
             .create_timeout(std::time::Duration::from_millis(500))
-            .after_connect(|c| Box::pin(async move { c.batch_execute("select pg_sleep(3600)").await }))
+            .after_connect(|c| {
+                Box::pin(async move { c.batch_execute("select pg_sleep(3600)").await })
+            })
             .build()
             .await
             .unwrap();
@@ -465,7 +470,8 @@ async fn a_hook_that_hangs_is_bounded_and_its_backend_is_not_left_running() {
         }
         // Each hook's statement is cancelled and its connection closed: no
         // backend of the role stays behind holding a slot.
-        common::wait_until(async || common::count_sessions(cluster, &role.name, "true").await == 0).await;
+        common::wait_until(async || common::count_sessions(cluster, &role.name, "true").await == 0)
+            .await;
     })
     .await;
 }

@@ -310,8 +310,15 @@ async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
             rows.next().await.unwrap().unwrap();
         }
         drop(rows);
-        wait_until(async || count_sessions(cluster, &role.name, "state = 'active'").await == 0).await;
-        assert_eq!(pool.query_one("select 1::int8", &[]).await.unwrap().get::<_, i64>(0), 1);
+        wait_until(async || count_sessions(cluster, &role.name, "state = 'active'").await == 0)
+            .await;
+        assert_eq!(
+            pool.query_one("select 1::int8", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            1
+        );
     })
     .await;
 }

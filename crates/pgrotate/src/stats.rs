@@ -22,7 +22,8 @@ impl Counters {
     }
 }
 
-/// A snapshot of the pool. `max_size`, `size`, `available` and `waiting`
+/// A snapshot of the pool. With the `serde` feature it is `Serialize`, the
+/// durations as seconds, for a `/healthz` that returns it as JSON. `max_size`, `size`, `available` and `waiting`
 /// are deadpool's fields, with deadpool's names and meanings; the rest are
 /// pgrotate's.
 ///
@@ -33,6 +34,7 @@ impl Counters {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Status {
     /// The most connections the pool opens.
@@ -80,6 +82,7 @@ pub struct Status {
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct BudgetStatus {
     /// The most fetches banked.
@@ -87,13 +90,58 @@ pub struct BudgetStatus {
     /// Tokens kept for failure-driven fetches.
     pub reserve: u32,
     /// One more token every this long.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "seconds::one"))]
     pub refill: Duration,
     /// Tokens left now.
     pub tokens: u32,
     /// When the next token arrives; `None` when the bucket is full.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "seconds::maybe"))]
     pub next_token_in: Option<Duration>,
     /// How long until a failure-driven refetch could go out (the bucket,
     /// a backoff after fetches that brought nothing new, or the source's
     /// `Retry-After`); `None` when it could go out now.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "seconds::maybe"))]
     pub next_refetch_in: Option<Duration>,
+}
+
+/// Durations as seconds in JSON (`1.5`), as a reader of a health check
+/// expects, rather than serde's `{"secs": 1, "nanos": 500000000}`.
+#[cfg(feature = "serde")]
+mod seconds {
+    use std::time::Duration;
+
+    pub(super) fn one<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(super) fn maybe<S: serde::Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_serializes_its_durations_as_seconds() {
+        let budget = BudgetStatus {
+            burst: 8,
+            reserve: 4,
+            refill: Duration::from_millis(80_500),
+            tokens: 7,
+            next_token_in: Some(Duration::from_millis(1500)),
+            next_refetch_in: None,
+        };
+        let json = serde_json::to_value(&budget).unwrap();
+        assert_eq!(json["refill"], 80.5);
+        assert_eq!(json["next_token_in"], 1.5);
+        assert!(json["next_refetch_in"].is_null());
+    }
 }
