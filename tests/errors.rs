@@ -121,6 +121,67 @@ async fn each_kind_says_what_failed_once_and_chains_its_causes() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drop_in_paths_chain_their_causes_once_and_hold_no_secret() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, file) = role_and_file(cluster, "errors_dropin").await;
+        let pool = Pool::builder(file.source()).build().await.unwrap();
+
+        // A pool-level statement's own error, and one through `?` in a
+        // closure returning pgrotate's error.
+        let e = pool
+            .execute("insert into no_such_table values (1)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+        check(&e, &role.password);
+        let e = pool
+            .run(async move |c| {
+                c.execute("select * from no_such_table", &[]).await?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+        assert!(
+            e.as_db_error().is_some(),
+            "the database error is reachable: {e:#}"
+        );
+        check(&e, &role.password);
+
+        // An after_connect hook the server refuses.
+        let hooked = Pool::builder(file.source())
+            .after_connect(|c| {
+                Box::pin(async move { c.batch_execute("SET no_such_thing = 1").await })
+            })
+            .build()
+            .await
+            .unwrap();
+        let e = hooked.query_one("select 1", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+        check(&e, &role.password);
+
+        // A statement whose connection the server ends while it runs, from
+        // a URL the server then refuses: the retries end in credentials
+        // rejected, which names no password.
+        let rotated = cluster.rotate_password(&role).await.unwrap();
+        cluster.terminate_backends(&role.name).await.unwrap();
+        let e = Pool::builder(Static::new(cluster.url(&role)))
+            .retry(quick())
+            .build()
+            .await
+            .unwrap()
+            .query_one("select 1", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::CredentialsRejected, "{e:#}");
+        check(&e, &role.password);
+        check(&e, &rotated.password);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_tls_problem_found_at_build_is_reachable_as_a_tls_error() {
     let e = Pool::builder(Static::new(
