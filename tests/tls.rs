@@ -62,6 +62,22 @@ fn url_with_host(cluster: &Cluster, role: &TestRole, host: &str, query: &str) ->
 
 /// Opens one connection and returns the error, asserting it is one and that
 /// neither it nor its Debug carries the password.
+/// Builds the pool and asserts its connections use TLS.
+async fn encrypted(builder: pgrotate::PoolBuilder) -> Pool {
+    let pool = builder.build().await.unwrap();
+    assert!(
+        ssl_in_use(&pool).await.unwrap(),
+        "the connection is not encrypted"
+    );
+    pool
+}
+
+/// Builds the pool and returns the error its first connect fails with
+/// (checked for the role's password).
+async fn refused(builder: pgrotate::PoolBuilder, role: &TestRole) -> Error {
+    connect_error(&builder.build().await.unwrap(), role).await
+}
+
 async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
     let err = match pool.get().await {
         Ok(_) => panic!("the connection was expected to fail"),
@@ -110,43 +126,38 @@ async fn verify_full_with_the_fixtures_ca_connects_by_builder_roots_or_sslrootce
         let ca = cluster.ca();
 
         // Roots from the builder; host localhost (a DNS name in the SAN).
-        let pool = Pool::builder(source::Static::new(url_with_host(
-            cluster,
-            &role,
-            "localhost",
-            "",
-        )))
-        .sslmode(SslMode::VerifyFull)
-        .root_certificates_pem(ca.cert_pem())
-        .build()
-        .await
-        .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(
+            Pool::builder(source::Static::new(url_with_host(
+                cluster,
+                &role,
+                "localhost",
+                "",
+            )))
+            .sslmode(SslMode::VerifyFull)
+            .root_certificates_pem(ca.cert_pem()),
+        )
+        .await;
 
         // Roots and mode from the URL, default builder.
         let query = format!(
             "sslmode=verify-full&sslrootcert={}",
             ca.cert_path().display()
         );
-        let pool = Pool::builder(source::Static::new(url_with_host(
+        encrypted(Pool::builder(source::Static::new(url_with_host(
             cluster,
             &role,
             "localhost",
             &query,
-        )))
-        .build()
-        .await
-        .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        ))))
+        .await;
 
         // 127.0.0.1 is in the SAN too, as an IP address.
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .sslmode(SslMode::VerifyFull)
-            .root_certificates_pem(ca.cert_pem())
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(
+            Pool::builder(source::Static::new(cluster.url(&role)))
+                .sslmode(SslMode::VerifyFull)
+                .root_certificates_pem(ca.cert_pem()),
+        )
+        .await;
     })
     .await;
 }
@@ -160,12 +171,11 @@ async fn verify_full_and_verify_ca_with_roots_that_did_not_sign_the_server_fail_
 
         // The default roots (Mozilla's) know nothing of the fixture's CA.
         for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
-            let pool = Pool::builder(source::Static::new(&localhost))
-                .sslmode(mode)
-                .build()
-                .await
-                .unwrap();
-            let err = connect_error(&pool, &role).await;
+            let err = refused(
+                Pool::builder(source::Static::new(&localhost)).sslmode(mode),
+                &role,
+            )
+            .await;
             assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
             assert_says(&err, "not signed by a trusted root (unknown issuer)");
         }
@@ -176,13 +186,13 @@ async fn verify_full_and_verify_ca_with_roots_that_did_not_sign_the_server_fail_
         // same words up front.
         let other = TestCa::new().unwrap();
         for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
-            let pool = Pool::builder(source::Static::new(&localhost))
-                .sslmode(mode)
-                .root_certificates_pem(other.cert_pem())
-                .build()
-                .await
-                .unwrap();
-            let err = connect_error(&pool, &role).await;
+            let err = refused(
+                Pool::builder(source::Static::new(&localhost))
+                    .sslmode(mode)
+                    .root_certificates_pem(other.cert_pem()),
+                &role,
+            )
+            .await;
             assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
             assert_says(&err, "not signed by a trusted root");
         }
@@ -190,24 +200,20 @@ async fn verify_full_and_verify_ca_with_roots_that_did_not_sign_the_server_fail_
             "sslmode=verify-full&sslrootcert={}",
             other.cert_path().display()
         );
-        let pool = Pool::builder(source::Static::new(url_with_host(
-            cluster,
+        let err = refused(
+            Pool::builder(source::Static::new(url_with_host(
+                cluster,
+                &role,
+                "localhost",
+                &query,
+            ))),
             &role,
-            "localhost",
-            &query,
-        )))
-        .build()
-        .await
-        .unwrap();
-        let err = connect_error(&pool, &role).await;
+        )
+        .await;
         assert_says(&err, "not signed by a trusted root");
 
         // require does not check the certificate at all.
-        let pool = Pool::builder(source::Static::new(&localhost))
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(Pool::builder(source::Static::new(&localhost))).await;
     })
     .await;
 }
@@ -220,26 +226,25 @@ async fn verify_full_to_a_name_not_in_the_san_fails_as_a_name_mismatch_and_verif
         // The server listens on 127.0.0.1 only: `hostaddr` connects there
         // while TLS checks the name in the URL's host.
         let url = url_with_host(cluster, &role, "not-in-san.example", "hostaddr=127.0.0.1");
-        let pool = Pool::builder(source::Static::new(&url))
-            .sslmode(SslMode::VerifyFull)
-            .root_certificates_pem(cluster.ca().cert_pem())
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(&url))
+                .sslmode(SslMode::VerifyFull)
+                .root_certificates_pem(cluster.ca().cert_pem()),
+            &role,
+        )
+        .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
         assert_says(&err, "host name mismatch");
         assert_says(&err, "\"not-in-san.example\"");
         assert_says(&err, "it names localhost, 127.0.0.1");
 
         // verify-ca checks the chain only.
-        let pool = Pool::builder(source::Static::new(&url))
-            .sslmode(SslMode::VerifyCa)
-            .root_certificates_pem(cluster.ca().cert_pem())
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(
+            Pool::builder(source::Static::new(&url))
+                .sslmode(SslMode::VerifyCa)
+                .root_certificates_pem(cluster.ca().cert_pem()),
+        )
+        .await;
     })
     .await;
 }
@@ -250,11 +255,11 @@ async fn a_server_without_tls_require_fails_clearly_prefer_and_disable_connect_i
         let cluster = plain_cluster().await;
         let role = cluster.create_role("tls_plain").await.unwrap();
 
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(cluster.url(&role))),
+            &role,
+        )
+        .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
         assert_says(&err, "the server does not offer TLS");
 
@@ -284,11 +289,7 @@ async fn a_url_saying_disable_is_refused_unless_the_builder_allows_weaker_sslmod
 
         // The builder's minimum (require) wins over the URL: still TLS,
         // which this server cannot do.
-        let pool = Pool::builder(source::Static::new(&url))
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(Pool::builder(source::Static::new(&url)), &role).await;
         assert_says(&err, "the server does not offer TLS");
 
         let pool = Pool::builder(source::Static::new(&url))
@@ -308,19 +309,13 @@ async fn channel_binding_require_works_over_tls() {
         let role = cluster.create_role("tls_cb").await.unwrap();
         // From the URL.
         let url = format!("{}?channel_binding=require", cluster.url(&role));
-        let pool = Pool::builder(source::Static::new(&url))
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(Pool::builder(source::Static::new(&url))).await;
         // From the builder; a URL's `disable` does not lower it.
         let url = format!("{}?channel_binding=disable", cluster.url(&role));
-        let pool = Pool::builder(source::Static::new(&url))
-            .channel_binding(ChannelBinding::Require)
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(
+            Pool::builder(source::Static::new(&url)).channel_binding(ChannelBinding::Require),
+        )
+        .await;
     })
     .await;
 }
@@ -331,25 +326,24 @@ async fn channel_binding_require_without_tls_fails_clearly() {
         let cluster = plain_cluster().await;
         let role = cluster.create_role("tls_cb_plain").await.unwrap();
         let url = format!("{}?channel_binding=require", cluster.url(&role));
-        let pool = Pool::builder(source::Static::new(&url))
-            .sslmode(SslMode::Disable)
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(&url)).sslmode(SslMode::Disable),
+            &role,
+        )
+        .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
         assert_says(&err, "channel_binding=require");
         assert_says(&err, "SCRAM-SHA-256-PLUS");
         // The builder's `require` is a minimum: a URL saying `disable` does
         // not lower it.
         let url = format!("{}?channel_binding=disable", cluster.url(&role));
-        let pool = Pool::builder(source::Static::new(&url))
-            .sslmode(SslMode::Disable)
-            .channel_binding(ChannelBinding::Require)
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(&url))
+                .sslmode(SslMode::Disable)
+                .channel_binding(ChannelBinding::Require),
+            &role,
+        )
+        .await;
         assert_says(&err, "channel_binding=require");
         // The same role connects without channel binding: it was the check.
         let pool = Pool::builder(source::Static::new(cluster.url(&role)))
@@ -373,13 +367,12 @@ async fn a_refresh_whose_new_url_has_no_sslmode_keeps_the_builders_tls() {
             "localhost",
             "sslmode=verify-full",
         ));
-        let pool = Pool::builder(file.source())
-            .sslmode(SslMode::VerifyFull)
-            .root_certificates_pem(cluster.ca().cert_pem())
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        let pool = encrypted(
+            Pool::builder(file.source())
+                .sslmode(SslMode::VerifyFull)
+                .root_certificates_pem(cluster.ca().cert_pem()),
+        )
+        .await;
         assert_eq!(pool.status().generation, 1);
 
         // A platform URL: no sslmode at all.
@@ -460,11 +453,7 @@ async fn a_client_certificate_from_the_url_connects() {
             cert_path.display(),
             key_path.display()
         );
-        let pool = Pool::builder(source::Static::new(&url))
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap());
+        encrypted(Pool::builder(source::Static::new(&url))).await;
     })
     .await;
 }
@@ -474,11 +463,11 @@ async fn without_a_client_certificate_the_error_says_one_was_required() {
     bounded(async {
         let cluster = mtls_cluster().await;
         let role = cluster.create_role("tls_mtls_none").await.unwrap();
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(cluster.url(&role))),
+            &role,
+        )
+        .await;
         assert_says(&err, "client certificate");
         eprintln!("without a client certificate: {err}");
 
@@ -486,12 +475,12 @@ async fn without_a_client_certificate_the_error_says_one_was_required() {
         // handshake.
         let other = TestCa::new().unwrap();
         let (cert, key) = other.issue_client_cert(&role.name).unwrap();
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .client_certificate_pem(cert, key)
-            .build()
-            .await
-            .unwrap();
-        let err = connect_error(&pool, &role).await;
+        let err = refused(
+            Pool::builder(source::Static::new(cluster.url(&role)))
+                .client_certificate_pem(cert, key),
+            &role,
+        )
+        .await;
         assert_says(&err, "rejected the client certificate");
         eprintln!("with another CA's client certificate: {err}");
     })
