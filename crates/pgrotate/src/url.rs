@@ -114,6 +114,60 @@ impl DatabaseUrl {
             None => redact(&self.raw),
         }
     }
+
+    /// The host to connect to: a name, an IP address or a Unix socket
+    /// directory. With several hosts (`h1:5432,h2:5433`), the first.
+    /// With [`port`](DatabaseUrl::port), [`database`](DatabaseUrl::database)
+    /// and [`user`](DatabaseUrl::user): the parts of the URL that may be
+    /// shown, none of them the password.
+    ///
+    /// ```
+    /// use pgrotate::DatabaseUrl;
+    /// let url = DatabaseUrl::parse("postgres://app:s3cret@db.example.com:6543/shop").unwrap();
+    /// assert_eq!(url.host(), "db.example.com");
+    /// assert_eq!(url.port(), 6543);
+    /// assert_eq!(url.database(), "shop");
+    /// assert_eq!(url.user(), "app");
+    /// // No port and no database: PostgreSQL's defaults.
+    /// let url = DatabaseUrl::parse("postgres://app:s3cret@db.example.com").unwrap();
+    /// assert_eq!((url.port(), url.database().as_str()), (5432, "app"));
+    /// ```
+    pub fn host(&self) -> String {
+        match self.config().get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// The port of the first host; 5432 when the URL names none.
+    pub fn port(&self) -> u16 {
+        self.config().get_ports().first().copied().unwrap_or(5432)
+    }
+
+    /// The database name; the user name when the URL names none, as the
+    /// server does.
+    pub fn database(&self) -> String {
+        let config = self.config();
+        config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The user name (percent-decoded).
+    pub fn user(&self) -> String {
+        self.config().get_user().unwrap_or_default().to_string()
+    }
+
+    /// tokio-postgres's parse, which [`DatabaseUrl::parse`] already checked.
+    fn config(&self) -> tokio_postgres::Config {
+        UrlParts::split(self)
+            .and_then(|parts| parts.tokio_config())
+            .unwrap_or_default()
+    }
 }
 
 impl fmt::Display for DatabaseUrl {
