@@ -390,3 +390,27 @@ async fn target_session_attrs_read_write_is_honoured_over_plaintext() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_polled_once_and_dropped_on_a_get_client_never_swallows_the_next_callers_writes() {
+    use futures::FutureExt;
+    bounded(async {
+        let (pool, file) = one_connection_pool("clean_polled_once").await;
+        for k in 0..50 {
+            {
+                let client = pool.get().await.unwrap();
+                // Polled once — the request is queued inside tokio-postgres,
+                // maybe not yet written — then dropped with its client.
+                let _ = client.batch_execute("BEGIN").now_or_never();
+            }
+            pool.execute("insert into t values ($1)", &[&k])
+                .await
+                .unwrap();
+        }
+        // Seen from another pool: every write committed, none left inside
+        // a transaction the abandoned BEGIN opened.
+        let other = Pool::builder(file.source()).build().await.unwrap();
+        assert_eq!(ids(&other).await, (0..50).collect::<Vec<i32>>());
+    })
+    .await;
+}

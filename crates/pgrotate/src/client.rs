@@ -90,8 +90,9 @@ impl Client {
     }
 }
 
-/// How many turns a returned `get()` connection waits for its connection task.
-const YIELDS: usize = 8;
+/// How long a returned `get()` connection waits for its connection task's
+/// next poll (it takes microseconds; the bound is for a task that ended).
+const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for Client {
     fn drop(&mut self) {
@@ -118,14 +119,12 @@ impl Drop for Client {
         {
             // A `get()` client: its caller may have dropped a request future
             // after its first poll, leaving the request queued inside
-            // tokio-postgres, not yet written. Return the connection only
-            // after the connection task (woken by that request) has had its
-            // turn, so the next checkout sees the request and closes the
-            // connection rather than inheriting it.
+            // tokio-postgres, not yet written. The connection goes back once
+            // its connection task has run one whole poll (every queued
+            // request written and seen by the wire), so the next checkout
+            // finds the request and never inherits it unseen.
             runtime.spawn(async move {
-                for _ in 0..YIELDS {
-                    tokio::task::yield_now().await;
-                }
+                obj.pulse.flushed(FLUSH_BOUND).await;
                 drop(obj);
             });
         }

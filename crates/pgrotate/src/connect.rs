@@ -156,6 +156,78 @@ pub(crate) struct Opened {
     /// still running on it (the task would otherwise read that work's
     /// answer to its end, however long it takes).
     pub(crate) task: tokio::task::AbortHandle,
+    /// How far the connection task has come: see [`Pulse::flushed`].
+    pub(crate) pulse: Arc<Pulse>,
+}
+
+/// A handshake with the connection task: "has a whole poll of yours begun
+/// after I asked?"
+///
+/// A request handed to tokio-postgres sits in its queue until the
+/// connection task's next poll writes it. A caller of `get()` may poll a
+/// request once and drop it (a timeout, a `select!`), then drop the client:
+/// the request is queued, not written, so nothing on the wire shows it yet —
+/// an abandoned `BEGIN` written after the connection went back to the pool
+/// would swallow the next caller's writes into a transaction never
+/// committed. [`Pulse::flushed`] asks, wakes the task, and waits until a
+/// poll that began after the question has ended: every request queued
+/// before it has then been written, and is seen by the wire. No round trip
+/// to the server.
+#[derive(Debug, Default)]
+pub(crate) struct Pulse {
+    /// Questions asked.
+    asked: std::sync::atomic::AtomicU64,
+    /// The highest question a finished poll had seen when it began.
+    answered: std::sync::atomic::AtomicU64,
+    ended: std::sync::atomic::AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+    polled: tokio::sync::Notify,
+}
+
+impl Pulse {
+    /// Around each poll of the connection: `seen` is `asked` read before it.
+    fn after_poll(&self, seen: u64, waker: &std::task::Waker, ended: bool) {
+        use std::sync::atomic::Ordering;
+        {
+            let mut slot = self.waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
+        if ended {
+            self.ended.store(true, Ordering::Release);
+        }
+        self.answered.fetch_max(seen, Ordering::AcqRel);
+        self.polled.notify_waiters();
+    }
+
+    /// Waits (at most `within`) until a whole poll of the connection task
+    /// that began after now has ended, so every request queued before now
+    /// is written.
+    pub(crate) async fn flushed(&self, within: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let question = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        let wait = async {
+            loop {
+                let polled = self.polled.notified();
+                if self.answered.load(Ordering::Acquire) >= question
+                    || self.ended.load(Ordering::Acquire)
+                {
+                    return;
+                }
+                if let Some(w) = self
+                    .waker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    w.wake_by_ref();
+                }
+                polled.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
+    }
 }
 
 /// Opens one connection with `generation`'s target, its protocol observed
@@ -193,17 +265,29 @@ async fn open(generation: &Generation) -> Result<Opened, tokio_postgres::Error> 
 fn spawn_connection<S, T>(
     connection: tokio_postgres::Connection<S, T>,
     id: u64,
-) -> tokio::task::AbortHandle
+) -> (tokio::task::AbortHandle, Arc<Pulse>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
+    use std::future::Future;
+    let pulse = Arc::new(Pulse::default());
+    let beat = pulse.clone();
+    let mut connection = Box::pin(connection);
+    let task = tokio::spawn(async move {
+        let ended = std::future::poll_fn(|cx| {
+            let seen = beat.asked.load(std::sync::atomic::Ordering::Acquire);
+            let r = connection.as_mut().poll(cx);
+            beat.after_poll(seen, cx.waker(), r.is_ready());
+            r
+        })
+        .await;
+        if let Err(e) = ended {
             tracing::debug!(target: TARGET, generation = id, error = %describe_postgres(&e), "connection ended");
         }
     })
-    .abort_handle()
+    .abort_handle();
+    (task, pulse)
 }
 
 /// The startup and login on a plaintext stream of the pool's own.
@@ -211,13 +295,18 @@ async fn startup<S>(
     config: &tokio_postgres::Config,
     stream: S,
     id: u64,
-) -> Result<(tokio_postgres::Client, tokio::task::AbortHandle), tokio_postgres::Error>
+) -> Result<
+    (
+        tokio_postgres::Client,
+        (tokio::task::AbortHandle, Arc<Pulse>),
+    ),
+    tokio_postgres::Error,
+>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (client, connection) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
-    let task = spawn_connection(connection, id);
-    Ok((client, task))
+    Ok((client, spawn_connection(connection, id)))
 }
 
 /// A TLS connect, observed through the connector.
@@ -229,7 +318,7 @@ async fn open_tls(
     let tls = target.tls.clone();
     let slot = tls.wire_slot();
     let (client, connection) = config.connect(tls).await?;
-    let task = spawn_connection(connection, id);
+    let (task, pulse) = spawn_connection(connection, id);
     let wire = slot
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -240,6 +329,7 @@ async fn open_tls(
         wire,
         canceller: Canceller::Tls(target.tls.clone()),
         task,
+        pulse,
     })
 }
 
@@ -289,7 +379,7 @@ async fn open_plain(
                 startup(config, Observed::new(stream, wire.clone()), id).await
             }
         };
-        let (client, task) = match connected {
+        let (client, (task, pulse)) = match connected {
             Ok(c) => c,
             Err(e) => {
                 last = Some(e);
@@ -311,6 +401,7 @@ async fn open_plain(
             wire,
             canceller: Canceller::Plain,
             task,
+            pulse,
         });
     }
     if let Some(e) = last {
@@ -319,11 +410,12 @@ async fn open_plain(
     // No host could be reached (or none was read-write): tokio-postgres's
     // own connect makes the error it would have made.
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let task = spawn_connection(connection, id);
+    let (task, pulse) = spawn_connection(connection, id);
     Ok(Opened {
         client,
         wire: Wire::unobserved(),
         canceller: Canceller::Plain,
         task,
+        pulse,
     })
 }

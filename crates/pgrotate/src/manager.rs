@@ -67,6 +67,9 @@ pub(crate) struct Connection {
     pub(crate) lent: bool,
     /// Its connection task.
     pub(crate) task: tokio::task::AbortHandle,
+    /// How far its connection task has come (requests queued, not yet
+    /// written).
+    pub(crate) pulse: Arc<crate::connect::Pulse>,
 }
 
 impl Drop for Connection {
@@ -161,6 +164,7 @@ impl Manager {
             canceller: opened.canceller,
             lent: false,
             task: opened.task,
+            pulse: opened.pulse,
         };
         if let Some(hook) = &self.after_connect {
             // Busy while the hook runs: if it fails or times out, the
@@ -316,10 +320,8 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
     if std::mem::take(&mut conn.lent) {
         // A request its last caller polled once and dropped sits in
         // tokio-postgres's queue until the connection task writes it: let
-        // that task run first, so the request is counted below.
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
-        }
+        // that task run one whole poll first, so the request is seen below.
+        conn.pulse.flushed(bound).await;
     }
     if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
         // Dropped by deadpool: `Connection::drop` cancels the request and
