@@ -135,7 +135,14 @@ impl Pool {
         let create = timeouts.create.map_or(left, |c| c.min(left));
         let deadline = later(tokio::time::Instant::now(), create);
         match self.get_with(timeouts, deadline).await {
-            Ok(client) => Ok(Some(client)),
+            Ok(client) => {
+                // Inside the call's span (`pgrotate::call`): which attempt
+                // runs on which generation.
+                if attempts.n > 1 {
+                    tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, generation = client.generation(), "attempt on a fresh connection");
+                }
+                Ok(Some(client))
+            }
             Err(e) if e.is_outage() => {
                 attempts.n -= 1;
                 let delay = attempts.backoff.jittered(attempts.outages);
@@ -177,7 +184,7 @@ impl Pool {
             return false;
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, delay = %fmt_duration(delay), error = %format_args!("{err:#}"), "retrying on a fresh connection");
+        tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, fault = ?err.fault(), delay = %fmt_duration(delay), error = %format_args!("{err:#}"), "retrying on a fresh connection");
         tokio::time::sleep(delay).await;
         true
     }

@@ -1,5 +1,7 @@
 //! One attempt of `Pool::run`: the caller's closure on one connection.
 
+use tracing::Instrument;
+
 use deadpool_postgres::ClientWrapper;
 
 use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
@@ -21,22 +23,27 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&ClientWrapper) -> Result<T, E>,
     {
-        let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
-        loop {
-            let client = match self.next_client(&mut attempts).await {
-                Ok(Some(client)) => client,
-                Ok(None) => continue,
-                Err(e) => return Err(E::from_pool(e)),
-            };
-            let failure = match self.run_once(policy, &attempts, &mut work, client).await {
-                Outcome::Done(v) => return Ok(v),
-                Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
-                Outcome::Retry(f) => f,
-            };
-            if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                return Err(f.finish());
+        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "run");
+        async move {
+            let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
+            loop {
+                let client = match self.next_client(&mut attempts).await {
+                    Ok(Some(client)) => client,
+                    Ok(None) => continue,
+                    Err(e) => return Err(E::from_pool(e)),
+                };
+                let failure = match self.run_once(policy, &attempts, &mut work, client).await {
+                    Outcome::Done(v) => return Ok(v),
+                    Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
+                    Outcome::Retry(f) => f,
+                };
+                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
+                    return Err(f.finish());
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn run_once<T, E, F>(

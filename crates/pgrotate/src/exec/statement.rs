@@ -29,6 +29,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
+use tracing::Instrument;
 
 use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
 use crate::classify::{Fault, classify};
@@ -115,24 +116,29 @@ impl Pool {
         call: &C,
         streaming: bool,
     ) -> Result<(C::Output, Client), Error> {
-        let policy = self.inner.retry;
-        let mut attempts = Attempts::new(&policy)?;
-        loop {
-            let Some(client) = self.next_client(&mut attempts).await? else {
-                continue;
-            };
-            let failure: Failure<()> = match self
-                .statement_once(&policy, &attempts, call, client, streaming)
-                .await
-            {
-                Outcome::Done(v) => return Ok(v),
-                Outcome::Fail(f) => return Err(attempts.fail(f.err)),
-                Outcome::Retry(f) => f,
-            };
-            if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                return Err(f.err);
+        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
+        async move {
+            let policy = self.inner.retry;
+            let mut attempts = Attempts::new(&policy)?;
+            loop {
+                let Some(client) = self.next_client(&mut attempts).await? else {
+                    continue;
+                };
+                let failure: Failure<()> = match self
+                    .statement_once(&policy, &attempts, call, client, streaming)
+                    .await
+                {
+                    Outcome::Done(v) => return Ok(v),
+                    Outcome::Fail(f) => return Err(attempts.fail(f.err)),
+                    Outcome::Retry(f) => f,
+                };
+                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
+                    return Err(f.err);
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn statement_once<C: Call>(

@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use deadpool_postgres::Transaction;
 use tokio_postgres::IsolationLevel;
 
@@ -110,25 +112,30 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&Transaction<'_>) -> Result<T, E>,
     {
-        let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
-        loop {
-            let client = match self.next_client(&mut attempts).await {
-                Ok(Some(client)) => client,
-                Ok(None) => continue,
-                Err(e) => return Err(E::from_pool(e)),
-            };
-            let failure = match self
-                .transaction_once(policy, options, &attempts, &mut work, client)
-                .await
-            {
-                Outcome::Done(v) => return Ok(v),
-                Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
-                Outcome::Retry(f) => f,
-            };
-            if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                return Err(f.finish());
+        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "transaction");
+        async move {
+            let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
+            loop {
+                let client = match self.next_client(&mut attempts).await {
+                    Ok(Some(client)) => client,
+                    Ok(None) => continue,
+                    Err(e) => return Err(E::from_pool(e)),
+                };
+                let failure = match self
+                    .transaction_once(policy, options, &attempts, &mut work, client)
+                    .await
+                {
+                    Outcome::Done(v) => return Ok(v),
+                    Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
+                    Outcome::Retry(f) => f,
+                };
+                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
+                    return Err(f.finish());
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn transaction_once<T, E, F>(
