@@ -40,6 +40,8 @@ mod url;
 mod wire;
 
 mod builder;
+#[cfg(feature = "serde")]
+mod config;
 mod error;
 mod from_env;
 mod hook;
@@ -53,6 +55,8 @@ mod work_error;
 pub use builder::PoolBuilder;
 pub use classify::{Fault, classify};
 pub use client::Client;
+#[cfg(feature = "serde")]
+pub use config::{Config, RetryConfig, SourceConfig};
 /// deadpool-postgres's client wrapper and transaction (with `prepare_cached`),
 /// as `run`, `transaction` and [`Client`] hand them out.
 pub use deadpool_postgres::{ClientWrapper, StatementCache, Transaction, TransactionBuilder};
