@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::heroku_server::{ApiServer, Scripted, Seen};
+use common::heroku_server::{ApiServer, Scripted, Seen, pool_of, role_and_server, rotate};
 use common::load::Load;
 use common::{bounded, capture_tracing, captured_logs, select_one};
 use pgrotate::source::{Budget, HerokuApi, HerokuCli, SourceErrorKind};
@@ -31,6 +31,13 @@ fn api(server: &ApiServer) -> HerokuApi {
     HerokuApi::new(APP, TOKEN)
         .base_url(server.base_url())
         .budget(ROOMY)
+}
+
+/// The stand-in serving [`FAKE_URL`], and a pool built on it.
+async fn fake_pool() -> (ApiServer, Pool) {
+    let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
+    let pool = Pool::builder(api(&server)).build().await.unwrap();
+    (server, pool)
 }
 
 fn source_kind(e: &pgrotate::Error) -> SourceErrorKind {
@@ -78,14 +85,9 @@ async fn a_rotation_costs_one_api_request_and_callers_see_no_error() {
     capture_tracing();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("heroku_e2e").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
+        let (role, server) = role_and_server(cluster, "heroku_e2e", APP, TOKEN).await;
         server.set_var("REDIS_URL", Some("redis://h:redispw-never-printed@r:6379"));
-        let pool = Pool::builder(api(&server))
-            .max_size(8)
-            .build()
-            .await
-            .unwrap();
+        let pool = pool_of(api(&server), 8).await;
 
         const WORKERS: usize = 24;
         let load = Load::start(&pool, WORKERS);
@@ -94,14 +96,11 @@ async fn a_rotation_costs_one_api_request_and_callers_see_no_error() {
 
         // `heroku pg:credentials:rotate`: the config var changes, the
         // password changes, the connections are reset.
-        let new_role = cluster.rotate_password(&role).await.unwrap();
-        server.set_var("DATABASE_URL", Some(&cluster.url(&new_role)));
-        cluster.terminate_backends(&role.name).await.unwrap();
+        let new_role = rotate(cluster, &role, &server).await;
         load.mark();
         load.all_succeeded_after_mark().await;
-        let (_, errors) = load.stop().await;
+        load.stop_without_errors().await;
 
-        assert_eq!(errors, 0, "callers saw errors");
         let status = pool.status();
         assert_eq!(status.generation, 2, "{status:?}");
         let seen = server.seen();
@@ -150,27 +149,14 @@ async fn a_429_during_a_rotation_is_waited_out_and_callers_see_no_error() {
     capture_tracing();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("heroku_429").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(api(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
+        let (role, server) = role_and_server(cluster, "heroku_429", APP, TOKEN).await;
+        let pool = pool_of(api(&server), 4).await;
         let results = futures::future::join_all((0..8).map(|_| select_one(&pool))).await;
         assert!(results.iter().all(|r| matches!(r, Ok(1))));
 
-        let new_role = cluster.rotate_password(&role).await.unwrap();
-        server.set_var("DATABASE_URL", Some(&cluster.url(&new_role)));
-        server.script(
-            Scripted::body(
-                429,
-                r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#,
-            )
-            .header("Retry-After", "1")
-            .header("RateLimit-Remaining", "0"),
-        );
-        cluster.terminate_backends(&role.name).await.unwrap();
+        // Nothing fetches until the callers below: the 429 is queued first.
+        server.script(Scripted::rate_limited());
+        let new_role = rotate(cluster, &role, &server).await;
 
         let results = futures::future::join_all((0..8).map(|_| select_one(&pool))).await;
         for r in &results {
@@ -197,16 +183,8 @@ async fn a_429_during_a_rotation_is_waited_out_and_callers_see_no_error() {
 async fn a_429_is_a_rate_limit_error_and_the_next_fetch_waits_for_retry_after() {
     capture_tracing();
     bounded(async {
-        let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
-        let pool = Pool::builder(api(&server)).build().await.unwrap();
-        server.script(
-            Scripted::body(
-                429,
-                r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#,
-            )
-            .header("Retry-After", "1")
-            .header("RateLimit-Remaining", "0"),
-        );
+        let (server, pool) = fake_pool().await;
+        server.script(Scripted::rate_limited());
         server.set_var("DATABASE_URL", Some(FAKE_URL_2));
 
         let e = pool.refresh_now().await.unwrap_err();
@@ -234,10 +212,9 @@ async fn a_429_is_a_rate_limit_error_and_the_next_fetch_waits_for_retry_after() 
 async fn server_errors_three_times_then_success_with_bounded_spaced_requests() {
     capture_tracing();
     bounded(async {
-        let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
-        let pool = Pool::builder(api(&server)).build().await.unwrap();
+        let (server, pool) = fake_pool().await;
         for _ in 0..3 {
-            server.script(Scripted::body(500, r#"{"id":"internal_server_error"}"#));
+            server.script(Scripted::server_error());
         }
         server.set_var("DATABASE_URL", Some(FAKE_URL_2));
 
@@ -304,8 +281,7 @@ async fn a_burst_goes_out_back_to_back_then_the_refill_paces() {
 async fn if_none_match_is_sent_and_a_304_keeps_the_generation() {
     capture_tracing();
     bounded(async {
-        let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
-        let pool = Pool::builder(api(&server)).build().await.unwrap();
+        let (server, pool) = fake_pool().await;
         assert_eq!(pool.refresh_now().await.unwrap(), 1);
         let seen = server.seen();
         assert_eq!(seen.len(), 2);

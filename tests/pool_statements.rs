@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{bounded, count_sessions, role_and_file, wait_until};
+use common::{bounded, count_sessions, role_and_file, role_file_and_pool, spawn_tasks, wait_until};
 use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
 use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
@@ -22,16 +22,26 @@ async fn pool_with_table(
     prefix: &str,
     size: usize,
 ) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
-    let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source())
-        .max_size(size)
-        .build()
-        .await
-        .unwrap();
+    let (role, file, pool) = role_file_and_pool(cluster, prefix, size).await;
     pool.batch_execute("create table t (k int not null)")
         .await
         .unwrap();
     (role, file, pool)
+}
+
+/// Cuts the connection at the first `tag` message (`b'P'` Parse, `b'E'`
+/// Execute) whose SQL `sql` selects, doing `action`, once.
+fn cut_once(
+    proxy: &FaultProxy,
+    tag: u8,
+    sql: impl Fn(&str) -> bool + Send + Sync + 'static,
+    action: Action,
+) {
+    proxy.on_message(
+        move |m| m.tag == tag && m.sql.is_some_and(&sql),
+        action,
+        Times::Once,
+    );
 }
 
 /// How many rows each key has.
@@ -53,10 +63,9 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU32::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for w in 0..8 {
+        let tasks = spawn_tasks(8, |w| {
             let (pool, stop, next, done) = (pool.clone(), stop.clone(), next.clone(), done.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let mut errors = Vec::new();
                 let mut written = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -80,8 +89,8 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
                     }
                 }
                 (errors, written)
-            }));
-        }
+            }
+        });
         let mut role = role;
         for _ in 0..2 {
             let before = done.load(Ordering::Relaxed);
@@ -97,8 +106,7 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
 
         let mut errors = Vec::new();
         let mut written = Vec::new();
-        for t in tasks {
-            let (e, w) = t.await.unwrap();
+        for (e, w) in tasks.outcomes().await {
             errors.extend(e);
             written.extend(w);
         }
@@ -187,10 +195,11 @@ async fn a_statement_never_sent_is_retried_and_one_whose_answer_was_lost_is_not(
         let (proxy, pool) = through_proxy("stmtcut").await;
 
         // Cut before the server sees the statement's Parse: nothing ran.
-        proxy.on_message(
-            |m| m.tag == b'P' && m.sql.is_some_and(|s| s.contains("values (1)")),
+        cut_once(
+            &proxy,
+            b'P',
+            |s| s.contains("values (1)"),
             Action::DropAndCut,
-            Times::Once,
         );
         assert_eq!(
             pool.execute("insert into t values (1)", &[]).await.unwrap(),
@@ -200,10 +209,11 @@ async fn a_statement_never_sent_is_retried_and_one_whose_answer_was_lost_is_not(
 
         // The server applies it and the answer is lost: it may have run, so
         // it is not run again.
-        proxy.on_message(
-            |m| m.tag == b'E' && m.sql.is_some_and(|s| s.contains("values (2)")),
+        cut_once(
+            &proxy,
+            b'E',
+            |s| s.contains("values (2)"),
             Action::ForwardThenCut,
-            Times::Once,
         );
         let e = pool
             .execute("insert into t values (2)", &[])
@@ -239,20 +249,20 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
         // dropped, half applied with the answer lost.
         // The first write's prepare never reaches the server: retried (a
         // Parse is sent once per connection, so random cuts rarely hit one).
-        proxy.on_message(
-            |m| m.tag == b'P' && m.sql.is_some_and(|s| s.starts_with("insert into t")),
+        cut_once(
+            &proxy,
+            b'P',
+            |s| s.starts_with("insert into t"),
             Action::DropAndCut,
-            Times::Once,
         );
         common::random_cuts(&proxy, 7, 0.02, |m| {
             m.sql.is_some_and(|s| s.starts_with("insert into t")) && matches!(m.tag, b'P' | b'E')
         });
         const N: i32 = 1000;
         let next = Arc::new(AtomicU32::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..8 {
+        let writers = spawn_tasks(8, |_| {
             let (pool, next) = (pool.clone(), next.clone());
-            tasks.push(tokio::spawn(async move {
+            async move {
                 let mut outcomes = Vec::new();
                 loop {
                     let k = next.fetch_add(1, Ordering::SeqCst) as i32;
@@ -263,11 +273,11 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
                     outcomes.push((k, r.map_err(|e| e.kind())));
                 }
                 outcomes
-            }));
-        }
+            }
+        });
         let mut outcome = HashMap::new();
-        for t in tasks {
-            outcome.extend(t.await.unwrap());
+        for outcomes in writers.outcomes().await {
+            outcome.extend(outcomes);
         }
         proxy.clear_faults();
         let present = counts(&pool).await;

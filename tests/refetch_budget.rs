@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::heroku_server::{ApiServer, Scripted};
+use common::heroku_server::{ApiServer, Scripted, pool_of, role_and_server, rotate};
 use common::load::Load;
 use common::{UrlFile, bounded, capture_tracing, captured_logs, select_one};
 use pgrotate::source::{HerokuApi, SourceError, UrlSource};
@@ -28,45 +28,52 @@ fn heroku(server: &ApiServer) -> HerokuApi {
     HerokuApi::new(APP, TOKEN).base_url(server.base_url())
 }
 
-/// `heroku pg:credentials:rotate` as the platform does it: a new password,
-/// the config var updated, the old sessions reset.
-async fn rotate(cluster: &Cluster, role: &TestRole, server: &ApiServer) -> TestRole {
-    let new = cluster.rotate_password(role).await.unwrap();
-    server.set_var("DATABASE_URL", Some(&cluster.url(&new)));
-    cluster.terminate_backends(&role.name).await.unwrap();
-    new
-}
-
 /// The usual scene: a role on the shared server, the Platform API
-/// stand-in serving its URL, a pool with the default Heroku budget, and a
-/// warmed load.
+/// stand-in serving its URL, a pool (by default with the default Heroku
+/// budget), and a warmed load.
 struct Scene {
     cluster: &'static Cluster,
     role: TestRole,
     server: ApiServer,
+    /// Just before the pool's build (its first fetch).
+    built: Instant,
     pool: Pool,
     load: Load,
 }
 
 impl Scene {
     async fn start(prefix: &str) -> Scene {
+        Scene::start_with(prefix, async |server| pool_of(heroku(server), 4).await).await
+    }
+
+    /// The scene with the pool `build` makes on the stand-in.
+    async fn start_with(prefix: &str, build: impl AsyncFnOnce(&ApiServer) -> Pool) -> Scene {
         let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role(prefix).await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
+        let (role, server) = role_and_server(cluster, prefix, APP, TOKEN).await;
+        let built = Instant::now();
+        let pool = build(&server).await;
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
         Scene {
             cluster,
             role,
             server,
+            built,
             pool,
             load,
         }
+    }
+
+    /// Rotates `role` under load, waits for the first call started after
+    /// the rotation to succeed, and returns (the new role, time to it, API
+    /// requests until then).
+    async fn rotate_and_recover(&self, role: &TestRole) -> (TestRole, Duration, usize) {
+        let since = Instant::now();
+        let new = rotate(self.cluster, role, &self.server).await;
+        self.load.mark();
+        let first = self.load.first_success_after_mark().await;
+        let requests = requests_since(&self.server, since);
+        (new, first, requests)
     }
 }
 
@@ -75,52 +82,25 @@ fn requests_since(server: &ApiServer, since: Instant) -> usize {
     server.seen().iter().filter(|s| s.at >= since).count()
 }
 
-/// Rotates under load, waits for the first call started after the
-/// rotation to succeed, and returns (time to it, API requests until then).
-async fn rotate_and_recover(
-    cluster: &Cluster,
-    role: &TestRole,
-    server: &ApiServer,
-    load: &Load,
-) -> (TestRole, Duration, usize) {
-    let since = Instant::now();
-    let new = rotate(cluster, role, server).await;
-    load.mark();
-    let first = load.first_success_after_mark().await;
-    let requests = requests_since(server, since);
-    (new, first, requests)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_one_second_after_the_build_recovers_at_once_with_one_request() {
     capture_tracing();
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_build").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let built = Instant::now();
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
+        let scene = Scene::start("budget_build").await;
         // The scenario is a time: a rotation 1 s after the build's fetch.
-        tokio::time::sleep_until((built + Duration::from_secs(1)).into()).await;
+        tokio::time::sleep_until((scene.built + Duration::from_secs(1)).into()).await;
 
-        let (new, first, requests) = rotate_and_recover(cluster, &role, &server, &load).await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        let (new, first, requests) = scene.rotate_and_recover(&scene.role).await;
+        scene.load.stop_without_errors().await;
         assert!(
             first <= Duration::from_secs(1),
             "first success {first:?} after the rotation"
         );
         assert_eq!(requests, 1, "one API request for the rotation");
-        assert_eq!(pool.status().generation, 2);
+        assert_eq!(scene.pool.status().generation, 2);
         eprintln!("first success {first:?} after a rotation 1 s after the build");
         let logs = captured_logs();
-        for secret in [TOKEN, &role.password, &new.password] {
+        for secret in [TOKEN, &scene.role.password, &new.password] {
             assert!(!logs.contains(secret), "a secret leaked into the logs");
         }
     })
@@ -130,25 +110,22 @@ async fn a_rotation_one_second_after_the_build_recovers_at_once_with_one_request
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_one_second_after_a_watch_poll_recovers_at_once_with_one_request() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let role = cluster.create_role("budget_watch").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
         // A fleet of 2 shares the account: one token every 1.6 s, the
         // watch at most every 3.2 s (so a poll comes within a test's time).
-        let pool = Pool::builder(heroku(&server).fleet_size(2))
-            .max_size(4)
-            .watch(Duration::from_secs(1))
-            .build()
-            .await
-            .unwrap();
-        let load = Load::start(&pool, WORKERS);
-        load.warmed().await;
-        let polled = server.wait_for_requests(2).await[1].at;
+        let scene = Scene::start_with("budget_watch", async |server| {
+            Pool::builder(heroku(server).fleet_size(2))
+                .max_size(4)
+                .watch(Duration::from_secs(1))
+                .build()
+                .await
+                .unwrap()
+        })
+        .await;
+        let polled = scene.server.wait_for_requests(2).await[1].at;
         tokio::time::sleep_until((polled + Duration::from_secs(1)).into()).await;
 
-        let (_new, first, requests) = rotate_and_recover(cluster, &role, &server, &load).await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        let (_new, first, requests) = scene.rotate_and_recover(&scene.role).await;
+        scene.load.stop_without_errors().await;
         assert!(
             first <= Duration::from_secs(1),
             "first success {first:?} after the rotation"
@@ -162,27 +139,20 @@ async fn a_rotation_one_second_after_a_watch_poll_recovers_at_once_with_one_requ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
     bounded(async {
-        let Scene {
-            cluster,
-            role,
-            server,
-            pool,
-            load,
-        } = Scene::start("budget_twice").await;
+        let scene = Scene::start("budget_twice").await;
 
-        let (role, first_a, requests_a) = rotate_and_recover(cluster, &role, &server, &load).await;
+        let (role, first_a, requests_a) = scene.rotate_and_recover(&scene.role).await;
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let (_role, first_b, requests_b) = rotate_and_recover(cluster, &role, &server, &load).await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        let (_role, first_b, requests_b) = scene.rotate_and_recover(&role).await;
+        scene.load.stop_without_errors().await;
         assert_eq!((requests_a, requests_b), (1, 1));
         assert!(first_a <= Duration::from_secs(1) && first_b <= Duration::from_secs(1));
-        assert_eq!(pool.status().generation, 3);
+        assert_eq!(scene.pool.status().generation, 3);
         assert_eq!(
-            pool.status().budget.tokens,
+            scene.pool.status().budget.tokens,
             8 - 3,
             "{:?}",
-            pool.status().budget
+            scene.pool.status().budget
         );
     })
     .await;
@@ -191,21 +161,16 @@ async fn two_rotations_ten_seconds_apart_cost_one_request_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_a_cancelled_caller_and_a_low_account_leave_the_next_rotation_intact() {
     bounded(async {
-        let Scene {
-            cluster,
-            role,
-            server,
-            pool,
-            load,
-        } = Scene::start("budget_slow").await;
+        let scene = Scene::start("budget_slow").await;
+        let (server, pool, load) = (&scene.server, &scene.pool, &scene.load);
 
         // Rotation A: the API takes 1.5 s to answer and says the account
         // is low; a caller gives up on its own timeout while it waits.
         server.set_delay(Duration::from_millis(1500));
         server.set_remaining(50);
-        let new = rotate(cluster, &role, &server).await;
+        let new = rotate(scene.cluster, &scene.role, server).await;
         load.mark();
-        let impatient = tokio::time::timeout(Duration::from_millis(200), select_one(&pool)).await;
+        let impatient = tokio::time::timeout(Duration::from_millis(200), select_one(pool)).await;
         assert!(
             impatient.is_err(),
             "the caller gave up while the fetch was on its way"
@@ -221,9 +186,8 @@ async fn a_slow_answer_a_cancelled_caller_and_a_low_account_leave_the_next_rotat
         );
 
         // Rotation B right after: still one request, recovered at once.
-        let (_new, first, requests) = rotate_and_recover(cluster, &new, &server, &load).await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        let (_new, first, requests) = scene.rotate_and_recover(&new).await;
+        scene.load.stop_without_errors().await;
         assert_eq!(requests, 1);
         assert!(first <= Duration::from_secs(1), "{first:?}");
     })
@@ -295,8 +259,7 @@ async fn a_fetch_that_never_answers_holds_nothing_and_the_pool_recovers_when_it_
             first <= Duration::from_secs(3),
             "recovered {first:?} after the source answered"
         );
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        load.stop_without_errors().await;
 
         // A fetch outstanding at close: the pool's tasks end anyway.
         hang.store(true, Ordering::SeqCst);
@@ -323,13 +286,8 @@ async fn a_fetch_that_never_answers_holds_nothing_and_the_pool_recovers_when_it_
 async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_second() {
     bounded(async {
         let mut cluster = Cluster::start().await.unwrap();
-        let role = cluster.create_role("budget_restart").await.unwrap();
-        let server = ApiServer::start(APP, TOKEN, &cluster.url(&role)).await;
-        let pool = Pool::builder(heroku(&server))
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
+        let (_role, server) = role_and_server(&cluster, "budget_restart", APP, TOKEN).await;
+        let pool = pool_of(heroku(&server), 4).await;
         let load = Load::start(&pool, WORKERS);
         load.warmed().await;
         let before = server.seen().len();
@@ -339,8 +297,7 @@ async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_sec
         cluster.start_again().await.unwrap();
         load.mark();
         let first = load.first_success_after_mark().await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        load.stop_without_errors().await;
         assert!(
             first <= Duration::from_secs(1),
             "resumed {first:?} after the server was back"
@@ -354,25 +311,19 @@ async fn a_two_second_restart_costs_no_api_request_and_calls_resume_within_a_sec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_published_five_seconds_late_costs_callers_nothing() {
     bounded(async {
-        let Scene {
-            cluster,
-            role,
-            server,
-            pool: _pool,
-            load,
-        } = Scene::start("budget_late").await;
+        let scene = Scene::start("budget_late").await;
+        let (cluster, role, server) = (scene.cluster, &scene.role, &scene.server);
 
         // The password stops working; the config var follows 5 s later.
         let since = Instant::now();
-        let new = cluster.rotate_password(&role).await.unwrap();
+        let new = cluster.rotate_password(role).await.unwrap();
         cluster.terminate_backends(&role.name).await.unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
         server.set_var("DATABASE_URL", Some(&cluster.url(&new)));
-        load.mark();
-        let first = load.first_success_after_mark().await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
-        let requests = requests_since(&server, since);
+        scene.load.mark();
+        let first = scene.load.first_success_after_mark().await;
+        scene.load.stop_without_errors().await;
+        let requests = requests_since(server, since);
         assert!(requests <= 7, "within the burst: {requests} requests");
         assert!(
             first <= Duration::from_secs(6),
@@ -386,31 +337,17 @@ async fn a_url_published_five_seconds_late_costs_callers_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_429s_and_three_500s_after_a_rotation_are_waited_out() {
     bounded(async {
-        let Scene {
-            cluster,
-            role,
-            server,
-            pool: _pool,
-            load,
-        } = Scene::start("budget_429").await;
+        let scene = Scene::start("budget_429").await;
 
         for _ in 0..3 {
-            server.script(
-                Scripted::body(
-                    429,
-                    r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#,
-                )
-                .header("Retry-After", "1")
-                .header("RateLimit-Remaining", "0"),
-            );
+            scene.server.script(Scripted::rate_limited());
         }
         for _ in 0..3 {
-            server.script(Scripted::body(500, r#"{"id":"internal_server_error"}"#));
+            scene.server.script(Scripted::server_error());
         }
-        let (_new, first, requests) = rotate_and_recover(cluster, &role, &server, &load).await;
-        let (ok, errors) = load.stop().await;
-        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
-        let seen = server.seen();
+        let (_new, first, requests) = scene.rotate_and_recover(&scene.role).await;
+        scene.load.stop_without_errors().await;
+        let seen = scene.server.seen();
         assert_eq!(
             seen.iter().map(|s| s.status).collect::<Vec<_>>(),
             [200, 429, 429, 429, 500, 500, 500, 200],

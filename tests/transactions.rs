@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{bounded, role_and_file};
+use common::{bounded, role_file_and_pool};
 use pgrotate::{ErrorKind, Pool, RetryPolicy};
 use pgrotate_testing::{Cluster, TestRole};
 use tokio::sync::{mpsc, oneshot};
@@ -18,12 +18,7 @@ async fn pool_with_table(
     prefix: &str,
     size: usize,
 ) -> (Pool, TestRole, common::UrlFile) {
-    let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source())
-        .max_size(size)
-        .build()
-        .await
-        .unwrap();
+    let (role, file, pool) = role_file_and_pool(cluster, prefix, size).await;
     pool.run(async |c| {
         c.batch_execute("create table if not exists t (k int primary key, attempt int)")
             .await

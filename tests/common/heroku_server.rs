@@ -16,6 +16,9 @@ use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use pgrotate::Pool;
+use pgrotate::source::HerokuApi;
+use pgrotate_testing::{Cluster, TestRole};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -73,6 +76,53 @@ impl Scripted {
         self.delay = d;
         self
     }
+
+    /// The Platform API's 429: the account's rate limit reached,
+    /// `Retry-After: 1`, `RateLimit-Remaining: 0`.
+    pub fn rate_limited() -> Scripted {
+        Scripted::body(
+            429,
+            r#"{"id":"rate_limit","message":"Your account reached the API rate limit"}"#,
+        )
+        .header("Retry-After", "1")
+        .header("RateLimit-Remaining", "0")
+    }
+
+    /// The Platform API's 500.
+    pub fn server_error() -> Scripted {
+        Scripted::body(500, r#"{"id":"internal_server_error"}"#)
+    }
+}
+
+/// A role of its own on `cluster` and the stand-in for `app` serving its
+/// URL as `DATABASE_URL`.
+pub async fn role_and_server(
+    cluster: &Cluster,
+    prefix: &str,
+    app: &str,
+    token: &str,
+) -> (TestRole, ApiServer) {
+    let role = cluster.create_role(prefix).await.unwrap();
+    let server = ApiServer::start(app, token, &cluster.url(&role)).await;
+    (role, server)
+}
+
+/// A pool of at most `max_size` connections on `source`, built.
+pub async fn pool_of(source: HerokuApi, max_size: usize) -> Pool {
+    Pool::builder(source)
+        .max_size(max_size)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `heroku pg:credentials:rotate` as the platform does it: a new password,
+/// the config var updated, the old sessions reset.
+pub async fn rotate(cluster: &Cluster, role: &TestRole, server: &ApiServer) -> TestRole {
+    let new = cluster.rotate_password(role).await.unwrap();
+    server.set_var("DATABASE_URL", Some(&cluster.url(&new)));
+    cluster.terminate_backends(&role.name).await.unwrap();
+    new
 }
 
 struct State {

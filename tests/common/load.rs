@@ -133,6 +133,14 @@ impl Load {
         self.shared.errors.load(Ordering::Relaxed)
     }
 
+    /// Stops every worker, asserting no call failed; returns the
+    /// successful calls.
+    pub async fn stop_without_errors(self) -> u64 {
+        let (ok, errors) = self.stop().await;
+        assert_eq!(errors, 0, "callers saw errors ({ok} calls)");
+        ok
+    }
+
     /// Stops every worker; returns (successful calls, errors).
     pub async fn stop(self) -> (u64, u64) {
         self.shared.stop.store(true, Ordering::Relaxed);

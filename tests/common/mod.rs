@@ -137,6 +137,47 @@ pub async fn role_and_file(cluster: &Cluster, prefix: &str) -> (TestRole, UrlFil
     (role, file)
 }
 
+/// A role of its own on `cluster`, a URL file pointing at it, and a pool
+/// of at most `size` connections reading that file.
+pub async fn role_file_and_pool(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+) -> (TestRole, UrlFile, pgrotate::Pool) {
+    let (role, file) = role_and_file(cluster, prefix).await;
+    let pool = pgrotate::Pool::builder(file.source())
+        .max_size(size)
+        .build()
+        .await
+        .unwrap();
+    (role, file, pool)
+}
+
+/// Tasks spawned together; [`Tasks::outcomes`] waits for them all.
+pub struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
+
+/// Spawns `n` tasks, the `i`th running `task(i)`: writers and readers
+/// under test, each returning what it saw.
+pub fn spawn_tasks<T, F>(n: usize, task: impl FnMut(usize) -> F) -> Tasks<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    Tasks((0..n).map(task).map(tokio::spawn).collect())
+}
+
+impl<T> Tasks<T> {
+    /// Each task's outcome, in the order they were spawned; a task's panic
+    /// is the caller's.
+    pub async fn outcomes(self) -> Vec<T> {
+        let mut outcomes = Vec::with_capacity(self.0.len());
+        for t in self.0 {
+            outcomes.push(t.await.unwrap());
+        }
+        outcomes
+    }
+}
+
 /// Everything every tracing event of this test process printed, at every
 /// level, pgrotate's and its dependencies'.
 pub fn captured_logs() -> String {

@@ -131,6 +131,28 @@ async fn failure(
     .await
 }
 
+/// Yields until the script has seen `n` fetches.
+async fn fetches_reach(script: &Script, n: u32) {
+    while script.fetches() < n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A refresher watching every `S`, left idle for 200 s, then
+/// a watch poll on its way whose fetch answers `answer`.
+async fn poll_under_way(script: &Arc<Script>, answer: Answer) -> Arc<Refresher> {
+    let config = RefreshConfig {
+        watch: Some(S),
+        ..RefreshConfig::default()
+    };
+    let r = refresher(script, config).await;
+    tokio::time::sleep(Duration::from_secs(200)).await;
+    script.then(answer);
+    r.poll_for_change();
+    fetches_reach(script, 2).await;
+    r
+}
+
 fn rate_limited(after: Duration) -> SourceError {
     SourceError::new(SourceErrorKind::RateLimited, "HTTP 429").with_retry_after(after)
 }
@@ -178,17 +200,7 @@ async fn a_rotation_right_after_the_build_fetch_refetches_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_watch_poll_under_way_never_delays_a_failure() {
     let script = Script::new(Budget::heroku());
-    let config = RefreshConfig {
-        watch: Some(S),
-        ..RefreshConfig::default()
-    };
-    let r = refresher(&script, config).await;
-    tokio::time::sleep(Duration::from_secs(200)).await;
-    script.then(Answer::Slow(S));
-    r.poll_for_change();
-    while script.fetches() < 2 {
-        tokio::task::yield_now().await;
-    }
+    let r = poll_under_way(&script, Answer::Slow(S)).await;
     // The rotation lands while the poll is on its way (it would bring the
     // old URL): the failure does not wait for it, it fetches at once.
     tokio::time::sleep(S / 2).await;
@@ -261,9 +273,7 @@ async fn drain_and_close_never_wait_for_a_fetch_and_close_ends_it() {
         let r = r.clone();
         tokio::spawn(async move { failure(&r, 1, 30 * S).await })
     };
-    while script.fetches() < 2 {
-        tokio::task::yield_now().await;
-    }
+    fetches_reach(&script, 2).await;
     let t = Instant::now();
     assert_eq!(r.bump().id, 2, "drain does not wait for the fetch");
     r.close();
@@ -442,17 +452,7 @@ async fn a_source_that_panics_fails_that_fetch_and_the_next_one_goes_out() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_watch_poll_never_holds_a_failure_back() {
     let script = Script::new(Budget::heroku());
-    let config = RefreshConfig {
-        watch: Some(S),
-        ..RefreshConfig::default()
-    };
-    let r = refresher(&script, config).await;
-    tokio::time::sleep(Duration::from_secs(200)).await;
-    script.then(Answer::Hang);
-    r.poll_for_change();
-    while script.fetches() < 2 {
-        tokio::task::yield_now().await;
-    }
+    let r = poll_under_way(&script, Answer::Hang).await;
     script.set(NEW);
     let t = Instant::now();
     assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
@@ -478,9 +478,7 @@ async fn an_outage_never_waits_for_someone_elses_fetch() {
         let r = r.clone();
         tokio::spawn(async move { r.refresh_now(Instant::now() + 30 * S).await.map(|g| g.id) })
     };
-    while script.fetches() < 2 {
-        tokio::task::yield_now().await;
-    }
+    fetches_reach(&script, 2).await;
     let t = Instant::now();
     let g = r
         .refresh_after(
