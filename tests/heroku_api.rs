@@ -246,7 +246,9 @@ async fn server_errors_three_times_then_success_with_bounded_spaced_requests() {
 #[tokio::test]
 async fn a_burst_goes_out_back_to_back_then_the_refill_paces() {
     bounded(async {
-        let refill = Duration::from_millis(800);
+        // Long enough that a loaded machine cannot pass for a wait on the
+        // refill (the burst must take well under half of it).
+        let refill = Duration::from_secs(4);
         let server = ApiServer::start(APP, TOKEN, FAKE_URL).await;
         let pool = Pool::builder(api(&server).budget(Budget::new(3, refill).reserve(0)))
             .build()
