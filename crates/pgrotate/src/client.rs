@@ -90,10 +90,6 @@ impl Client {
     }
 }
 
-/// How long a returned `get()` connection waits for its connection task's
-/// next poll (it takes microseconds; the bound is for a task that ended).
-const FLUSH_BOUND: std::time::Duration = std::time::Duration::from_secs(1);
-
 impl Drop for Client {
     fn drop(&mut self) {
         let Some(obj) = self.obj.take() else { return };
@@ -114,20 +110,12 @@ impl Drop for Client {
             drop(Object::take(obj));
             return;
         }
-        if obj.lent
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            // A `get()` client: its caller may have dropped a request future
-            // after its first poll, leaving the request queued inside
-            // tokio-postgres, not yet written. The connection goes back once
-            // its connection task has run one whole poll (every queued
-            // request written and seen by the wire), so the next checkout
-            // finds the request and never inherits it unseen.
-            runtime.spawn(async move {
-                obj.pulse.flushed(FLUSH_BOUND).await;
-                drop(obj);
-            });
-        }
+        // A `get()` client goes back at once: its caller may have dropped a
+        // request future after its first poll, leaving the request queued
+        // inside tokio-postgres, not yet written — the next checkout waits
+        // for one whole poll of the connection task first (`leave_clean`),
+        // so it sees the request and never inherits it unseen.
+        drop(obj);
     }
 }
 

@@ -321,7 +321,7 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
         // A request its last caller polled once and dropped sits in
         // tokio-postgres's queue until the connection task writes it: let
         // that task run one whole poll first, so the request is seen below.
-        conn.pulse.flushed(bound).await;
+        conn.pulse.queue_written(bound).await;
     }
     if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
         // Dropped by deadpool: `Connection::drop` cancels the request and

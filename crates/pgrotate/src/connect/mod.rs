@@ -208,11 +208,15 @@ where
     let pulse = Arc::new(Pulse::default());
     let beat = pulse.clone();
     let mut connection = Box::pin(connection);
+    let noting = std::task::Waker::from(beat.clone());
     let task = tokio::spawn(async move {
         let ended = std::future::poll_fn(|cx| {
+            beat.before_poll(cx.waker());
             let seen = beat.asked.load(std::sync::atomic::Ordering::Acquire);
-            let r = connection.as_mut().poll(cx);
-            beat.after_poll(seen, cx.waker(), r.is_ready());
+            let r = connection
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(&noting));
+            beat.after_poll(seen, r.is_ready());
             r
         })
         .await;

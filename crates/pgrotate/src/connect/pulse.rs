@@ -16,8 +16,19 @@ use std::time::Duration;
 /// poll that began after the question has ended: every request queued
 /// before it has then been written, and is seen by the wire. No round trip
 /// to the server.
-#[derive(Debug, Default)]
+///
+/// Most checkouts need not even that: the task is polled with a waker of
+/// the pulse's own, which notes every wake (a request sent into
+/// tokio-postgres's queue wakes the task). No wake since the last poll
+/// began, and no poll under way, means the queue was drained and nothing
+/// was queued since: [`Pulse::queue_written`] returns at once.
+#[derive(Debug)]
 pub(crate) struct Pulse {
+    /// Woken since the last poll began (a request queued, an answer
+    /// arrived). True until the first poll.
+    woken: std::sync::atomic::AtomicBool,
+    /// A poll under way.
+    in_poll: std::sync::atomic::AtomicBool,
     /// Questions asked.
     pub(super) asked: std::sync::atomic::AtomicU64,
     /// The highest question a finished poll had seen when it began.
@@ -27,9 +38,43 @@ pub(crate) struct Pulse {
     polled: tokio::sync::Notify,
 }
 
+impl Default for Pulse {
+    fn default() -> Pulse {
+        Pulse {
+            woken: std::sync::atomic::AtomicBool::new(true),
+            in_poll: std::sync::atomic::AtomicBool::new(false),
+            asked: Default::default(),
+            answered: Default::default(),
+            ended: Default::default(),
+            waker: Default::default(),
+            polled: Default::default(),
+        }
+    }
+}
+
+/// The waker the connection is polled with: notes the wake, then wakes the
+/// task.
+impl std::task::Wake for Pulse {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self
+            .waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            w.wake_by_ref();
+        }
+    }
+}
+
 impl Pulse {
-    /// Around each poll of the connection: `seen` is `asked` read before it.
-    pub(super) fn after_poll(&self, seen: u64, waker: &std::task::Waker, ended: bool) {
+    /// Before each poll of the connection, with the task's own waker.
+    pub(super) fn before_poll(&self, waker: &std::task::Waker) {
         use std::sync::atomic::Ordering;
         {
             let mut slot = self.waker.lock().unwrap_or_else(|p| p.into_inner());
@@ -37,6 +82,27 @@ impl Pulse {
                 *slot = Some(waker.clone());
             }
         }
+        self.in_poll.store(true, Ordering::SeqCst);
+        self.woken.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether a request may sit queued, not yet written: a wake since the
+    /// last poll began, or a poll under way.
+    fn may_hold_a_request(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        // `woken` first: a poll clears it after marking itself under way.
+        self.woken.load(Ordering::SeqCst) || self.in_poll.load(Ordering::SeqCst)
+    }
+
+    /// [`Pulse::flushed`] when a request may sit queued; at once otherwise.
+    pub(crate) async fn queue_written(&self, within: Duration) -> bool {
+        !self.may_hold_a_request() || self.flushed(within).await
+    }
+
+    /// After each poll of the connection: `seen` is `asked` read before it.
+    pub(super) fn after_poll(&self, seen: u64, ended: bool) {
+        use std::sync::atomic::Ordering;
+        self.in_poll.store(false, Ordering::SeqCst);
         if ended {
             self.ended.store(true, Ordering::Release);
         }
