@@ -82,6 +82,16 @@ impl Client {
         self.conn_mut().busy = busy;
     }
 
+    /// Stops the connection's task now: nothing more is written or read.
+    pub(crate) fn abort_connection(&self) {
+        self.conn().task.abort();
+    }
+
+    /// Whether the connection's task has stopped.
+    pub(crate) fn connection_stopped(&self) -> bool {
+        self.conn().task.is_finished()
+    }
+
     /// Closes this connection instead of returning it to the pool.
     pub fn discard(mut self) {
         if let Some(obj) = self.obj.take() {

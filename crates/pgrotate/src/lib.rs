@@ -15,6 +15,7 @@
 //   pool / exec  the public handle; exec/: run, transaction, statement — one attempt each,
 //                retried on a fresh connection (statements only when provably not run)
 //   statements   the pool-level statements (query, execute, …) and their RowStream
+//   pipeline     lanes: connections the pool-level statements share, several in flight on each
 //   classify     the one table from error to fault
 //   refetch      a fault that means the URL is stale → one budgeted, bounded fetch → back to generation
 //
@@ -31,6 +32,7 @@ mod connect;
 mod exec;
 mod generation;
 mod manager;
+mod pipeline;
 mod pool;
 mod refetch;
 pub mod source;

@@ -18,6 +18,13 @@ impl PoolBuilder {
                 self.max_size
             )));
         }
+        if self.pipeline_depth == 0 || self.pipeline_depth > crate::pipeline::MAX_DEPTH {
+            return Err(build_err(format!(
+                "pipeline_depth must be at least 1 and at most {} (got {})",
+                crate::pipeline::MAX_DEPTH,
+                self.pipeline_depth
+            )));
+        }
         self.retry.validate().map_err(build_err)?;
         if [
             self.maintenance.watch,

@@ -42,6 +42,7 @@ pub struct PoolBuilder {
     pub(crate) pooler_retry: Duration,
     pub(crate) pooler_query_timeout: Duration,
     pub(crate) after_connect: Option<crate::hook::Hook>,
+    pub(crate) pipeline_depth: usize,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -78,6 +79,7 @@ impl PoolBuilder {
             pooler_retry: Duration::from_secs(15),
             pooler_query_timeout: Duration::from_secs(30),
             after_connect: None,
+            pipeline_depth: crate::pipeline::DEFAULT_DEPTH,
         }
     }
 
@@ -323,6 +325,23 @@ impl PoolBuilder {
     /// connection. Default 30 s.
     pub fn pooler_query_timeout(mut self, d: Duration) -> PoolBuilder {
         self.pooler_query_timeout = d;
+        self
+    }
+
+    /// How many pool-level statements ([`Pool::query`](crate::Pool::query),
+    /// [`Pool::execute`](crate::Pool::execute), …) may be in flight at once
+    /// on one connection before the pool opens another (up to `max_size`).
+    /// Default 8. `1` gives each statement a connection of its own, as
+    /// `run` does. Ignored in pooler mode (each statement gets a connection
+    /// of its own there). At most 1024.
+    ///
+    /// Statements sharing a connection are answered in order: one slow
+    /// statement delays those sent after it on that connection (never
+    /// those on others). A deeper pipeline uses fewer connections; a
+    /// shallower one (or a larger `max_size`) spreads slow statements over
+    /// more of them. See the crate README for measurements.
+    pub fn pipeline_depth(mut self, depth: usize) -> PoolBuilder {
+        self.pipeline_depth = depth;
         self
     }
 

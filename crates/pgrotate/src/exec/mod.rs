@@ -9,10 +9,12 @@
 //! caller's, so a caller's `async move` closure keeps the whole future
 //! `Send`.
 
+mod pipelined;
 mod run;
 pub(crate) mod statement;
 mod transaction;
 
+pub(crate) use pipelined::Statement;
 pub use transaction::TransactionOptions;
 
 use std::future::Future;

@@ -43,7 +43,7 @@ use crate::wire::{Answers, Progress, Wire};
 /// How long a statement's success waits for its `ReadyForQuery` when the
 /// call has no attempt timeout (it usually arrives in the same read as
 /// `CommandComplete`; a synchronous standby can delay it).
-const CONFIRM: Duration = Duration::from_secs(30);
+pub(super) const CONFIRM: Duration = Duration::from_secs(30);
 
 /// One statement, as a pool-level call runs it on a connection: plain
 /// data and one method, rather than a closure — an async closure that
@@ -151,30 +151,13 @@ impl Pool {
     ) -> Outcome<(C::Output, Client), ()> {
         let timeout = self.attempt_timeout(policy);
         let deadline = timeout.map(crate::time::after);
-        let generation = client.generation();
         let wire = client.wire();
         client.set_busy(true);
         match until(deadline, call.setup(&client)).await {
             Ok(Ok(())) => {}
             Err(()) => return Outcome::Retry(Failure::pool(abandoned(timeout))),
-            Ok(Err(e)) => {
-                let fault = classify(&e);
-                if !fault.is_connection_level() {
-                    client.set_busy(false);
-                    return Outcome::Fail(Failure::pool(Error::postgres(
-                        ErrorKind::Query,
-                        fault,
-                        e,
-                    )));
-                }
-                drop(client);
-                self.after_fault(attempts, generation, fault).await;
-                return Outcome::Retry(Failure::pool(Error::postgres(
-                    kind_after_work(fault),
-                    fault,
-                    e,
-                )));
-            }
+            // Nothing of the statement ran yet.
+            Ok(Err(e)) => return self.statement_failure(attempts, client, e, true).await,
         }
         let before = wire.progress();
         let e = match until(deadline, call.call(&client)).await {
@@ -182,14 +165,7 @@ impl Pool {
                 return Outcome::Retry(Failure::pool(abandoned(timeout)));
             }
             Err(()) => {
-                return Outcome::Fail(Failure::pool(Error::new(
-                    ErrorKind::OutcomeUnknown,
-                    format!(
-                        "no answer within the attempt timeout of {}; the statement was sent and \
-                         may have run; the connection was closed",
-                        timeout.map_or_else(String::new, fmt_duration)
-                    ),
-                )));
+                return Outcome::Fail(Failure::pool(unanswered(timeout)));
             }
             Ok(Ok(v)) if streaming => return Outcome::Done((v, client)),
             Ok(Ok(v)) => {
@@ -197,17 +173,27 @@ impl Pool {
                     d.saturating_duration_since(std::time::Instant::now())
                 });
                 if wire.answers(left).await == Answers::Ended {
-                    return Outcome::Fail(Failure::pool(Error::new(
-                        ErrorKind::OutcomeUnknown,
-                        "the connection was lost after the statement completed and before the \
-                         server confirmed the end of its transaction; it may have been rolled back",
-                    )));
+                    return Outcome::Fail(Failure::pool(unconfirmed()));
                 }
                 client.set_busy(false);
                 return Outcome::Done((v, client));
             }
             Ok(Err(e)) => e,
         };
+        let not_run = proves_not_run(before, &wire, &e);
+        self.statement_failure(attempts, client, e, not_run).await
+    }
+
+    /// A statement (or what it needed first) failed with `e` on `client`:
+    /// the caller's own error, or a fault of the connection — retried on a
+    /// fresh one when `not_run`, otherwise an unknown outcome.
+    async fn statement_failure<T>(
+        &self,
+        attempts: &Attempts,
+        mut client: Client,
+        e: tokio_postgres::Error,
+        not_run: bool,
+    ) -> Outcome<T, ()> {
         let mut fault = classify(&e);
         if fault == Fault::ReadOnly {
             fault = read_only_or_standby(&client).await;
@@ -218,22 +204,54 @@ impl Pool {
             client.set_busy(false);
             return Outcome::Fail(Failure::pool(Error::postgres(ErrorKind::Query, fault, e)));
         }
-        let not_run = proves_not_run(before, &wire, &e);
+        let generation = client.generation();
         drop(client);
         self.after_fault(attempts, generation, fault).await;
-        if not_run {
-            Outcome::Retry(Failure::pool(Error::postgres(
-                kind_after_work(fault),
-                fault,
-                e,
-            )))
-        } else {
-            Outcome::Fail(Failure::pool(
-                Error::postgres(ErrorKind::OutcomeUnknown, fault, e).with_detail_prefix(
-                    "the connection failed after the statement was sent, with nothing to \
-                     prove it did not run",
-                ),
-            ))
-        }
+        after_connection_fault(fault, e, not_run)
+    }
+}
+
+/// A statement sent that got no answer within the attempt timeout.
+pub(super) fn unanswered(timeout: Option<Duration>) -> Error {
+    Error::new(
+        ErrorKind::OutcomeUnknown,
+        format!(
+            "no answer within the attempt timeout of {}; the statement was sent and may have \
+             run; the connection was closed",
+            timeout.map_or_else(String::new, fmt_duration)
+        ),
+    )
+}
+
+/// A statement that completed on a connection lost before its
+/// `ReadyForQuery`.
+pub(super) fn unconfirmed() -> Error {
+    Error::new(
+        ErrorKind::OutcomeUnknown,
+        "the connection was lost after the statement completed and before the server confirmed \
+         the end of its transaction; it may have been rolled back",
+    )
+}
+
+/// After a fault of the connection a statement was on: retried when it
+/// provably did not run, otherwise [`ErrorKind::OutcomeUnknown`].
+pub(super) fn after_connection_fault<T>(
+    fault: Fault,
+    e: tokio_postgres::Error,
+    not_run: bool,
+) -> Outcome<T, ()> {
+    if not_run {
+        Outcome::Retry(Failure::pool(Error::postgres(
+            kind_after_work(fault),
+            fault,
+            e,
+        )))
+    } else {
+        Outcome::Fail(Failure::pool(
+            Error::postgres(ErrorKind::OutcomeUnknown, fault, e).with_detail_prefix(
+                "the connection failed after the statement was sent, with nothing to \
+                 prove it did not run",
+            ),
+        ))
     }
 }

@@ -79,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) pooler_query_timeout: Option<Duration>,
     /// In pooler mode, the parameter types of the pool-level statements.
     pub(crate) param_types: crate::statements::ParamTypes,
+    /// The connections pool-level statements share (pipelining).
+    pub(crate) lanes: crate::pipeline::Lanes,
 }
 
 impl Drop for Inner {
@@ -153,6 +155,9 @@ impl Pool {
             pooler_retry: builder.pooler_retry,
             pooler_query_timeout: pooler.then_some(builder.pooler_query_timeout),
             param_types: crate::statements::ParamTypes::default(),
+            // Through a transaction-mode pooler each statement keeps a
+            // connection of its own (PgBouncer routes by transaction).
+            lanes: crate::pipeline::Lanes::new(if pooler { 1 } else { builder.pipeline_depth }),
         });
         crate::maintenance::spawn(
             Arc::downgrade(&inner),
@@ -234,7 +239,7 @@ impl Pool {
     /// A timeout's error with what holds refetches back, if anything does
     /// (the source keeps the URL that failed; its budget allows the next
     /// request in …).
-    fn explained(&self, e: Error) -> Error {
+    pub(crate) fn explained(&self, e: Error) -> Error {
         match self.inner.refresher.explain() {
             Some(why) => e.with_detail_suffix(&format!("meanwhile: {why}")),
             None => e,

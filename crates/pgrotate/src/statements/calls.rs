@@ -3,6 +3,8 @@
 //! learned once so the statement can run unnamed.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deadpool_postgres::ClientWrapper;
@@ -26,7 +28,7 @@ async fn prepare(
     }
 }
 
-pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+pub(crate) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// How many statements' parameter types a pool keeps (pooler mode).
 const MAX_TYPED: usize = 1000;
@@ -84,44 +86,132 @@ async fn learn_types(
 
 /// The parameters with the types learned, when they match in number (when
 /// they do not, the named path lets tokio-postgres say so).
-fn typed<'a>(
-    params: impl ExactSizeIterator<Item = &'a (dyn ToSql + Sync)>,
-    types: Option<&Arc<[Type]>>,
-) -> Option<Vec<(&'a (dyn ToSql + Sync), Type)>> {
+fn typed<'t, I: ExactSizeIterator>(
+    params: I,
+    types: Option<&'t Arc<[Type]>>,
+) -> Option<impl ExactSizeIterator<Item = (I::Item, Type)> + 't>
+where
+    I: 't,
+{
     let types = types?;
-    (params.len() == types.len()).then(|| params.zip(types.iter().cloned()).collect())
+    (params.len() == types.len()).then(|| params.zip(types.iter().cloned()))
 }
 
-/// What a statement with parameters returns.
-#[derive(Clone, Copy)]
-pub(super) enum Rows {
-    All,
-    One,
-    Opt,
-    Count,
+/// What a statement with parameters returns: one type per method, each
+/// running the statement its way (as a prepared statement, or unnamed with
+/// its parameter types given).
+pub(crate) trait Rows: Send + Sync + 'static {
+    type Output: Send;
+
+    /// Runs the prepared `stmt`.
+    fn prepared<'a>(
+        c: &'a ClientWrapper,
+        stmt: Statement,
+        params: Params<'a>,
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
+
+    /// Runs `sql` unnamed, its parameters' types given (one round trip).
+    fn typed<'a>(
+        c: &'a ClientWrapper,
+        sql: &'a str,
+        params: &'a [(&'a (dyn ToSql + Sync), Type)],
+    ) -> impl Future<Output = Result<Self::Output, tokio_postgres::Error>> + Send + 'a;
 }
 
-/// The result of a [`Prepared`] call, by [`Rows`].
-pub(super) enum Answer {
-    All(Vec<Row>),
-    One(Row),
-    Opt(Option<Row>),
-    Count(u64),
+/// `query`: every row.
+pub(crate) struct All;
+/// `query_one`: exactly one row.
+pub(crate) struct One;
+/// `query_opt`: zero or one row.
+pub(crate) struct Opt;
+/// `execute`: the number of rows affected.
+pub(crate) struct Count;
+
+impl Rows for All {
+    type Output = Vec<Row>;
+    async fn prepared(
+        c: &ClientWrapper,
+        stmt: Statement,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        c.query(&stmt, params).await
+    }
+    async fn typed(
+        c: &ClientWrapper,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        c.query_typed(sql, params).await
+    }
 }
 
-/// `query`, `query_one`, `query_opt`, `execute`: a prepared (cached)
-/// statement with parameters.
-pub(super) struct Prepared<'a> {
+impl Rows for One {
+    type Output = Row;
+    async fn prepared(
+        c: &ClientWrapper,
+        stmt: Statement,
+        params: Params<'_>,
+    ) -> Result<Row, tokio_postgres::Error> {
+        c.query_one(&stmt, params).await
+    }
+    async fn typed(
+        c: &ClientWrapper,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        c.query_typed_one(sql, params).await
+    }
+}
+
+impl Rows for Opt {
+    type Output = Option<Row>;
+    async fn prepared(
+        c: &ClientWrapper,
+        stmt: Statement,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        c.query_opt(&stmt, params).await
+    }
+    async fn typed(
+        c: &ClientWrapper,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        c.query_typed_opt(sql, params).await
+    }
+}
+
+impl Rows for Count {
+    type Output = u64;
+    async fn prepared(
+        c: &ClientWrapper,
+        stmt: Statement,
+        params: Params<'_>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        c.execute(&stmt, params).await
+    }
+    async fn typed(
+        c: &ClientWrapper,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        c.execute_typed(sql, params).await
+    }
+}
+
+/// `query`, `query_one`, `query_opt`, `execute` on a connection of their
+/// own: a prepared (cached) statement with parameters.
+pub(super) struct Prepared<'a, R> {
     /// In pooler mode: where the parameter types are learned.
     pub(super) pooler: Option<&'a ParamTypes>,
     pub(super) types: OnceLock<Arc<[Type]>>,
     pub(super) sql: &'a str,
     pub(super) params: Params<'a>,
-    pub(super) rows: Rows,
+    pub(super) rows: PhantomData<R>,
 }
 
-impl Call for Prepared<'_> {
-    type Output = Answer;
+impl<R: Rows> Call for Prepared<'_, R> {
+    type Output = R::Output;
 
     async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
         match self.pooler {
@@ -130,24 +220,14 @@ impl Call for Prepared<'_> {
         }
     }
 
-    async fn call(&self, c: &ClientWrapper) -> Result<Answer, tokio_postgres::Error> {
+    async fn call(&self, c: &ClientWrapper) -> Result<R::Output, tokio_postgres::Error> {
         if let Some(params) = typed(self.params.iter().copied(), self.types.get()) {
             // Pooler mode: unnamed, one round trip.
-            let sql = self.sql;
-            return Ok(match self.rows {
-                Rows::All => Answer::All(c.query_typed(sql, &params).await?),
-                Rows::One => Answer::One(c.query_typed_one(sql, &params).await?),
-                Rows::Opt => Answer::Opt(c.query_typed_opt(sql, &params).await?),
-                Rows::Count => Answer::Count(c.execute_typed(sql, &params).await?),
-            });
+            let params: Vec<_> = params.collect();
+            return R::typed(c, self.sql, &params).await;
         }
         let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;
-        Ok(match self.rows {
-            Rows::All => Answer::All(c.query(&stmt, self.params).await?),
-            Rows::One => Answer::One(c.query_one(&stmt, self.params).await?),
-            Rows::Opt => Answer::Opt(c.query_opt(&stmt, self.params).await?),
-            Rows::Count => Answer::Count(c.execute(&stmt, self.params).await?),
-        })
+        R::prepared(c, stmt, self.params).await
     }
 }
 
@@ -192,15 +272,10 @@ impl Call for Typed<'_> {
 /// parameters borrow locals (`&x as &(dyn ToSql + Sync)`), which the
 /// compiler cannot prove for every lifetime.
 pub(super) trait RawParams: Sync {
-    fn len(&self) -> usize;
     fn each(&self) -> Box<dyn ExactSizeIterator<Item = &dyn ToSql> + Send + '_>;
 }
 
 impl<P: BorrowToSql + Sync> RawParams for Vec<P> {
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-
     fn each(&self) -> Box<dyn ExactSizeIterator<Item = &dyn ToSql> + Send + '_> {
         Box::new(self.iter().map(BorrowToSql::borrow_to_sql))
     }
@@ -228,11 +303,8 @@ impl Call for Raw<'_> {
         &self,
         c: &ClientWrapper,
     ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
-        if let Some(types) = self.types.get()
-            && types.len() == self.params.len()
-        {
+        if let Some(params) = typed(self.params.each(), self.types.get()) {
             // Pooler mode: unnamed, one round trip.
-            let params = self.params.each().zip(types.iter().cloned());
             return c.query_typed_raw(self.sql, params).await;
         }
         let stmt = prepare(self.pooler.is_some(), c, self.sql).await?;

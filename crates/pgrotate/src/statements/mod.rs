@@ -11,24 +11,18 @@
 mod calls;
 mod rows;
 
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use tokio_postgres::types::{BorrowToSql, ToSql, Type};
 use tokio_postgres::{Row, SimpleQueryMessage};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
+use crate::exec::Statement;
 use crate::pool::Pool;
-pub(crate) use calls::ParamTypes;
-use calls::{Answer, Params, Prepared, Raw, Rows, Simple, Typed, TypedRaw};
+use calls::{All, Count, One, Opt, Prepared, Raw, Simple, Typed, TypedRaw};
+pub(crate) use calls::{ParamTypes, Params, Rows};
 pub use rows::RowStream;
-
-/// An answer of the kind asked for (each [`Rows`] gets its own [`Answer`]).
-fn unexpected() -> Error {
-    Error::new(
-        ErrorKind::Query,
-        "internal: a statement answered in another form than asked",
-    )
-}
 
 /// The statements. Each takes the SQL as `&str`: a [`Statement`](tokio_postgres::Statement) belongs
 /// to the connection that prepared it, and each call may get another one.
@@ -60,13 +54,27 @@ impl Pool {
             .then_some(&self.inner.param_types)
     }
 
-    async fn prepared(&self, sql: &str, params: Params<'_>, rows: Rows) -> Result<Answer, Error> {
-        let call = Prepared {
+    /// A statement with parameters: pipelined on a shared connection, or
+    /// (pipelining off, pooler mode) on a connection of its own.
+    async fn with_params<R: Rows>(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<R::Output, Error> {
+        if self.inner.lanes.enabled() {
+            let stmt = Statement {
+                sql,
+                types: &[],
+                params,
+            };
+            return self.pipelined::<R>(stmt).await;
+        }
+        let call = Prepared::<R> {
             pooler: self.pooler(),
             types: OnceLock::new(),
             sql,
             params,
-            rows,
+            rows: PhantomData,
         };
         self.statement(&call).await
     }
@@ -78,24 +86,18 @@ impl Pool {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, Error> {
-        match self.prepared(statement, params, Rows::All).await? {
-            Answer::All(rows) => Ok(rows),
-            _ => Err(unexpected()),
-        }
+        self.with_params::<All>(statement, params).await
     }
 
     /// Runs a statement that returns exactly one row, as
     /// [`tokio_postgres::Client::query_one`]: any other number of rows is
-    /// an error of kind [`ErrorKind::Query`].
+    /// an error of kind [`ErrorKind::Query`](crate::ErrorKind::Query).
     pub async fn query_one(
         &self,
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Row, Error> {
-        match self.prepared(statement, params, Rows::One).await? {
-            Answer::One(row) => Ok(row),
-            _ => Err(unexpected()),
-        }
+        self.with_params::<One>(statement, params).await
     }
 
     /// Runs a statement that returns zero or one row, as
@@ -105,10 +107,7 @@ impl Pool {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>, Error> {
-        match self.prepared(statement, params, Rows::Opt).await? {
-            Answer::Opt(row) => Ok(row),
-            _ => Err(unexpected()),
-        }
+        self.with_params::<Opt>(statement, params).await
     }
 
     /// Runs a statement and returns the number of rows it affected, as
@@ -119,10 +118,7 @@ impl Pool {
         statement: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, Error> {
-        match self.prepared(statement, params, Rows::Count).await? {
-            Answer::Count(n) => Ok(n),
-            _ => Err(unexpected()),
-        }
+        self.with_params::<Count>(statement, params).await
     }
 
     /// Runs a statement and returns its rows as a stream, as
@@ -180,6 +176,19 @@ impl Pool {
         statement: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, Error> {
+        if self.inner.lanes.enabled() {
+            // Shared connections run prepared statements only (each sent
+            // whole in one poll, so its place on the connection is known):
+            // prepared once per connection with the types given, cached.
+            let (values, types): (Vec<&(dyn ToSql + Sync)>, Vec<Type>) =
+                params.iter().cloned().unzip();
+            let stmt = Statement {
+                sql: statement,
+                types: &types,
+                params: &values,
+            };
+            return self.pipelined::<All>(stmt).await;
+        }
         self.statement(&Typed {
             sql: statement,
             params,

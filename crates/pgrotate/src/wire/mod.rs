@@ -64,6 +64,32 @@ pub(crate) struct Wire {
     completions: AtomicU64,
     /// The stream ended (end of file or an error reading it).
     ended: AtomicBool,
+    /// Requests that get one `ReadyForQuery` (`Query`, `Sync`,
+    /// `FunctionCall`; not the startup) handed to the stream below: the
+    /// sequence a pipelined statement's place is counted in.
+    requests_sent: AtomicU64,
+    /// Of those, the ones answered (their `ReadyForQuery` came, or the
+    /// server ignored them at a `COPY FROM STDIN`).
+    answered: AtomicU64,
+    /// A `CommandComplete` came for the request answered next.
+    head_completed: AtomicBool,
+    /// A `FATAL` (or `PANIC`) error came while the request at this place
+    /// (1-based, `answered + 1`) was the oldest unanswered: 0 when none.
+    /// The backend exits after it, so no later request ran.
+    fatal_at: AtomicU64,
+    /// Whether that request had its `CommandComplete` before the `FATAL`.
+    fatal_after_complete: AtomicBool,
+}
+
+/// Where a connection ended, for a pipelined statement to tell whether it
+/// ran: [`Wire::fatal`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fatal {
+    /// The place of the request the server was on (1-based).
+    pub(crate) at: u64,
+    /// Whether that request's statement had completed (its commit may
+    /// have happened).
+    pub(crate) after_complete: bool,
 }
 
 /// What came of waiting for the answers of the requests sent.
@@ -121,6 +147,11 @@ impl Default for Wire {
             runs_sent: AtomicU64::new(0),
             completions: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            requests_sent: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            head_completed: AtomicBool::new(false),
+            fatal_at: AtomicU64::new(0),
+            fatal_after_complete: AtomicBool::new(false),
         }
     }
 }
@@ -164,6 +195,52 @@ impl Wire {
             runs_sent: self.runs_sent.load(Ordering::Acquire),
             completions: self.completions.load(Ordering::Acquire),
         })
+    }
+
+    /// Requests sent and requests answered, counted in one sequence (see
+    /// [`Wire::requests_sent`]), if the stream is observed.
+    pub(crate) fn requests(&self) -> Option<(u64, u64)> {
+        self.observed.load(Ordering::Acquire).then(|| {
+            (
+                self.requests_sent.load(Ordering::Acquire),
+                self.answered.load(Ordering::Acquire),
+            )
+        })
+    }
+
+    /// Where a `FATAL` error ended the connection, if one did.
+    pub(crate) fn fatal(&self) -> Option<Fatal> {
+        match self.fatal_at.load(Ordering::Acquire) {
+            0 => None,
+            at => Some(Fatal {
+                at,
+                after_complete: self.fatal_after_complete.load(Ordering::Acquire),
+            }),
+        }
+    }
+
+    /// Waits until the request at `place` (1-based, in the sequence of
+    /// [`Wire::requests`]) has its answer (`All`) or the stream ends first
+    /// (`Ended`), at most `within`.
+    pub(crate) async fn answered(&self, place: u64, within: Duration) -> Answers {
+        if !self.observed.load(Ordering::Acquire) {
+            return Answers::Unknown;
+        }
+        let wait = async {
+            loop {
+                let ready = self.ready.notified();
+                if self.answered.load(Ordering::Acquire) >= place {
+                    return Answers::All;
+                }
+                if self.ended.load(Ordering::Acquire) {
+                    return Answers::Ended;
+                }
+                ready.await;
+            }
+        };
+        tokio::time::timeout(within, wait)
+            .await
+            .unwrap_or(Answers::Unknown)
     }
 
     /// Whether the server is a hot standby, when it said (PostgreSQL 14+).
@@ -229,13 +306,39 @@ impl Wire {
     }
 
     fn expect(&self, e: Expect) {
-        self.queue().push_back(e);
+        let mut q = self.queue();
+        q.push_back(e);
+        if e != Expect::Startup {
+            self.requests_sent.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The oldest request is answered.
+    fn pop(q: &mut VecDeque<Expect>, wire: &Wire) {
+        if let Some(e) = q.pop_front()
+            && e != Expect::Startup
+        {
+            wire.head_completed.store(false, Ordering::Release);
+            wire.answered.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn ready_for_query(&self, status: u8) {
         self.status.store(status, Ordering::Release);
-        self.queue().pop_front();
+        Wire::pop(&mut self.queue(), self);
         self.ready.notify_waiters();
+    }
+
+    /// An `ErrorResponse` of this severity (its `V` field, else `S`).
+    fn error(&self, severity: &[u8]) {
+        if matches!(severity, b"FATAL" | b"PANIC") && self.fatal_at.load(Ordering::Acquire) == 0 {
+            let _q = self.queue();
+            let head_completed = self.head_completed.load(Ordering::Acquire);
+            self.fatal_after_complete
+                .store(head_completed, Ordering::Release);
+            self.fatal_at
+                .store(self.answered.load(Ordering::Acquire) + 1, Ordering::Release);
+        }
     }
 
     /// `CopyInResponse`: if the request being answered is an `Execute`'s
@@ -248,12 +351,13 @@ impl Wire {
                 after_execute: true,
             })
         {
-            q.pop_front();
+            Wire::pop(&mut q, self);
         }
     }
 
     fn command_complete(&self, tag: &[u8]) {
         self.completions.fetch_add(1, Ordering::AcqRel);
+        self.head_completed.store(true, Ordering::Release);
         let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
             b"COMMIT" => 1,
             b"ROLLBACK" => 2,

@@ -47,8 +47,13 @@ impl Reader {
                 continue;
             }
             let take = self.left.min(bytes.len());
-            if matches!(self.kind, b'Z' | b'S' | b'C') && self.body.len() + take <= KEEP_BODY {
-                self.body.extend_from_slice(&bytes[..take]);
+            if matches!(self.kind, b'Z' | b'S' | b'C' | b'E') {
+                let room = KEEP_BODY.saturating_sub(self.body.len()).min(take);
+                if self.kind == b'E' || room == take {
+                    // An error's severity comes in its first fields: its
+                    // beginning is enough.
+                    self.body.extend_from_slice(&bytes[..room]);
+                }
             }
             self.left -= take;
             bytes = &bytes[take..];
@@ -72,12 +77,27 @@ impl Reader {
                 }
             }
             b'C' => wire.command_complete(&self.body),
+            b'E' => wire.error(severity(&self.body)),
             b'G' => wire.copy_in(),
             _ => {}
         }
         self.have = 0;
         self.body.clear();
     }
+}
+
+/// The severity of an `ErrorResponse` body: its `V` field (never
+/// localized, PostgreSQL 9.6+), else its `S` field.
+fn severity(body: &[u8]) -> &[u8] {
+    let mut localized: &[u8] = b"";
+    for field in body.split(|b| *b == 0) {
+        match field.split_first() {
+            Some((b'V', v)) => return v,
+            Some((b'S', v)) if localized.is_empty() => localized = v,
+            _ => {}
+        }
+    }
+    localized
 }
 
 /// Follows the frontend's messages: first the startup message (a length,

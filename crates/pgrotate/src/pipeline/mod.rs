@@ -1,0 +1,268 @@
+//! Pipelined pool-level statements: connections shared by many callers at
+//! once, several statements in flight on each ("lanes").
+//!
+//! tokio-postgres writes the requests of every task sharing one client in
+//! the order they are handed to it and reads the answers in that order, so
+//! N callers on one connection cost one round trip, not N. Over the
+//! internet that is most of a statement's time.
+//!
+//! A lane is an ordinary pooled connection, checked out of the pool while
+//! at least one statement is in flight on it and returned the moment the
+//! last one finishes, so `get()`, `run` and `transaction` share the same
+//! `max_size` connections and idle, lifetime and generation rules apply as
+//! before. Which lane a statement takes ([`Lanes::pick`]):
+//!
+//! 1. the lane with the fewest statements in flight, if it has fewer than
+//!    the depth ([`PoolBuilder::pipeline_depth`](crate::PoolBuilder::pipeline_depth));
+//! 2. when every lane is at the depth, a new lane, if the pool has an idle
+//!    connection or room to open one;
+//! 3. otherwise it waits, in order of arrival, for a slot on a lane.
+//!
+//! A lane of an older generation, or one whose connection failed, takes no
+//! new statement and is closed when its last one finishes. While a caller
+//! of `get`/`run`/`transaction` waits for a connection, one lane at a time
+//! stops taking statements so its connection goes back to the pool.
+//!
+//! This file: the lanes and the choice; one lane's bookkeeping (the place
+//! of each statement in the connection's request sequence, which is what
+//! proves a statement did not run) in `lane`.
+
+mod lane;
+
+pub(crate) use lane::{Lane, NotSent, Submitted};
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::oneshot;
+
+use crate::client::Client;
+
+/// The default pipeline depth: statements in flight on one connection
+/// before the pool opens another (measured: `benches/pipeline.rs`).
+pub(crate) const DEFAULT_DEPTH: usize = 8;
+
+/// The deepest pipeline a pool may be given.
+pub(crate) const MAX_DEPTH: usize = 1024;
+
+/// The lanes of one pool.
+pub(crate) struct Lanes {
+    depth: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Lanes taking statements.
+    lanes: Vec<Arc<Lane>>,
+    /// Callers waiting for a slot, oldest first: `Some(lane)` is a slot
+    /// handed over, `None` a nudge to choose again.
+    waiting: VecDeque<oneshot::Sender<Option<Arc<Lane>>>>,
+    /// Lanes being opened (their callers wait in the pool's queue).
+    opening: usize,
+    /// Lanes stopped so a caller of `get` gets their connection, not yet
+    /// drained.
+    yielding: usize,
+}
+
+/// What a statement does next.
+pub(crate) enum Pick<'a> {
+    /// A slot on this lane.
+    Join(Slot<'a>),
+    /// Open a lane: check a connection out of the pool, then
+    /// [`Opening::opened`].
+    Open(Opening<'a>),
+    /// Wait for a slot.
+    Wait(Waiting<'a>),
+}
+
+/// What the pool looks like to [`Lanes::pick`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PoolState {
+    pub(crate) max_size: usize,
+    pub(crate) size: usize,
+    pub(crate) available: usize,
+    /// Callers waiting for a connection (lanes being opened among them).
+    pub(crate) waiting: usize,
+    pub(crate) generation: u64,
+}
+
+impl Lanes {
+    pub(crate) fn new(depth: usize) -> Lanes {
+        Lanes {
+            depth,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Whether statements are pipelined at all (a depth above 1).
+    pub(crate) fn enabled(&self) -> bool {
+        self.depth > 1
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chooses where the next statement goes.
+    pub(crate) fn pick(&self, pool: PoolState) -> Pick<'_> {
+        let mut st = self.state();
+        st.lanes.retain(|l| {
+            let keep = l.takes_statements() && l.generation() >= pool.generation;
+            if !keep {
+                l.retire();
+            }
+            keep
+        });
+        if pool.waiting > st.opening && st.yielding == 0 {
+            // A caller of get/run/transaction waits: the least busy lane
+            // stops taking statements, so its connection goes back.
+            if let Some(i) = (0..st.lanes.len()).min_by_key(|&i| st.lanes[i].in_flight()) {
+                let lane = st.lanes.swap_remove(i);
+                lane.retire_for_pool();
+                st.yielding += 1;
+            }
+        }
+        let spare = (pool.available + pool.max_size.saturating_sub(pool.size)) > st.opening;
+        let best = st.lanes.iter().min_by_key(|l| l.in_flight()).cloned();
+        match best {
+            Some(lane) if lane.in_flight() < self.depth => {
+                lane.add();
+                Pick::Join(Slot { lanes: self, lane })
+            }
+            Some(_) if !spare => {
+                let (tx, rx) = oneshot::channel();
+                st.waiting.push_back(tx);
+                Pick::Wait(Waiting {
+                    lanes: self,
+                    rx: Some(rx),
+                })
+            }
+            _ => {
+                st.opening += 1;
+                Pick::Open(Opening { lanes: self })
+            }
+        }
+    }
+
+    /// A statement's slot is free: handed to the oldest waiter if the lane
+    /// still takes statements; otherwise the lane drains, and is dropped
+    /// (its connection returned or closed) when its last statement ends.
+    fn release(&self, lane: &Arc<Lane>) {
+        let mut st = self.state();
+        if lane.takes_statements() {
+            while let Some(w) = st.waiting.pop_front() {
+                if w.send(Some(lane.clone())).is_ok() {
+                    return;
+                }
+            }
+        } else {
+            // Someone waiting may now open a lane of their own.
+            nudge(&mut st);
+        }
+        if lane.remove() == 0 {
+            st.lanes.retain(|l| !Arc::ptr_eq(l, lane));
+            if lane.yielded_to_pool() {
+                st.yielding = st.yielding.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Wakes the oldest waiter to choose again.
+fn nudge(st: &mut State) {
+    while let Some(w) = st.waiting.pop_front() {
+        if w.send(None).is_ok() {
+            return;
+        }
+    }
+}
+
+/// A statement's place on a lane; frees it when dropped.
+pub(crate) struct Slot<'a> {
+    lanes: &'a Lanes,
+    lane: Arc<Lane>,
+}
+
+impl Slot<'_> {
+    pub(crate) fn lane(&self) -> &Lane {
+        &self.lane
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.lanes.release(&self.lane);
+    }
+}
+
+/// A lane being opened; [`Opening::opened`] with its connection, or
+/// dropped when getting one failed.
+pub(crate) struct Opening<'a> {
+    lanes: &'a Lanes,
+}
+
+impl<'a> Opening<'a> {
+    /// The new lane, with the caller's slot on it; spare slots go to
+    /// waiting callers.
+    pub(crate) fn opened(self, client: Client) -> Slot<'a> {
+        let lanes = self.lanes;
+        let lane = Arc::new(Lane::new(client));
+        lane.add();
+        let mut st = lanes.state();
+        while lane.in_flight() < lanes.depth {
+            let Some(w) = st.waiting.pop_front() else {
+                break;
+            };
+            lane.add();
+            if w.send(Some(lane.clone())).is_err() {
+                lane.remove();
+            }
+        }
+        st.lanes.push(lane.clone());
+        drop(st);
+        // `self` drops here: no longer opening.
+        Slot { lanes, lane }
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut st = self.lanes.state();
+        st.opening = st.opening.saturating_sub(1);
+        nudge(&mut st);
+    }
+}
+
+/// A caller waiting for a slot.
+pub(crate) struct Waiting<'a> {
+    lanes: &'a Lanes,
+    rx: Option<oneshot::Receiver<Option<Arc<Lane>>>>,
+}
+
+impl<'a> Waiting<'a> {
+    /// A slot (`Some`), or `None`: choose again.
+    pub(crate) async fn slot(mut self) -> Option<Slot<'a>> {
+        let rx = self.rx.as_mut()?;
+        let got = rx.await.ok().flatten();
+        self.rx = None;
+        got.map(|lane| Slot {
+            lanes: self.lanes,
+            lane,
+        })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    /// Given up waiting: a slot handed over meanwhile is handed on.
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            match rx.try_recv() {
+                Ok(Some(lane)) => self.lanes.release(&lane),
+                Ok(None) => nudge(&mut self.lanes.state()),
+                Err(_) => self.lanes.state().waiting.retain(|w| !w.is_closed()),
+            }
+        }
+    }
+}
