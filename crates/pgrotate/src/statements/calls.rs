@@ -86,13 +86,10 @@ async fn learn_types(
 
 /// The parameters with the types learned, when they match in number (when
 /// they do not, the named path lets tokio-postgres say so).
-fn typed<'t, I: ExactSizeIterator>(
+fn typed<'t, I: ExactSizeIterator + 't>(
     params: I,
     types: Option<&'t Arc<[Type]>>,
-) -> Option<impl ExactSizeIterator<Item = (I::Item, Type)> + 't>
-where
-    I: 't,
-{
+) -> Option<impl ExactSizeIterator<Item = (I::Item, Type)> + 't> {
     let types = types?;
     (params.len() == types.len()).then(|| params.zip(types.iter().cloned()))
 }
