@@ -124,13 +124,15 @@ impl Lanes {
             }
         }
         let spare = (pool.available + pool.max_size.saturating_sub(pool.size)) > st.opening;
+        // Slots the lanes being opened will hand to waiting callers.
+        let coming = st.opening * (self.depth - 1);
         let best = st.lanes.iter().min_by_key(|l| l.in_flight()).cloned();
         match best {
             Some(lane) if lane.in_flight() < self.depth => {
                 lane.add();
                 Pick::Join(Slot { lanes: self, lane })
             }
-            Some(_) if !spare => {
+            best if st.waiting.len() < coming || (!spare && (best.is_some() || st.opening > 0)) => {
                 let (tx, rx) = oneshot::channel();
                 st.waiting.push_back(tx);
                 Pick::Wait(Waiting {

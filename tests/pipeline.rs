@@ -1,0 +1,248 @@
+//! Pipelined pool-level statements against a real server: many callers'
+//! statements in flight together on one connection, each caller's fate its
+//! own — a caller giving up, a drain, a `get` waiting for a connection.
+//! (Rotations and random cuts under pipelined load: tests/pool_statements.rs.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bounded, count_sessions, role_and_file, spawn_tasks, wait_until};
+use pgrotate::Pool;
+use pgrotate_testing::{Cluster, TestRole};
+
+/// A statement that waits for the shared advisory lock `key` (held by the
+/// test) and then says which backend ran it.
+fn behind_lock(key: i64) -> String {
+    format!("select pg_backend_pid() from (select pg_advisory_xact_lock_shared({key})) l")
+}
+
+/// A pool of `size` connections and pipelines `depth` deep, on a role of
+/// its own.
+async fn pool(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+    depth: usize,
+) -> (TestRole, common::UrlFile, Pool) {
+    let (role, file) = role_and_file(cluster, prefix).await;
+    let pool = Pool::builder(file.source())
+        .max_size(size)
+        .pipeline_depth(depth)
+        .wait_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    (role, file, pool)
+}
+
+/// Holds the exclusive advisory lock `key` (in the role's database: they
+/// are per database) on a connection of its own, until released.
+struct Lock {
+    client: pgrotate::Client,
+    _pool: Pool,
+    key: i64,
+}
+
+impl Lock {
+    async fn take(cluster: &Cluster, role: &TestRole, key: i64) -> Lock {
+        let pool = Pool::builder(pgrotate::source::Static::new(cluster.url(role)))
+            .max_size(1)
+            .build()
+            .await
+            .unwrap();
+        let client = pool.get().await.unwrap();
+        client
+            .execute("select pg_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        Lock {
+            client,
+            _pool: pool,
+            key,
+        }
+    }
+
+    async fn release(self) {
+        self.client
+            .execute("select pg_advisory_unlock($1)", &[&self.key])
+            .await
+            .unwrap();
+    }
+}
+
+/// Starts `n` statements behind the lock; returns once the first waits for
+/// it on the server (the others are queued behind it on its connection,
+/// or waiting for one).
+async fn start_behind(
+    cluster: &Cluster,
+    role: &TestRole,
+    pool: &Pool,
+    key: i64,
+    n: usize,
+) -> common::Tasks<Result<i32, pgrotate::Error>> {
+    let tasks = spawn_tasks(n, |_| {
+        let pool = pool.clone();
+        async move {
+            let row = pool.query_one(&behind_lock(key), &[]).await?;
+            Ok(row.get(0))
+        }
+    });
+    wait_until(async || count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await >= 1)
+        .await;
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_many_callers_are_in_flight_together_on_one_connection() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, "pipeshare", 1, 8).await;
+        let lock = Lock::take(cluster, &role, 17_001).await;
+        let tasks = start_behind(cluster, &role, &pool, 17_001, 8).await;
+        // Eight statements under way on the pool's one connection: none of
+        // the callers waits for a connection.
+        wait_until(async || pool.status().available == 0).await;
+        let s = pool.status();
+        assert_eq!((s.size, s.waiting), (1, 0), "{s:?}");
+        lock.release().await;
+        let pids: Vec<i32> = tasks
+            .outcomes()
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(
+            pids.iter().all(|p| *p == pids[0]),
+            "one backend ran them all: {pids:?}"
+        );
+        // The connection went back once the last of them finished.
+        wait_until(async || pool.status().available == 1).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_depth_of_one_gives_each_statement_a_connection_of_its_own() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, "pipeone", 1, 1).await;
+        let lock = Lock::take(cluster, &role, 17_002).await;
+        let tasks = start_behind(cluster, &role, &pool, 17_002, 4).await;
+        wait_until(async || pool.status().waiting == 3).await;
+        lock.release().await;
+        for r in tasks.outcomes().await {
+            r.unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_giving_up_halfway_leaves_the_others_on_its_connection_unharmed() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, "pipedrop", 1, 8).await;
+        let lock = Lock::take(cluster, &role, 17_003).await;
+        let before = start_behind(cluster, &role, &pool, 17_003, 3).await;
+        // A caller's statement goes out in the first poll of its future
+        // (the statement is prepared on this connection already), queued
+        // behind the others; then the caller gives up (its request
+        // timeout, a closed HTTP connection).
+        let sql = behind_lock(17_003);
+        let mut quitter = Box::pin(pool.query_one(&sql, &[]));
+        assert!(futures::poll!(&mut quitter).is_pending());
+        let after = spawn_tasks(3, |_| {
+            let pool = pool.clone();
+            async move {
+                let row = pool.query_one(&behind_lock(17_003), &[]).await?;
+                Ok::<i32, pgrotate::Error>(row.get(0))
+            }
+        });
+        drop(quitter);
+        lock.release().await;
+        let mut pids = Vec::new();
+        for r in before
+            .outcomes()
+            .await
+            .into_iter()
+            .chain(after.outcomes().await)
+        {
+            pids.push(r.unwrap());
+        }
+        assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+        // The connection is still the pool's and still works.
+        let again: i32 = pool
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(again, pids[0]);
+        assert_eq!(pool.status().size, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_closes_a_shared_connection_once_its_statements_finish() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, "pipedrain", 2, 8).await;
+        let lock = Lock::take(cluster, &role, 17_004).await;
+        let old = start_behind(cluster, &role, &pool, 17_004, 4).await;
+        pool.drain().await;
+        // A statement after the drain does not join the old connection.
+        let new: i32 = pool
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        lock.release().await;
+        let old: Vec<i32> = old
+            .outcomes()
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(
+            old.iter().all(|p| *p == old[0] && *p != new),
+            "{old:?} then {new}"
+        );
+        // The old connection closes once its statements are done.
+        let gone = format!("pid = {}", old[0]);
+        wait_until(async || count_sessions(cluster, &role.name, &gone).await == 0).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_waiting_while_statements_keep_every_connection_busy_gets_one() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool(cluster, "pipeget", 1, 8).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = spawn_tasks(16, |_| {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    pool.query_one("select 1", &[]).await?;
+                    n += 1;
+                }
+                Ok::<u32, pgrotate::Error>(n)
+            }
+        });
+        wait_until(async || pool.status().available == 0).await;
+        // The one connection is shared by 16 callers without a pause; a
+        // caller of get() still gets it (its wait timeout is 10 s).
+        for _ in 0..3 {
+            let client = pool.get().await.unwrap();
+            client.simple_query("select 1").await.unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in load.outcomes().await {
+            assert!(r.unwrap() > 0);
+        }
+    })
+    .await;
+}
