@@ -21,8 +21,15 @@ async fn pool_with_table(
     cluster: &Cluster,
     prefix: &str,
     size: usize,
+    depth: usize,
 ) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
-    let (role, file, pool) = role_file_and_pool(cluster, prefix, size).await;
+    let (role, file) = role_and_file(cluster, prefix).await;
+    let pool = Pool::builder(file.source())
+        .max_size(size)
+        .pipeline_depth(depth)
+        .build()
+        .await
+        .unwrap();
     pool.batch_execute("create table t (k int not null)")
         .await
         .unwrap();
@@ -56,14 +63,29 @@ async fn counts(pool: &Pool) -> HashMap<i32, i64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
+    // Each statement on a connection of its own (pipelining off).
+    rotations_under_load("stmtrot", 4, 1, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
+    // 32 callers on 2 connections: each connection the server terminates
+    // has up to 8 statements in flight, every one retried or answered.
+    rotations_under_load("piperot", 2, 8, 32).await;
+}
+
+/// `workers` callers (half writing, half reading) on a pool of `size`
+/// connections `depth` deep, through two rotations: no caller sees an
+/// error and every write is applied exactly once.
+async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: usize) {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, file, pool) = pool_with_table(cluster, "stmtrot", 4).await;
+        let (role, file, pool) = pool_with_table(cluster, prefix, size, depth).await;
 
         let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicU32::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        let tasks = spawn_tasks(8, |w| {
+        let tasks = spawn_tasks(workers, |w| {
             let (pool, stop, next, done) = (pool.clone(), stop.clone(), next.clone(), done.clone());
             async move {
                 let mut errors = Vec::new();
@@ -140,7 +162,7 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
 async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2).await;
+        let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2, 8).await;
 
         let write = {
             let pool = pool.clone();
@@ -169,7 +191,7 @@ async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
     .await;
 }
 
-async fn through_proxy(prefix: &str) -> (FaultProxy, Pool) {
+async fn through_proxy(prefix: &str, size: usize, depth: usize) -> (FaultProxy, Pool) {
     let cluster = Cluster::shared().await.unwrap();
     let role = cluster.create_role(prefix).await.unwrap();
     let proxy = FaultProxy::start(cluster.addr()).await.unwrap();
@@ -178,7 +200,8 @@ async fn through_proxy(prefix: &str) -> (FaultProxy, Pool) {
         .backoff(Duration::from_millis(1), Duration::from_millis(20));
     let pool = Pool::builder(source::Static::new(proxy.url(&role)))
         .sslmode(SslMode::Disable)
-        .max_size(8)
+        .max_size(size)
+        .pipeline_depth(depth)
         .retry(policy)
         .build()
         .await
@@ -192,7 +215,7 @@ async fn through_proxy(prefix: &str) -> (FaultProxy, Pool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_never_sent_is_retried_and_one_whose_answer_was_lost_is_not() {
     bounded(async {
-        let (proxy, pool) = through_proxy("stmtcut").await;
+        let (proxy, pool) = through_proxy("stmtcut", 8, 8).await;
 
         // Cut before the server sees the statement's Parse: nothing ran.
         cut_once(
@@ -243,8 +266,21 @@ async fn a_statement_never_sent_is_retried_and_one_whose_answer_was_lost_is_not(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_silently() {
+    // Each statement on a connection of its own (pipelining off).
+    writes_under_random_cuts("stmtchaos", 8, 1, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_pipelined_writes_under_random_cuts_are_never_applied_twice_or_lost_silently() {
+    // 32 writers on 2 connections: a cut hits up to 8 statements in flight.
+    writes_under_random_cuts("pipechaos", 2, 8, 32).await;
+}
+
+/// 1,000 writes by `writers` callers on `size` connections `depth` deep,
+/// under random cuts: every row counted.
+async fn writes_under_random_cuts(prefix: &str, size: usize, depth: usize, writers: usize) {
     bounded(async {
-        let (proxy, pool) = through_proxy("stmtchaos").await;
+        let (proxy, pool) = through_proxy(prefix, size, depth).await;
         // 4 % of the messages that prepare or run a write are cut: half
         // dropped, half applied with the answer lost.
         // The first write's prepare never reaches the server: retried (a
@@ -260,7 +296,7 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
         });
         const N: i32 = 1000;
         let next = Arc::new(AtomicU32::new(0));
-        let writers = spawn_tasks(8, |_| {
+        let writers = spawn_tasks(writers, |_| {
             let (pool, next) = (pool.clone(), next.clone());
             async move {
                 let mut outcomes = Vec::new();
@@ -315,7 +351,7 @@ async fn a_thousand_writes_under_random_cuts_are_never_applied_twice_or_lost_sil
 async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_table(cluster, "stmtdrop", 2).await;
+        let (role, _file, pool) = pool_with_table(cluster, "stmtdrop", 2, 8).await;
         let mut rows = pool
             .query_raw(
                 "select g, pg_sleep(0.001) from generate_series(1, 100000) g",
@@ -344,7 +380,7 @@ async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
 async fn a_bind_with_the_wrong_number_of_parameters_is_the_callers_error_and_not_retried() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_table(cluster, "stmtbind", 2).await;
+        let (_role, _file, pool) = pool_with_table(cluster, "stmtbind", 2, 8).await;
         let e = pool.query_typed("select $1::int8", &[]).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
         assert!(e.is_callers_error() && !e.is_unavailable(), "{e:#}");

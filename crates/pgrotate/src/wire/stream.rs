@@ -35,6 +35,29 @@ impl<S> Observed<S> {
     }
 }
 
+impl<S: AsyncRead + Unpin> Observed<S> {
+    /// After a write failed: reads what the server sent before it closed,
+    /// for the wire only. A server that exits with requests unread in its
+    /// socket (a pipeline, terminated) resets the connection; tokio-postgres
+    /// then stops at the failed write without reading the `FATAL` already
+    /// received, which is what tells the pipelined statements behind it
+    /// that they never ran.
+    fn drain_for_the_wire(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut scratch = [0u8; 8192];
+        for _ in 0..16 {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.reader.feed(buf.filled(), &self.wire);
+                }
+                _ => break,
+            }
+        }
+        self.wire.end();
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -54,20 +77,31 @@ impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Observed<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Observed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
+        let n = match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
+            Ok(n) => n,
+            Err(e) => {
+                this.drain_for_the_wire();
+                return Poll::Ready(Err(e));
+            }
+        };
         this.writer.feed(&data[..n], &this.wire);
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        if flushed.is_err() {
+            this.drain_for_the_wire();
+        }
+        Poll::Ready(flushed)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
