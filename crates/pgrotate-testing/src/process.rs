@@ -1,5 +1,6 @@
-//! Server processes: running `initdb`-like programs, and the watchdog that
-//! owns a running postmaster.
+//! Server processes: running `initdb`-like programs, the watchdog that
+//! owns a running postmaster (or PgBouncer), and [`start_and_wait`], which
+//! starts one under its watchdog and probes it until it answers.
 //!
 //! The postmaster is started by a small shell (the watchdog) whose standard
 //! input is a pipe held by the [`Watchdog`]. A line written to the pipe names
