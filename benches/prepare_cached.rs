@@ -16,36 +16,24 @@
 //! Rounds alternate so drift hits all alike; reported are the median µs per
 //! query of each and the ratios to deadpool-postgres.
 
-use std::time::{Duration, Instant};
+mod common;
 
-use pgrotate_testing::{Cluster, TestCa};
+use std::time::Instant;
+
+use pgrotate_testing::Cluster;
 
 const SQL: &str = "select $1::int8 + 1";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (queries, rounds) = args()?;
+    let (queries, rounds) = common::args("queries", (2000, 10))?;
     let cluster = Cluster::start().await?;
     let role = cluster.create_role("bench").await?;
     let url = cluster.url(&role);
-    let tls = cluster.ca().rustls_client_config()?;
 
-    let raw = raw_client(&url, cluster.ca()).await?;
+    let raw = common::raw_client(&url, cluster.ca()).await?;
     let raw_stmt = raw.prepare(SQL).await?;
-    let deadpool = {
-        let mut pg: tokio_postgres::Config = url.parse()?;
-        pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-        pg.host("localhost");
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            deadpool_postgres::ManagerConfig::default(),
-        );
-        deadpool_postgres::Pool::builder(manager)
-            .max_size(2)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()?
-    };
+    let deadpool = common::deadpool(&url, cluster.ca(), 2)?;
     let pgrotate = pgrotate::Pool::builder(pgrotate::source::Static::new(&url))
         .max_size(2)
         .build()
@@ -105,40 +93,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("({queries} queries a round, {rounds} rounds, one caller, TLS, loopback)");
     Ok(())
-}
-
-async fn raw_client(
-    url: &str,
-    ca: &TestCa,
-) -> Result<tokio_postgres::Client, Box<dyn std::error::Error>> {
-    let mut pg: tokio_postgres::Config = url.parse()?;
-    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    pg.host("localhost");
-    pg.connect_timeout(Duration::from_secs(10));
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(ca.rustls_client_config()?);
-    let (client, connection) = pg.connect(tls).await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-fn args() -> Result<(u64, u32), String> {
-    let mut it = std::env::args().skip(1);
-    let (mut queries, mut rounds) = (2000, 10);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--queries" => {
-                queries = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--queries N")?
-            }
-            "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).ok_or("--rounds N")?,
-            "--bench" => {}
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if rounds == 0 || queries == 0 {
-        return Err("--queries and --rounds must be more than zero".into());
-    }
-    Ok((queries, rounds))
 }

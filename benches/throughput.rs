@@ -7,25 +7,27 @@
 //! ratio of the totals and the median of the per-round ratios. Target:
 //! ≥ 0.97.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgrotate_testing::{Cluster, TestCa};
+use pgrotate_testing::Cluster;
 
 const POOL_SIZE: usize = 8;
 const CONCURRENCY: usize = 32;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (millis, rounds) = args()?;
+    let (millis, rounds) = common::args("millis", (500, 20))?;
     let round = Duration::from_millis(millis);
 
     let cluster = Cluster::start().await?;
     let role = cluster.create_role("bench").await?;
     let url = cluster.url(&role);
 
-    let plain = plain_deadpool(&url, cluster.ca())?;
+    let plain = common::deadpool(&url, cluster.ca(), POOL_SIZE)?;
     let rotating = pgrotate::Pool::builder(pgrotate::source::Static::new(&url))
         .max_size(POOL_SIZE)
         .build()
@@ -141,42 +143,4 @@ where
         "a benchmark query failed"
     );
     n
-}
-
-/// deadpool-postgres as its users configure it, over rustls verifying the
-/// fixture's CA (the per-query cost of TLS is the same either way).
-fn plain_deadpool(
-    url: &str,
-    ca: &TestCa,
-) -> Result<deadpool_postgres::Pool, Box<dyn std::error::Error>> {
-    let tls = ca.rustls_client_config()?;
-    let mut pg: tokio_postgres::Config = url.parse()?;
-    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    pg.host("localhost");
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-        deadpool_postgres::ManagerConfig::default(),
-    );
-    Ok(deadpool_postgres::Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()?)
-}
-
-fn args() -> Result<(u64, u32), String> {
-    let mut it = std::env::args().skip(1);
-    let (mut millis, mut rounds) = (500, 20);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--millis" => millis = it.next().and_then(|s| s.parse().ok()).ok_or("--millis N")?,
-            "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).ok_or("--rounds N")?,
-            "--bench" => {}
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if rounds == 0 || millis == 0 {
-        return Err("--millis and --rounds must be more than zero".into());
-    }
-    Ok((millis, rounds))
 }

@@ -8,9 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_cargo
-ensure_postgres
-ensure_pgbouncer
+ensure_servers
 # About three sockets per pool (its PgBouncer connection, its HTTP
 # connection and the stand-in's end of it): raise the soft limit to the hard.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

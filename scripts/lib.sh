@@ -1,4 +1,4 @@
-# Shared by scripts/demo.sh and scripts/test.sh: install what is missing.
+# Shared by the scripts in scripts/: install what is missing.
 # Sourced, not run. Installs from Debian's packages only, non-interactively.
 
 set -euo pipefail
@@ -59,6 +59,14 @@ ensure_cargo() {
         echo "pgrotate: cargo is missing: install Rust (https://rustup.rs) first" >&2
         exit 1
     }
+}
+
+# What the test suite and the fleet simulation run on: cargo, the
+# PostgreSQL server and PgBouncer.
+ensure_servers() {
+    ensure_cargo
+    ensure_postgres
+    ensure_pgbouncer
 }
 
 # The container backend's image (pgrotate-testing): builds it with

@@ -5,9 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
-ensure_cargo
-ensure_postgres
-ensure_pgbouncer
+ensure_servers
 ensure_image
 # The whole suite on local processes, then its tests (no doctests) again in
 # containers when Docker and the image are there: about 3 + 3 minutes on 2

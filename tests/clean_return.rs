@@ -10,15 +10,26 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{bounded, role_and_file};
-use pgrotate::{ErrorKind, Pool};
+use futures::{FutureExt, SinkExt};
+use pgrotate::{ErrorKind, Pool, PoolBuilder};
 use pgrotate_testing::Cluster;
 
-/// A pool of one connection, so the next caller gets the same one.
+/// A pool of one connection, so the next caller gets the same one, with a
+/// table `t (id int primary key)`.
 async fn one_connection_pool(prefix: &str) -> (Pool, common::UrlFile) {
     let cluster = Cluster::shared().await.unwrap();
+    one_connection_pool_on(cluster, prefix, |builder| builder).await
+}
+
+/// [`one_connection_pool`] on `cluster`, its builder passed through
+/// `configure`.
+async fn one_connection_pool_on(
+    cluster: &Cluster,
+    prefix: &str,
+    configure: impl FnOnce(PoolBuilder) -> PoolBuilder,
+) -> (Pool, common::UrlFile) {
     let (_role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source())
-        .max_size(1)
+    let pool = configure(Pool::builder(file.source()).max_size(1))
         .build()
         .await
         .unwrap();
@@ -26,6 +37,35 @@ async fn one_connection_pool(prefix: &str) -> (Pool, common::UrlFile) {
         .await
         .unwrap();
     (pool, file)
+}
+
+/// `run` leaves a transaction open with row 42 in it; the next caller's
+/// transaction commits row 43 alone.
+async fn assert_an_open_transaction_left_by_run_is_not_committed(pool: &Pool) {
+    pool.run(async |c| c.batch_execute("BEGIN; INSERT INTO t VALUES (42)").await)
+        .await
+        .unwrap();
+    pool.transaction(async |tx| tx.execute("insert into t values (43)", &[]).await)
+        .await
+        .unwrap();
+    assert_eq!(ids(pool).await, [43], "row 42 was never committed");
+}
+
+/// A transaction that inserts `new`, then swallows the duplicate-key error
+/// of inserting `existing`: its error.
+async fn transaction_swallowing_a_duplicate(
+    pool: &Pool,
+    new: i32,
+    existing: i32,
+) -> pgrotate::Error {
+    pool.transaction(async |tx| {
+        tx.execute("insert into t values ($1)", &[&new]).await?;
+        let dup = tx.execute("insert into t values ($1)", &[&existing]).await;
+        assert!(dup.is_err());
+        Ok::<_, tokio_postgres::Error>(())
+    })
+    .await
+    .unwrap_err()
 }
 
 async fn ids(pool: &Pool) -> Vec<i32> {
@@ -58,13 +98,7 @@ async fn a_failed_transaction_left_by_run_never_reaches_the_next_caller() {
 async fn an_open_transaction_left_by_run_is_never_committed_by_the_next_caller() {
     bounded(async {
         let (pool, _file) = one_connection_pool("clean_open").await;
-        pool.run(async |c| c.batch_execute("BEGIN; INSERT INTO t VALUES (42)").await)
-            .await
-            .unwrap();
-        pool.transaction(async |tx| tx.execute("insert into t values (43)", &[]).await)
-            .await
-            .unwrap();
-        assert_eq!(ids(&pool).await, [43], "row 42 was never committed");
+        assert_an_open_transaction_left_by_run_is_not_committed(&pool).await;
     })
     .await;
 }
@@ -143,16 +177,8 @@ async fn a_transaction_whose_closure_swallowed_an_error_is_reported_rolled_back(
         pool.run(async |c| c.execute("insert into t values (1)", &[]).await)
             .await
             .unwrap();
-        let r = pool
-            .transaction(async |tx| {
-                tx.execute("insert into t values (2)", &[]).await?;
-                // A duplicate key, swallowed.
-                let dup = tx.execute("insert into t values (1)", &[]).await;
-                assert!(dup.is_err());
-                Ok::<_, tokio_postgres::Error>(())
-            })
-            .await;
-        let e = r.unwrap_err();
+        // A duplicate key, swallowed.
+        let e = transaction_swallowing_a_duplicate(&pool, 2, 1).await;
         assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
         assert!(!e.is_retryable());
         assert!(format!("{e:#}").contains("nothing was committed"), "{e}");
@@ -266,7 +292,6 @@ async fn a_transaction_left_open_releases_its_locks_when_its_connection_comes_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_used_for_copy_in_is_reused() {
-    use futures::SinkExt;
     bounded(async {
         let (pool, _file) = one_connection_pool("clean_copy").await;
         for i in 0..3 {
@@ -334,31 +359,12 @@ async fn a_transaction_closure_that_ends_the_transaction_itself_is_told_what_bec
 async fn over_plaintext_prefer_connections_come_back_clean_too() {
     bounded(async {
         let cluster = Cluster::builder().ssl(false).start().await.unwrap();
-        let (_role, file) = role_and_file(&cluster, "clean_prefer").await;
-        let pool = Pool::builder(file.source())
-            .sslmode(pgrotate::SslMode::Prefer)
-            .max_size(1)
-            .build()
-            .await
-            .unwrap();
-        pool.run(async |c| c.batch_execute("create table t (id int primary key)").await)
-            .await
-            .unwrap();
-        pool.run(async |c| c.batch_execute("BEGIN; INSERT INTO t VALUES (42)").await)
-            .await
-            .unwrap();
-        pool.transaction(async |tx| tx.execute("insert into t values (43)", &[]).await)
-            .await
-            .unwrap();
-        assert_eq!(ids(&pool).await, [43]);
-        let e = pool
-            .transaction(async |tx| {
-                tx.execute("insert into t values (44)", &[]).await?;
-                let _ = tx.execute("insert into t values (43)", &[]).await;
-                Ok::<_, tokio_postgres::Error>(())
-            })
-            .await
-            .unwrap_err();
+        let (pool, _file) = one_connection_pool_on(&cluster, "clean_prefer", |builder| {
+            builder.sslmode(pgrotate::SslMode::Prefer)
+        })
+        .await;
+        assert_an_open_transaction_left_by_run_is_not_committed(&pool).await;
+        let e = transaction_swallowing_a_duplicate(&pool, 44, 43).await;
         assert_eq!(e.kind(), ErrorKind::RolledBack, "{e}");
     })
     .await;
@@ -393,7 +399,6 @@ async fn target_session_attrs_read_write_is_honoured_over_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_begin_polled_once_and_dropped_on_a_get_client_never_swallows_the_next_callers_writes() {
-    use futures::FutureExt;
     bounded(async {
         let (pool, file) = one_connection_pool("clean_polled_once").await;
         for k in 0..50 {

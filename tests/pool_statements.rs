@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{bounded, count_sessions, role_and_file, role_file_and_pool, spawn_tasks, wait_until};
+use common::{
+    bounded, count_sessions, role_and_file, role_file_and_pool, spawn_running_insert, spawn_tasks,
+    wait_until,
+};
 use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
 use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
@@ -164,25 +167,9 @@ async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
         let cluster = Cluster::shared().await.unwrap();
         let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2, 8).await;
 
-        let write = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                pool.execute("insert into t select 1 from pg_sleep(0.3)", &[])
-                    .await
-            })
-        };
         // Terminated while it runs: the server answers it with 57P01 and
         // rolls it back, so it is safe to run again.
-        wait_until(async || {
-            count_sessions(
-                cluster,
-                &role.name,
-                "state = 'active' and query like 'insert%'",
-            )
-            .await
-                == 1
-        })
-        .await;
+        let write = spawn_running_insert(&pool, cluster, &role.name).await;
         assert!(cluster.terminate_backends(&role.name).await.unwrap() >= 1);
         assert_eq!(write.await.unwrap().unwrap(), 1);
         assert_eq!(counts(&pool).await, HashMap::from([(1, 1)]));

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{bounded, capture_tracing, captured_logs, count_sessions, role_and_file, wait_until};
-use pgrotate::Pool;
+use common::{bounded, capture_tracing, captured_logs, role_file_and_pool, spawn_running_insert};
 use pgrotate_testing::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,33 +13,12 @@ async fn a_statement_caught_by_a_rotation_is_one_span_with_its_attempts_and_gene
     capture_tracing();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, file) = role_and_file(cluster, "spans").await;
-        let pool = Pool::builder(file.source())
-            .max_size(2)
-            .build()
-            .await
-            .unwrap();
+        let (role, file, pool) = role_file_and_pool(cluster, "spans", 2).await;
         pool.batch_execute("create table t (k int not null)")
             .await
             .unwrap();
 
-        let write = {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                pool.execute("insert into t select 1 from pg_sleep(0.3)", &[])
-                    .await
-            })
-        };
-        wait_until(async || {
-            count_sessions(
-                cluster,
-                &role.name,
-                "state = 'active' and query like 'insert%'",
-            )
-            .await
-                == 1
-        })
-        .await;
+        let write = spawn_running_insert(&pool, cluster, &role.name).await;
         let rotated = cluster.rotate_password(&role).await.unwrap();
         file.set(&cluster.url(&rotated));
         cluster.terminate_backends(&role.name).await.unwrap();

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{UrlFile, bounded, role_and_file};
-use pgrotate::{ChannelBinding, Error, ErrorKind, Pool, SslMode, source};
+use pgrotate::{ChannelBinding, Error, ErrorKind, Pool, PoolBuilder, SslMode, source};
 use pgrotate_testing::{Cluster, TestCa, TestRole};
 use tokio::sync::OnceCell;
 
@@ -60,25 +60,41 @@ fn url_with_host(cluster: &Cluster, role: &TestRole, host: &str, query: &str) ->
     }
 }
 
-/// Opens one connection and returns the error, asserting it is one and that
-/// neither it nor its Debug carries the password.
+/// A pool builder for a fixed URL.
+fn builder(url: impl AsRef<str>) -> PoolBuilder {
+    Pool::builder(source::Static::new(url))
+}
+
 /// Builds the pool and asserts its connections use TLS.
-async fn encrypted(builder: pgrotate::PoolBuilder) -> Pool {
+async fn encrypted(builder: PoolBuilder) -> Pool {
+    connected(builder, true).await
+}
+
+/// Builds the pool and asserts its connections are plaintext.
+async fn plaintext(builder: PoolBuilder) -> Pool {
+    connected(builder, false).await
+}
+
+async fn connected(builder: PoolBuilder, tls: bool) -> Pool {
     let pool = builder.build().await.unwrap();
-    assert!(
+    assert_eq!(
         ssl_in_use(&pool).await.unwrap(),
-        "the connection is not encrypted"
+        tls,
+        "{}",
+        if tls {
+            "the connection is not encrypted"
+        } else {
+            "the connection is encrypted"
+        }
     );
     pool
 }
 
-/// Builds the pool and returns the error its first connect fails with
-/// (checked for the role's password).
-async fn refused(builder: pgrotate::PoolBuilder, role: &TestRole) -> Error {
-    connect_error(&builder.build().await.unwrap(), role).await
-}
-
-async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
+/// Builds the pool and returns the error its first connect fails with,
+/// asserting there is one, that it says each of `words`, and that neither
+/// it nor its Debug carries the role's password.
+async fn refused(builder: PoolBuilder, role: &TestRole, words: &[&str]) -> Error {
+    let pool = builder.build().await.unwrap();
     let err = match pool.get().await {
         Ok(_) => panic!("the connection was expected to fail"),
         Err(e) => e,
@@ -88,6 +104,9 @@ async fn connect_error(pool: &Pool, role: &TestRole) -> Error {
         !printed.contains(&role.password),
         "the error carries the password"
     );
+    for words in words {
+        assert_says(&err, words);
+    }
     err
 }
 
@@ -102,18 +121,9 @@ async fn require_and_prefer_connect_with_tls_to_the_fixture_server() {
         let cluster = Cluster::shared().await.unwrap();
         let role = cluster.create_role("tls_require").await.unwrap();
         // The default minimum is require; the URL says nothing.
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap(), "require must encrypt");
+        encrypted(builder(cluster.url(&role))).await;
         // prefer takes TLS when the server offers it.
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .sslmode(SslMode::Prefer)
-            .build()
-            .await
-            .unwrap();
-        assert!(ssl_in_use(&pool).await.unwrap(), "prefer must take TLS");
+        encrypted(builder(cluster.url(&role)).sslmode(SslMode::Prefer)).await;
     })
     .await;
 }
@@ -125,39 +135,26 @@ async fn verify_full_with_the_fixtures_ca_connects_by_builder_roots_or_sslrootce
         let role = cluster.create_role("tls_vfull").await.unwrap();
         let ca = cluster.ca();
 
-        // Roots from the builder; host localhost (a DNS name in the SAN).
-        encrypted(
-            Pool::builder(source::Static::new(url_with_host(
-                cluster,
-                &role,
-                "localhost",
-                "",
-            )))
-            .sslmode(SslMode::VerifyFull)
-            .root_certificates_pem(ca.cert_pem()),
-        )
-        .await;
+        // Roots from the builder; host localhost (a DNS name in the SAN),
+        // and 127.0.0.1, in the SAN too, as an IP address.
+        for url in [
+            url_with_host(cluster, &role, "localhost", ""),
+            cluster.url(&role),
+        ] {
+            encrypted(
+                builder(url)
+                    .sslmode(SslMode::VerifyFull)
+                    .root_certificates_pem(ca.cert_pem()),
+            )
+            .await;
+        }
 
         // Roots and mode from the URL, default builder.
         let query = format!(
             "sslmode=verify-full&sslrootcert={}",
             ca.cert_path().display()
         );
-        encrypted(Pool::builder(source::Static::new(url_with_host(
-            cluster,
-            &role,
-            "localhost",
-            &query,
-        ))))
-        .await;
-
-        // 127.0.0.1 is in the SAN too, as an IP address.
-        encrypted(
-            Pool::builder(source::Static::new(cluster.url(&role)))
-                .sslmode(SslMode::VerifyFull)
-                .root_certificates_pem(ca.cert_pem()),
-        )
-        .await;
+        encrypted(builder(url_with_host(cluster, &role, "localhost", &query))).await;
     })
     .await;
 }
@@ -170,50 +167,37 @@ async fn verify_full_and_verify_ca_with_roots_that_did_not_sign_the_server_fail_
         let localhost = url_with_host(cluster, &role, "localhost", "");
 
         // The default roots (Mozilla's) know nothing of the fixture's CA.
-        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
-            let err = refused(
-                Pool::builder(source::Static::new(&localhost)).sslmode(mode),
-                &role,
-            )
-            .await;
-            assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-            assert_says(&err, "not signed by a trusted root (unknown issuer)");
-        }
-
-        // Another CA, from the builder or the URL's sslrootcert. It carries
+        // Another CA, from the builder or the URL's sslrootcert, carries
         // the same subject name as the fixture's (every TestCa does), so
         // webpki reports a bad signature rather than an unknown issuer: the
         // same words up front.
         let other = TestCa::new().unwrap();
-        for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
-            let err = refused(
-                Pool::builder(source::Static::new(&localhost))
-                    .sslmode(mode)
-                    .root_certificates_pem(other.cert_pem()),
-                &role,
-            )
-            .await;
-            assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-            assert_says(&err, "not signed by a trusted root");
+        for (roots, words) in [
+            (None, "not signed by a trusted root (unknown issuer)"),
+            (Some(other.cert_pem()), "not signed by a trusted root"),
+        ] {
+            for mode in [SslMode::VerifyFull, SslMode::VerifyCa] {
+                let mut attempt = builder(&localhost).sslmode(mode);
+                if let Some(roots) = roots {
+                    attempt = attempt.root_certificates_pem(roots);
+                }
+                let err = refused(attempt, &role, &[words]).await;
+                assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
+            }
         }
         let query = format!(
             "sslmode=verify-full&sslrootcert={}",
             other.cert_path().display()
         );
-        let err = refused(
-            Pool::builder(source::Static::new(url_with_host(
-                cluster,
-                &role,
-                "localhost",
-                &query,
-            ))),
+        refused(
+            builder(url_with_host(cluster, &role, "localhost", &query)),
             &role,
+            &["not signed by a trusted root"],
         )
         .await;
-        assert_says(&err, "not signed by a trusted root");
 
         // require does not check the certificate at all.
-        encrypted(Pool::builder(source::Static::new(&localhost))).await;
+        encrypted(builder(&localhost)).await;
     })
     .await;
 }
@@ -226,25 +210,25 @@ async fn verify_full_to_a_name_not_in_the_san_fails_as_a_name_mismatch_and_verif
         // The server listens on 127.0.0.1 only: `hostaddr` connects there
         // while TLS checks the name in the URL's host.
         let url = url_with_host(cluster, &role, "not-in-san.example", "hostaddr=127.0.0.1");
+        let verifying = |mode| {
+            builder(&url)
+                .sslmode(mode)
+                .root_certificates_pem(cluster.ca().cert_pem())
+        };
         let err = refused(
-            Pool::builder(source::Static::new(&url))
-                .sslmode(SslMode::VerifyFull)
-                .root_certificates_pem(cluster.ca().cert_pem()),
+            verifying(SslMode::VerifyFull),
             &role,
+            &[
+                "host name mismatch",
+                "\"not-in-san.example\"",
+                "it names localhost, 127.0.0.1",
+            ],
         )
         .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-        assert_says(&err, "host name mismatch");
-        assert_says(&err, "\"not-in-san.example\"");
-        assert_says(&err, "it names localhost, 127.0.0.1");
 
         // verify-ca checks the chain only.
-        encrypted(
-            Pool::builder(source::Static::new(&url))
-                .sslmode(SslMode::VerifyCa)
-                .root_certificates_pem(cluster.ca().cert_pem()),
-        )
-        .await;
+        encrypted(verifying(SslMode::VerifyCa)).await;
     })
     .await;
 }
@@ -256,26 +240,17 @@ async fn a_server_without_tls_require_fails_clearly_prefer_and_disable_connect_i
         let role = cluster.create_role("tls_plain").await.unwrap();
 
         let err = refused(
-            Pool::builder(source::Static::new(cluster.url(&role))),
+            builder(cluster.url(&role)),
             &role,
+            &["the server does not offer TLS"],
         )
         .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-        assert_says(&err, "the server does not offer TLS");
 
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .sslmode(SslMode::Prefer)
-            .build()
-            .await
-            .unwrap();
-        assert!(!ssl_in_use(&pool).await.unwrap(), "prefer falls back");
-
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .sslmode(SslMode::Disable)
-            .build()
-            .await
-            .unwrap();
-        assert!(!ssl_in_use(&pool).await.unwrap());
+        // prefer falls back; disable never asks.
+        for mode in [SslMode::Prefer, SslMode::Disable] {
+            plaintext(builder(cluster.url(&role)).sslmode(mode)).await;
+        }
     })
     .await;
 }
@@ -289,15 +264,9 @@ async fn a_url_saying_disable_is_refused_unless_the_builder_allows_weaker_sslmod
 
         // The builder's minimum (require) wins over the URL: still TLS,
         // which this server cannot do.
-        let err = refused(Pool::builder(source::Static::new(&url)), &role).await;
-        assert_says(&err, "the server does not offer TLS");
+        refused(builder(&url), &role, &["the server does not offer TLS"]).await;
 
-        let pool = Pool::builder(source::Static::new(&url))
-            .allow_weaker_sslmode_from_url(true)
-            .build()
-            .await
-            .unwrap();
-        assert!(!ssl_in_use(&pool).await.unwrap());
+        plaintext(builder(&url).allow_weaker_sslmode_from_url(true)).await;
     })
     .await;
 }
@@ -309,13 +278,10 @@ async fn channel_binding_require_works_over_tls() {
         let role = cluster.create_role("tls_cb").await.unwrap();
         // From the URL.
         let url = format!("{}?channel_binding=require", cluster.url(&role));
-        encrypted(Pool::builder(source::Static::new(&url))).await;
+        encrypted(builder(&url)).await;
         // From the builder; a URL's `disable` does not lower it.
         let url = format!("{}?channel_binding=disable", cluster.url(&role));
-        encrypted(
-            Pool::builder(source::Static::new(&url)).channel_binding(ChannelBinding::Require),
-        )
-        .await;
+        encrypted(builder(&url).channel_binding(ChannelBinding::Require)).await;
     })
     .await;
 }
@@ -327,31 +293,25 @@ async fn channel_binding_require_without_tls_fails_clearly() {
         let role = cluster.create_role("tls_cb_plain").await.unwrap();
         let url = format!("{}?channel_binding=require", cluster.url(&role));
         let err = refused(
-            Pool::builder(source::Static::new(&url)).sslmode(SslMode::Disable),
+            builder(&url).sslmode(SslMode::Disable),
             &role,
+            &["channel_binding=require", "SCRAM-SHA-256-PLUS"],
         )
         .await;
         assert_eq!(err.kind(), ErrorKind::Connect, "{err}");
-        assert_says(&err, "channel_binding=require");
-        assert_says(&err, "SCRAM-SHA-256-PLUS");
         // The builder's `require` is a minimum: a URL saying `disable` does
         // not lower it.
         let url = format!("{}?channel_binding=disable", cluster.url(&role));
-        let err = refused(
-            Pool::builder(source::Static::new(&url))
+        refused(
+            builder(&url)
                 .sslmode(SslMode::Disable)
                 .channel_binding(ChannelBinding::Require),
             &role,
+            &["channel_binding=require"],
         )
         .await;
-        assert_says(&err, "channel_binding=require");
         // The same role connects without channel binding: it was the check.
-        let pool = Pool::builder(source::Static::new(cluster.url(&role)))
-            .sslmode(SslMode::Disable)
-            .build()
-            .await
-            .unwrap();
-        assert!(!ssl_in_use(&pool).await.unwrap());
+        plaintext(builder(cluster.url(&role)).sslmode(SslMode::Disable)).await;
     })
     .await;
 }
@@ -453,7 +413,7 @@ async fn a_client_certificate_from_the_url_connects() {
             cert_path.display(),
             key_path.display()
         );
-        encrypted(Pool::builder(source::Static::new(&url))).await;
+        encrypted(builder(&url)).await;
     })
     .await;
 }
@@ -463,12 +423,7 @@ async fn without_a_client_certificate_the_error_says_one_was_required() {
     bounded(async {
         let cluster = mtls_cluster().await;
         let role = cluster.create_role("tls_mtls_none").await.unwrap();
-        let err = refused(
-            Pool::builder(source::Static::new(cluster.url(&role))),
-            &role,
-        )
-        .await;
-        assert_says(&err, "client certificate");
+        let err = refused(builder(cluster.url(&role)), &role, &["client certificate"]).await;
         eprintln!("without a client certificate: {err}");
 
         // One signed by a CA the server does not trust is refused in the
@@ -476,12 +431,11 @@ async fn without_a_client_certificate_the_error_says_one_was_required() {
         let other = TestCa::new().unwrap();
         let (cert, key) = other.issue_client_cert(&role.name).unwrap();
         let err = refused(
-            Pool::builder(source::Static::new(cluster.url(&role)))
-                .client_certificate_pem(cert, key),
+            builder(cluster.url(&role)).client_certificate_pem(cert, key),
             &role,
+            &["rejected the client certificate"],
         )
         .await;
-        assert_says(&err, "rejected the client certificate");
         eprintln!("with another CA's client certificate: {err}");
     })
     .await;
@@ -496,7 +450,7 @@ async fn native_roots_come_from_the_platform_store_and_do_not_trust_the_fixture_
         // The platform's store (Debian's ca-certificates) is loaded: the
         // fixture's private CA is not in it, so verify-full fails as an
         // unknown issuer rather than connecting or failing to build.
-        let pool = Pool::builder(pgrotate::source::Static::new(url))
+        let pool = builder(url)
             .sslmode(SslMode::VerifyFull)
             .native_root_certificates()
             .build()

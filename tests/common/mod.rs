@@ -87,6 +87,29 @@ pub async fn count_sessions(cluster: &Cluster, role: &str, condition: &str) -> i
         .get(0)
 }
 
+/// Spawns a write that takes a while (`insert into t select 1 from
+/// pg_sleep(0.3)` through `Pool::execute`) and returns once
+/// `pg_stat_activity` shows `role`'s session running it: for a test that
+/// ends the session under it.
+pub async fn spawn_running_insert(
+    pool: &pgrotate::Pool,
+    cluster: &Cluster,
+    role: &str,
+) -> tokio::task::JoinHandle<Result<u64, pgrotate::Error>> {
+    let write = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.execute("insert into t select 1 from pg_sleep(0.3)", &[])
+                .await
+        })
+    };
+    wait_until(async || {
+        count_sessions(cluster, role, "state = 'active' and query like 'insert%'").await == 1
+    })
+    .await;
+    write
+}
+
 /// Sessions of `role` left idle inside a transaction.
 pub async fn idle_in_transaction(cluster: &Cluster, role: &str) -> i64 {
     count_sessions(cluster, role, "state like 'idle in transaction%'").await

@@ -26,9 +26,9 @@ use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
-use crate::backend::ImageChoice;
 use crate::docker;
 use crate::error::FixtureError;
+pub(crate) use crate::spec::{DATA_DIR, Spec};
 use crate::util::{TRACE_TARGET, free_port};
 
 /// The line the pgrotate-postgres entrypoint prints once the server accepts
@@ -40,8 +40,6 @@ const PORT: u16 = 5432;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long `docker stop` waits for the fast shutdown before `SIGKILL`.
 const STOP_TIMEOUT_SECS: i32 = 60;
-/// The data directory inside the container.
-pub(crate) const DATA_DIR: &str = "/var/lib/postgresql/data";
 /// The server's Unix socket directory inside the container (both images'),
 /// a bind mount of [`Spec::socket_dir`].
 const SOCKET_DIR: &str = "/var/run/postgresql";
@@ -77,27 +75,6 @@ if [ -n "${PRIMARY_HOST:-}" ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
 fi
 exec docker-entrypoint.sh "$@"
 "#;
-
-/// What a container starts with.
-pub(crate) struct Spec {
-    /// The image.
-    pub(crate) image: ImageChoice,
-    /// The container's name: its host name on the network.
-    pub(crate) name: String,
-    /// The private network it joins.
-    pub(crate) network: String,
-    /// Environment variables.
-    pub(crate) env: Vec<(String, String)>,
-    /// `postgres` arguments (`-c name=value` pairs).
-    pub(crate) args: Vec<String>,
-    /// Files copied in before it starts: (path, contents, mode).
-    pub(crate) files: Vec<(String, Vec<u8>, u32)>,
-    /// Where the server's output is appended on the host.
-    pub(crate) log_path: PathBuf,
-    /// A host directory (mode 0777) mounted as the server's Unix socket
-    /// directory, `/var/run/postgresql`.
-    pub(crate) socket_dir: PathBuf,
-}
 
 /// A running (or stopped) server container. Dropping it removes the
 /// container with its volume (`docker rm -f -v`) and, with its last

@@ -53,27 +53,10 @@ pub(crate) mod docker {
 
 pub(crate) mod container {
     use std::net::IpAddr;
-    use std::path::PathBuf;
 
     use super::off;
-    use crate::backend::ImageChoice;
     use crate::error::FixtureError;
-
-    /// The server's data directory inside the container.
-    pub(crate) const DATA_DIR: &str = "/var/lib/postgresql/data";
-
-    /// What a container would start with.
-    #[allow(dead_code)]
-    pub(crate) struct Spec {
-        pub(crate) image: ImageChoice,
-        pub(crate) name: String,
-        pub(crate) network: String,
-        pub(crate) env: Vec<(String, String)>,
-        pub(crate) args: Vec<String>,
-        pub(crate) files: Vec<(String, Vec<u8>, u32)>,
-        pub(crate) log_path: PathBuf,
-        pub(crate) socket_dir: PathBuf,
-    }
+    pub(crate) use crate::spec::{DATA_DIR, Spec};
 
     /// Never exists without the feature.
     pub(crate) enum ServerContainer {}

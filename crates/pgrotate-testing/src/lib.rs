@@ -177,6 +177,7 @@ mod pgbouncer;
 mod process;
 mod proxy;
 mod role;
+mod spec;
 mod user;
 mod util;
 

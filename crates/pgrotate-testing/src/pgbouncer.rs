@@ -1,7 +1,6 @@
 //! PgBouncer in front of a cluster: [`PgBouncer`], [`find_pgbouncer`].
 
 use std::fmt;
-use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,13 +10,11 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage, SimpleQueryRow};
 
 use crate::cluster::Cluster;
 use crate::error::{ErrorKind, FixtureError};
-use crate::process::{Launch, Stop, Watchdog};
+use crate::process::{self, Launch, Started, Startup, Stop, Watchdog};
 use crate::role::{self, TestRole};
 use crate::user::ServerUser;
-use crate::util::{TRACE_TARGET, free_port, new_cluster_dir, read_log_since, write_file};
+use crate::util::{TRACE_TARGET, free_port, new_cluster_dir, write_file};
 
-/// How long PgBouncer may take to serve its admin console.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an immediate shutdown may take before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const CONFIG_FILE: &str = "pgbouncer.ini";
@@ -458,8 +455,8 @@ impl PgBouncer {
         options: &PgBouncerOptions,
         user: Option<ServerUser>,
     ) -> Result<(), FixtureError> {
-        let deadline = Instant::now() + START_TIMEOUT;
         let log_path = self.log_path();
+        let startup = Startup::new("pgbouncer", "serve its admin console", &log_path, user);
         loop {
             write_file(
                 &self.config_path(),
@@ -467,60 +464,30 @@ impl PgBouncer {
                 0o600,
                 user,
             )?;
-            let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| FixtureError::io("opening the pgbouncer log", e))?;
-            ServerUser::chown(user, &log_path)
-                .map_err(|e| FixtureError::io("handing the pgbouncer log over", e))?;
-            let mut watchdog = Watchdog::spawn(Launch {
-                postgres: binary,
-                args: vec![self.config_path().into()],
-                dir: self.dir.path(),
-                log,
-                user,
-                immediate: Stop::Terminate,
-            })
-            .map_err(|e| FixtureError::io("starting pgbouncer", e))?;
-
-            while !watchdog.has_exited() {
-                let attempt =
-                    tokio::time::timeout(Duration::from_secs(5), self.connect_admin()).await;
-                if let Ok(Ok((client, connection))) = attempt {
-                    let task = tokio::spawn(connection);
-                    let version = client.simple_query("SHOW VERSION").await;
-                    drop(client);
-                    let _ = task.await;
-                    if let Ok(messages) = version {
-                        self.version = messages
-                            .iter()
-                            .find_map(|m| match m {
-                                SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                                _ => None,
-                            })
-                            .unwrap_or_default();
-                        self.watchdog = Some(watchdog);
-                        return Ok(());
-                    }
+            let this = &*self;
+            let started = process::start_and_wait(
+                &startup,
+                |log| Launch {
+                    postgres: binary,
+                    args: vec![this.config_path().into()],
+                    dir: this.dir.path(),
+                    log,
+                    user,
+                    immediate: Stop::Terminate,
+                },
+                || this.admin_version(),
+            )
+            .await?;
+            let log = match started {
+                Started::Ready(watchdog, version) => {
+                    self.version = version;
+                    self.watchdog = Some(watchdog);
+                    return Ok(());
                 }
-                if Instant::now() >= deadline {
-                    drop(watchdog);
-                    return Err(FixtureError::new(
-                        ErrorKind::Startup,
-                        format!(
-                            "pgbouncer did not serve its admin console within {START_TIMEOUT:?}; \
-                             log:\n{}",
-                            read_log_since(&log_path, log_start)
-                        ),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                Started::Exited(log) => log,
+            };
 
-            let log = read_log_since(&log_path, log_start);
-            if log.contains("Address already in use") && Instant::now() < deadline {
+            if log.contains("Address already in use") && Instant::now() < startup.deadline {
                 self.port = free_port()?;
                 continue;
             }
@@ -529,6 +496,24 @@ impl PgBouncer {
                 format!("pgbouncer exited while starting; log:\n{log}"),
             ));
         }
+    }
+
+    /// `SHOW VERSION` on the admin console; `None` while it does not answer.
+    async fn admin_version(&self) -> Option<String> {
+        let (client, connection) = self.connect_admin().await.ok()?;
+        let task = tokio::spawn(connection);
+        let version = client.simple_query("SHOW VERSION").await;
+        drop(client);
+        let _ = task.await;
+        let version = version
+            .ok()?
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Some(version)
     }
 
     /// The whole `pgbouncer.ini`.

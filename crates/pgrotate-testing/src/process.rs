@@ -1,5 +1,6 @@
-//! Server processes: running `initdb`-like programs, and the watchdog that
-//! owns a running postmaster.
+//! Server processes: running `initdb`-like programs, the watchdog that
+//! owns a running postmaster (or PgBouncer), and [`start_and_wait`], which
+//! starts one under its watchdog and probes it until it answers.
 //!
 //! The postmaster is started by a small shell (the watchdog) whose standard
 //! input is a pipe held by the [`Watchdog`]. A line written to the pipe names
@@ -11,7 +12,7 @@
 //! postmaster also gets `SIGKILL` if the shell itself is killed.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{ErrorKind, FixtureError};
 use crate::user::ServerUser;
-use crate::util::tail;
+use crate::util::{START_TIMEOUT, read_log_since, tail};
 
 /// `$1` is the postgres binary, the rest its arguments.
 const WATCHDOG_SCRIPT: &str = r#"
@@ -121,6 +122,100 @@ pub(crate) struct Launch<'a> {
     pub(crate) user: Option<ServerUser>,
     /// How to stop it at once: on drop, and when the owner vanishes.
     pub(crate) immediate: Stop,
+}
+
+/// A program [`start_and_wait`] starts, as its errors name it.
+pub(crate) struct Startup<'a> {
+    /// `postgres`, `pgbouncer`.
+    name: &'a str,
+    /// What it does once ready, for the timeout's message: `accept
+    /// connections`.
+    ready: &'a str,
+    /// The log its output is appended to.
+    log_path: &'a Path,
+    /// Who owns the log (and runs the program).
+    user: Option<ServerUser>,
+    /// When to give up: the start of the first attempt plus
+    /// [`START_TIMEOUT`].
+    pub(crate) deadline: Instant,
+    /// How long to sleep between two probes.
+    poll: Duration,
+}
+
+impl<'a> Startup<'a> {
+    /// Starting now: the deadline [`START_TIMEOUT`] away, probes 20 ms
+    /// apart.
+    pub(crate) fn new(
+        name: &'a str,
+        ready: &'a str,
+        log_path: &'a Path,
+        user: Option<ServerUser>,
+    ) -> Startup<'a> {
+        Startup {
+            name,
+            ready,
+            log_path,
+            user,
+            deadline: Instant::now() + START_TIMEOUT,
+            poll: Duration::from_millis(20),
+        }
+    }
+
+    /// Sleeps `poll` between two probes.
+    pub(crate) fn poll(self, poll: Duration) -> Startup<'a> {
+        Startup { poll, ..self }
+    }
+}
+
+/// How a start that did not fail outright ended.
+pub(crate) enum Started<T> {
+    /// The probe answered: the running program and the answer.
+    Ready(Watchdog, T),
+    /// The program exited before it was ready: what it logged since it was
+    /// started (the caller retries or fails with it).
+    Exited(String),
+}
+
+/// Opens (appends to) the log, starts the program `launch` builds around it,
+/// and runs `probe` (at most 5 s each, `poll` apart) until it answers, the
+/// program exits, or the deadline passes (an error with the log).
+pub(crate) async fn start_and_wait<'a, T, Fut>(
+    startup: &Startup<'_>,
+    launch: impl FnOnce(File) -> Launch<'a>,
+    mut probe: impl FnMut() -> Fut,
+) -> Result<Started<T>, FixtureError>
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let Startup { name, log_path, .. } = *startup;
+    let log_start = std::fs::metadata(log_path).map_or(0, |m| m.len());
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .map_err(|e| FixtureError::io(format!("opening the {name} log"), e))?;
+    ServerUser::chown(startup.user, log_path)
+        .map_err(|e| FixtureError::io(format!("handing the {name} log to the server user"), e))?;
+    let mut watchdog = Watchdog::spawn(launch(log))
+        .map_err(|e| FixtureError::io(format!("starting {name}"), e))?;
+    while !watchdog.has_exited() {
+        if let Ok(Some(answer)) = tokio::time::timeout(Duration::from_secs(5), probe()).await {
+            return Ok(Started::Ready(watchdog, answer));
+        }
+        if Instant::now() >= startup.deadline {
+            drop(watchdog);
+            return Err(FixtureError::new(
+                ErrorKind::Startup,
+                format!(
+                    "{name} did not {} within {START_TIMEOUT:?}; log:\n{}",
+                    startup.ready,
+                    read_log_since(log_path, log_start)
+                ),
+            ));
+        }
+        tokio::time::sleep(startup.poll).await;
+    }
+    Ok(Started::Exited(read_log_since(log_path, log_start)))
 }
 
 /// A running postmaster under its watchdog shell.

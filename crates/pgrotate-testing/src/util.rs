@@ -14,6 +14,8 @@ use crate::user::ServerUser;
 
 /// The address every server and proxy listens on.
 pub(crate) const HOST: &str = "127.0.0.1";
+/// How long a server (or PgBouncer) may take to start answering.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for replication, promotion, terminations.
 pub(crate) const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Log target of this crate's tracing events.

@@ -10,15 +10,14 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio_postgres::NoTls;
 
-use super::{Cluster, ClusterBuilder, START_TIMEOUT, SUPERUSER, Server, SuperuserConnection};
+use super::{Cluster, ClusterBuilder, SUPERUSER, Server, SuperuserConnection};
 use crate::backend::{self, ImageChoice};
-use crate::certs::TestCa;
 use crate::conf::{self, CONTAINER_SUPERUSER, Layout, REPLICATION_ROLE};
 use crate::container::{self, ServerContainer, Spec};
 use crate::docker;
 use crate::error::{ErrorKind, FixtureError};
 use crate::role::{self, TestRole};
-use crate::util::{HOST, read_log_since};
+use crate::util::{HOST, START_TIMEOUT, read_log_since};
 
 /// A server container.
 pub(super) struct Remote {
@@ -70,13 +69,7 @@ impl ClusterBuilder {
         // The host side: the CA file (for `sslrootcert`), the server log and
         // socket, in the session's directory (which the reaper removes).
         let dir = container_cluster_dir(session)?;
-        let layout = Layout {
-            dir: dir.path().to_owned(),
-            ssl: self.ssl,
-            require_client_cert: self.require_client_cert,
-        };
-        let ca = TestCa::generate_at(&layout.file(conf::CA_FILE))?;
-        let server_cert = Arc::new(ca.issue_server_cert()?);
+        let (layout, ca, server_cert) = self.layout_and_certs(dir.path())?;
         let superuser_password = role::random_password();
         let socket_dir = new_socket_dir(&layout)?;
         let network = session.next_name();

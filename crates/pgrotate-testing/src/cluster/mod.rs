@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::backend::Backend;
 use crate::certs::{IssuedCert, TestCa};
-use crate::conf::{Layout, REPLICATION_ROLE};
+use crate::conf::{self, Layout, REPLICATION_ROLE};
 use crate::error::{ErrorKind, FixtureError};
 use crate::process::Stop;
 use crate::role::{self, TestRole};
@@ -30,8 +30,6 @@ use process::Local;
 
 /// The superuser `initdb` creates; it logs in over the Unix socket (trust).
 const SUPERUSER: &str = "postgres";
-/// How long a server may take to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -154,6 +152,22 @@ impl ClusterBuilder {
             .await
             .map_err(|e| FixtureError::postgres("creating the replication role", e))?;
         Ok(cluster)
+    }
+
+    /// A new cluster's layout in `dir`, its CA (written there) and the
+    /// server certificate the CA issued.
+    fn layout_and_certs(
+        &self,
+        dir: &Path,
+    ) -> Result<(Layout, TestCa, Arc<IssuedCert>), FixtureError> {
+        let layout = Layout {
+            dir: dir.to_owned(),
+            ssl: self.ssl,
+            require_client_cert: self.require_client_cert,
+        };
+        let ca = TestCa::generate_at(&layout.file(conf::CA_FILE))?;
+        let server_cert = Arc::new(ca.issue_server_cert()?);
+        Ok((layout, ca, server_cert))
     }
 }
 

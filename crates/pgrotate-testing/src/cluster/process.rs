@@ -1,20 +1,19 @@
 //! The process backend of a [`Cluster`]: `initdb`, `pg_basebackup` and a
 //! postmaster under its watchdog, in a temporary directory on this host.
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Cluster, ClusterBuilder, START_TIMEOUT, SUPERUSER, Server};
+use super::{Cluster, ClusterBuilder, SUPERUSER, Server};
 use crate::bin::find_bindir;
-use crate::certs::{IssuedCert, TestCa};
+use crate::certs::IssuedCert;
 use crate::conf::{self, Layout, REPLICATION_ROLE};
 use crate::error::{ErrorKind, FixtureError};
-use crate::process::{self, Launch, Stop, Watchdog, server_command};
+use crate::process::{self, Launch, Started, Startup, Stop, Watchdog, server_command};
 use crate::role;
 use crate::user::ServerUser;
-use crate::util::{HOST, TRACE_TARGET, free_port, new_cluster_dir, read_log_since, write_file};
+use crate::util::{HOST, TRACE_TARGET, free_port, new_cluster_dir, write_file};
 
 /// A postmaster under its watchdog.
 pub(super) struct Local {
@@ -28,13 +27,7 @@ impl ClusterBuilder {
         let bindir = find_bindir()?;
         let user = ServerUser::detect();
         let dir = new_cluster_dir(user)?;
-        let layout = Layout {
-            dir: dir.path().to_owned(),
-            ssl: self.ssl,
-            require_client_cert: self.require_client_cert,
-        };
-        let ca = TestCa::generate_at(&layout.file(conf::CA_FILE))?;
-        let server_cert = Arc::new(ca.issue_server_cert()?);
+        let (layout, ca, server_cert) = self.layout_and_certs(dir.path())?;
         write_server_files(&layout, &server_cert, user)?;
 
         let mut initdb = server_command(&bindir.join("initdb"), &layout.dir, user);
@@ -129,64 +122,43 @@ impl Cluster {
     /// succeeds. Retries while the port is taken (picking another when
     /// `may_change_port`) or a crashed predecessor's processes linger.
     pub(super) async fn launch(&mut self, may_change_port: bool) -> Result<(), FixtureError> {
-        let deadline = Instant::now() + START_TIMEOUT;
         let log_path = self.layout.log_path();
         let (postgres, user) = match &self.server {
             Server::Process(local) => (local.bindir.join("postgres"), local.user),
             Server::Container(_) => unreachable!("launch is the process backend's"),
         };
+        let startup = Startup::new("postgres", "accept connections", &log_path, user)
+            .poll(Duration::from_millis(50));
         loop {
-            let log_start = std::fs::metadata(&log_path).map_or(0, |m| m.len());
-            let log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| FixtureError::io("opening the server log", e))?;
-            ServerUser::chown(user, &log_path)
-                .map_err(|e| FixtureError::io("handing the server log to the server user", e))?;
-            let mut watchdog = Watchdog::spawn(Launch {
-                postgres: &postgres,
-                args: self.layout.server_args(self.port),
-                dir: &self.layout.dir,
-                log,
-                user,
-                immediate: Stop::Immediate,
-            })
-            .map_err(|e| FixtureError::io("starting postgres", e))?;
-
-            loop {
-                if watchdog.has_exited() {
-                    break;
-                }
-                let attempt =
-                    tokio::time::timeout(Duration::from_secs(5), self.connect_superuser(SUPERUSER))
-                        .await;
-                if let Ok(Ok(_ready)) = attempt {
+            let this = &*self;
+            let started = process::start_and_wait(
+                &startup,
+                |log| Launch {
+                    postgres: &postgres,
+                    args: this.layout.server_args(this.port),
+                    dir: &this.layout.dir,
+                    log,
+                    user,
+                    immediate: Stop::Immediate,
+                },
+                || async { this.connect_superuser(SUPERUSER).await.ok() },
+            )
+            .await?;
+            let log = match started {
+                Started::Ready(watchdog, _ready) => {
                     tracing::debug!(target: TRACE_TARGET, port = self.port, dir = %self.layout.dir.display(), "server ready");
                     if let Server::Process(local) = &mut self.server {
                         local.watchdog = Some(watchdog);
                     }
                     return Ok(());
                 }
-                if Instant::now() >= deadline {
-                    drop(watchdog);
-                    return Err(FixtureError::new(
-                        ErrorKind::Startup,
-                        format!(
-                            "postgres did not accept connections within {START_TIMEOUT:?}; \
-                             server log:\n{}",
-                            read_log_since(&log_path, log_start)
-                        ),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                Started::Exited(log) => log,
+            };
 
             // The postmaster exited before becoming ready.
-            let log = read_log_since(&log_path, log_start);
             let port_taken = log.contains("Address already in use");
             let lingering = log.contains("is still in use") || log.contains("already exists");
-            if (port_taken || lingering) && Instant::now() < deadline {
+            if (port_taken || lingering) && Instant::now() < startup.deadline {
                 if port_taken && may_change_port {
                     self.port = free_port()?;
                 }

@@ -160,9 +160,17 @@ async fn serve_connection(shared: &Shared, conn: &ConnShared, mut client: TcpStr
         let (down_tx, down_rx) = mpsc::channel(64);
         let pumps = async {
             tokio::try_join!(
-                read_client(client_read, up_tx, shared, conn, &flow),
+                read_client(
+                    Reader::new(client_read, shared, conn, Direction::ToServer),
+                    up_tx,
+                    &flow
+                ),
                 write_side(server_write, up_rx, Gate::new(shared, conn), &flow),
-                read_server(server_read, down_tx, shared, conn, &flow),
+                read_server(
+                    Reader::new(server_read, shared, conn, Direction::ToClient),
+                    down_tx,
+                    &flow
+                ),
                 write_side(client_write, down_rx, Gate::new(shared, conn), &flow),
             )
         };
@@ -195,25 +203,58 @@ fn finish(end: End, client: &TcpStream, server: Option<&TcpStream>) {
 
 const CHUNK: usize = 16 * 1024;
 
+/// A direction's reading end: waits while a blackhole is on, reads a
+/// chunk, and stamps it with when the writer may pass it on (now plus the
+/// proxy's and the connection's latency in that direction).
+struct Reader<'a> {
+    read: ReadHalf<'a>,
+    gate: Gate,
+    chunk: Vec<u8>,
+    shared: &'a Shared,
+    conn: &'a ConnShared,
+    direction: Direction,
+}
+
+impl<'a> Reader<'a> {
+    fn new(
+        read: ReadHalf<'a>,
+        shared: &'a Shared,
+        conn: &'a ConnShared,
+        direction: Direction,
+    ) -> Reader<'a> {
+        Reader {
+            read,
+            gate: Gate::new(shared, conn),
+            chunk: vec![0; CHUNK],
+            shared,
+            conn,
+            direction,
+        }
+    }
+
+    /// The next chunk (empty at the end of the stream) and when it is due.
+    async fn next(&mut self) -> std::io::Result<(&[u8], Instant)> {
+        self.gate.open().await;
+        let n = self.read.read(&mut self.chunk).await?;
+        let at = Instant::now()
+            + self.shared.latency.get(self.direction)
+            + self.conn.latency.get(self.direction);
+        Ok((&self.chunk[..n], at))
+    }
+}
+
 /// Client → server: reads, follows the frontend protocol where it is
 /// plaintext, applies rules, queues for the writer.
 async fn read_client(
-    mut read: ReadHalf<'_>,
+    mut from: Reader<'_>,
     tx: mpsc::Sender<Item>,
-    shared: &Shared,
-    conn: &ConnShared,
     flow: &Flow,
 ) -> std::io::Result<()> {
-    let mut gate = Gate::new(shared, conn);
-    let mut parser = FrontendParser::new(conn.id);
-    let mut chunk = vec![0; CHUNK];
+    let shared = from.shared;
+    let mut parser = FrontendParser::new(from.conn.id);
     loop {
-        gate.open().await;
-        let n = read.read(&mut chunk).await?;
-        let at = Instant::now()
-            + shared.latency.get(Direction::ToServer)
-            + conn.latency.get(Direction::ToServer);
-        if n == 0 {
+        let (bytes, at) = from.next().await?;
+        if bytes.is_empty() {
             // End of the client's stream: forward what is left, then the
             // writer shuts the server side down.
             let rest = std::mem::take(&mut parser.buf);
@@ -222,7 +263,7 @@ async fn read_client(
             }
             return Ok(());
         }
-        let items = parser.feed(&chunk[..n], at, shared, flow);
+        let items = parser.feed(bytes, at, shared, flow);
         for item in items {
             if tx.send(item).await.is_err() {
                 return Ok(());
@@ -238,19 +279,14 @@ async fn read_client(
 /// Server → client: reads, counts `ReadyForQuery`, discards what a rule
 /// said the client must not see, queues for the writer.
 async fn read_server(
-    mut read: ReadHalf<'_>,
+    mut from: Reader<'_>,
     tx: mpsc::Sender<Item>,
-    shared: &Shared,
-    conn: &ConnShared,
     flow: &Flow,
 ) -> std::io::Result<()> {
-    let mut gate = Gate::new(shared, conn);
     let mut parser = BackendParser::default();
-    let mut chunk = vec![0; CHUNK];
     loop {
-        gate.open().await;
-        let n = match read.read(&mut chunk).await {
-            Ok(n) => n,
+        let (bytes, at) = match from.next().await {
+            Ok(read) => read,
             Err(error) => {
                 if flow.cut_after.load(Ordering::SeqCst) != u64::MAX {
                     flow.fire(Action::ForwardThenCut);
@@ -258,7 +294,7 @@ async fn read_server(
                 return Err(error);
             }
         };
-        if n == 0 {
+        if bytes.is_empty() {
             if flow.cut_after.load(Ordering::SeqCst) != u64::MAX {
                 // The server closed before answering: cut the client now.
                 flow.fire(Action::ForwardThenCut);
@@ -266,13 +302,10 @@ async fn read_server(
             }
             return Ok(());
         }
-        let at = Instant::now()
-            + shared.latency.get(Direction::ToClient)
-            + conn.latency.get(Direction::ToClient);
-        let keep = parser.feed(&chunk[..n], flow);
+        let keep = parser.feed(bytes, flow);
         if keep > 0
             && tx
-                .send(Item::Data(chunk[..keep].to_vec(), at))
+                .send(Item::Data(bytes[..keep].to_vec(), at))
                 .await
                 .is_err()
         {

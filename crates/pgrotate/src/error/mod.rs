@@ -54,12 +54,19 @@ pub struct Error {
     detail: String,
     attempts: Option<u32>,
     cause: Option<Cause>,
+    /// What the retry loops read besides the kind, if anything.
+    marker: Option<Marker>,
+}
+
+/// How the retry loops treat an error, besides its kind: one at the most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
     /// No server answered where the URL points (refused, no answer in
     /// time, shutting down): nothing ran, and the server may be back soon.
-    outage: bool,
+    Outage,
     /// Every connection stayed checked out for the whole wait timeout:
     /// waiting again would only wait longer than the caller allowed.
-    pool_full: bool,
+    PoolFull,
 }
 
 impl Error {
@@ -70,8 +77,7 @@ impl Error {
             detail: detail.into(),
             attempts: None,
             cause: None,
-            outage: false,
-            pool_full: false,
+            marker: None,
         }
     }
 
@@ -108,23 +114,23 @@ impl Error {
     /// Marks a connect that found no server: the retry loops try again
     /// until their deadline rather than counting it as an attempt.
     pub(crate) fn into_outage(mut self) -> Error {
-        self.outage = true;
+        self.marker = Some(Marker::Outage);
         self
     }
 
     pub(crate) fn is_outage(&self) -> bool {
-        self.outage
+        self.marker == Some(Marker::Outage)
     }
 
     /// Marks a wait for a slot that timed out: not retried by the retry
     /// loops (the wait timeout is the caller's bound on waiting).
     pub(crate) fn into_pool_full(mut self) -> Error {
-        self.pool_full = true;
+        self.marker = Some(Marker::PoolFull);
         self
     }
 
     pub(crate) fn is_pool_full(&self) -> bool {
-        self.pool_full
+        self.marker == Some(Marker::PoolFull)
     }
 
     pub(crate) fn with_attempts(mut self, attempts: u32) -> Error {
@@ -142,8 +148,7 @@ impl Error {
             detail,
             attempts: None,
             cause: Some(Arc::new(err)),
-            outage: false,
-            pool_full: false,
+            marker: None,
         }
     }
 

@@ -131,6 +131,21 @@ async fn failure(
     .await
 }
 
+/// The source rotates to `url`, then generation `failed` fails: the
+/// failure is answered with generation `failed + 1` at once (`why`).
+async fn rotation_refetched_at_once(
+    script: &Script,
+    r: &Refresher,
+    url: &'static str,
+    failed: u64,
+    why: &str,
+) {
+    script.set(url);
+    let t = Instant::now();
+    assert_eq!(failure(r, failed, 30 * S).await.unwrap().id, failed + 1);
+    assert_eq!(t.elapsed(), Duration::ZERO, "{why}");
+}
+
 /// Yields until the script has seen `n` fetches.
 async fn fetches_reach(script: &Script, n: u32) {
     while script.fetches() < n {
@@ -182,18 +197,9 @@ async fn a_rotation_right_after_the_build_fetch_refetches_at_once() {
     let script = Script::new(Budget::heroku());
     let r = refresher(&script, RefreshConfig::default()).await;
     tokio::time::sleep(S).await;
-    script.set(NEW);
-    let t = Instant::now();
-    assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
-    assert_eq!(
-        t.elapsed(),
-        Duration::ZERO,
-        "no spacing after the build's fetch"
-    );
+    rotation_refetched_at_once(&script, &r, NEW, 1, "no spacing after the build's fetch").await;
     // And a second rotation right after the first.
-    script.set(OLD);
-    assert_eq!(failure(&r, 2, 30 * S).await.unwrap().id, 3);
-    assert_eq!(t.elapsed(), Duration::ZERO);
+    rotation_refetched_at_once(&script, &r, OLD, 2, "no spacing after a refetch").await;
     assert_eq!(script.fetches(), 3);
 }
 
@@ -204,10 +210,7 @@ async fn a_watch_poll_under_way_never_delays_a_failure() {
     // The rotation lands while the poll is on its way (it would bring the
     // old URL): the failure does not wait for it, it fetches at once.
     tokio::time::sleep(S / 2).await;
-    script.set(NEW);
-    let t = Instant::now();
-    assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
-    assert_eq!(t.elapsed(), Duration::ZERO);
+    rotation_refetched_at_once(&script, &r, NEW, 1, "the poll did not delay the failure").await;
     assert_eq!(script.fetches(), 3);
 }
 
@@ -453,14 +456,7 @@ async fn a_source_that_panics_fails_that_fetch_and_the_next_one_goes_out() {
 async fn a_hung_watch_poll_never_holds_a_failure_back() {
     let script = Script::new(Budget::heroku());
     let r = poll_under_way(&script, Answer::Hang).await;
-    script.set(NEW);
-    let t = Instant::now();
-    assert_eq!(failure(&r, 1, 30 * S).await.unwrap().id, 2);
-    assert_eq!(
-        t.elapsed(),
-        Duration::ZERO,
-        "the failure sent its own request"
-    );
+    rotation_refetched_at_once(&script, &r, NEW, 1, "the failure sent its own request").await;
     tokio::task::yield_now().await;
     assert_eq!(
         script.abandoned.load(Ordering::SeqCst),

@@ -1,0 +1,77 @@
+//! What both benchmarks set up: the clients pgrotate is measured against,
+//! over TLS verifying the fixture's CA, and their command line.
+// Each benchmark uses what it compares with.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use pgrotate_testing::TestCa;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+pub(crate) type BoxError = Box<dyn std::error::Error>;
+
+/// The role's URL as tokio-postgres parses it, TLS required to
+/// `localhost` (a name in the server's certificate), and a rustls
+/// connector verifying the fixture's CA.
+fn tls_config(
+    url: &str,
+    ca: &TestCa,
+) -> Result<(tokio_postgres::Config, MakeRustlsConnect), BoxError> {
+    let mut pg: tokio_postgres::Config = url.parse()?;
+    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+    pg.host("localhost");
+    Ok((pg, MakeRustlsConnect::new(ca.rustls_client_config()?)))
+}
+
+/// deadpool-postgres as its users configure it, `max_size` connections
+/// (the per-query cost of TLS is the same for it as for pgrotate).
+pub(crate) fn deadpool(
+    url: &str,
+    ca: &TestCa,
+    max_size: usize,
+) -> Result<deadpool_postgres::Pool, BoxError> {
+    let (pg, tls) = tls_config(url, ca)?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tls,
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    Ok(deadpool_postgres::Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+/// A raw tokio-postgres client, no pool: its connection spawned.
+pub(crate) async fn raw_client(url: &str, ca: &TestCa) -> Result<tokio_postgres::Client, BoxError> {
+    let (mut pg, tls) = tls_config(url, ca)?;
+    pg.connect_timeout(Duration::from_secs(10));
+    let (client, connection) = pg.connect(tls).await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The command line: `--<name> N --rounds M` (and cargo's `--bench`),
+/// both more than zero, each defaulting to its half of `defaults`.
+pub(crate) fn args(name: &str, defaults: (u64, u32)) -> Result<(u64, u32), String> {
+    let flag = format!("--{name}");
+    let mut it = std::env::args().skip(1);
+    let (mut count, mut rounds) = defaults;
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--rounds" => rounds = it.next().and_then(|s| s.parse().ok()).ok_or("--rounds N")?,
+            "--bench" => {}
+            _ if a == flag => {
+                count = it
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(format!("{flag} N"))?
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if rounds == 0 || count == 0 {
+        return Err(format!("{flag} and --rounds must be more than zero"));
+    }
+    Ok((count, rounds))
+}
