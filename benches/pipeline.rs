@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use pgrotate_testing::{Cluster, FaultProxy, TestCa};
 
+mod common;
+
 struct Args {
     callers: usize,
     conns: usize,
@@ -51,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_size(args.conns)
         .build()
         .await?;
-    let plain = plain_deadpool(&url, cluster.ca(), args.conns)?;
+    let plain = common::deadpool(&url, cluster.ca(), args.conns)?;
     let raw = Arc::new(raw_clients(&url, cluster.ca(), args.conns).await?);
 
     let contenders: [(&str, Call); 4] = [
@@ -185,43 +187,15 @@ async fn measure(dur: Duration, callers: usize, call: Call) -> u64 {
     n
 }
 
-fn tokio_postgres_config(url: &str) -> Result<tokio_postgres::Config, Box<dyn std::error::Error>> {
-    let mut pg: tokio_postgres::Config = url.parse()?;
-    pg.ssl_mode(tokio_postgres::config::SslMode::Require);
-    pg.host("localhost");
-    Ok(pg)
-}
-
-/// deadpool-postgres as its users configure it, over rustls verifying the
-/// fixture's CA.
-fn plain_deadpool(
-    url: &str,
-    ca: &TestCa,
-    size: usize,
-) -> Result<deadpool_postgres::Pool, Box<dyn std::error::Error>> {
-    let manager = deadpool_postgres::Manager::from_config(
-        tokio_postgres_config(url)?,
-        tokio_postgres_rustls::MakeRustlsConnect::new(ca.rustls_client_config()?),
-        deadpool_postgres::ManagerConfig::default(),
-    );
-    Ok(deadpool_postgres::Pool::builder(manager)
-        .max_size(size)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()?)
-}
-
-/// `n` tokio-postgres clients, each with the statement prepared.
+/// `n` raw tokio-postgres clients, each with the statement prepared.
 async fn raw_clients(
     url: &str,
     ca: &TestCa,
     n: usize,
-) -> Result<Vec<(tokio_postgres::Client, tokio_postgres::Statement)>, Box<dyn std::error::Error>> {
-    let config = tokio_postgres_config(url)?;
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(ca.rustls_client_config()?);
+) -> Result<Vec<(tokio_postgres::Client, tokio_postgres::Statement)>, common::BoxError> {
     let mut clients = Vec::new();
     for _ in 0..n {
-        let (client, connection) = config.connect(tls.clone()).await?;
-        tokio::spawn(connection);
+        let client = common::raw_client(url, ca).await?;
         let stmt = client.prepare("select $1::int4").await?;
         clients.push((client, stmt));
     }

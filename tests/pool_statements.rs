@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    bounded, count_sessions, role_and_file, role_file_and_pool, spawn_running_insert, spawn_tasks,
-    wait_until,
+    bounded, count_sessions, role_and_file, spawn_running_insert, spawn_tasks, wait_until,
 };
 use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
