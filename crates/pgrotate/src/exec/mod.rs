@@ -191,6 +191,24 @@ impl Pool {
         true
     }
 
+    /// After an attempt of a statement: the call's result, or `None` once
+    /// the backoff before the next attempt has been waited.
+    pub(crate) async fn after_attempt<T>(
+        &self,
+        attempts: &Attempts,
+        outcome: Outcome<T, ()>,
+    ) -> Option<Result<T, Error>> {
+        let failure = match outcome {
+            Outcome::Done(v) => return Some(Ok(v)),
+            Outcome::Fail(f) => return Some(Err(attempts.fail(f.err))),
+            Outcome::Retry(f) => f,
+        };
+        match self.retry_or_finish(attempts, failure).await {
+            Ok(()) => None,
+            Err(f) => Some(Err(f.err)),
+        }
+    }
+
     /// After a failed attempt: waits for the next one (`Ok`), or the
     /// failure the call returns, with the attempts counted.
     pub(crate) async fn retry_or_finish<E>(

@@ -53,13 +53,8 @@ impl Pool {
                         after_connection_fault(f.fault, f.error, f.not_run)
                     }
                 };
-                let failure = match outcome {
-                    Outcome::Done(v) => return Ok(v),
-                    Outcome::Fail(f) => return Err(attempts.fail(f.err)),
-                    Outcome::Retry(f) => f,
-                };
-                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                    return Err(f.err);
+                if let Some(result) = self.after_attempt(&attempts, outcome).await {
+                    return result;
                 }
             }
         }

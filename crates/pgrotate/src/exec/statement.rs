@@ -124,16 +124,11 @@ impl Pool {
                 let Some(client) = self.next_client(&mut attempts).await? else {
                     continue;
                 };
-                let failure: Failure<()> = match self
+                let outcome = self
                     .statement_once(&policy, &attempts, call, client, streaming)
-                    .await
-                {
-                    Outcome::Done(v) => return Ok(v),
-                    Outcome::Fail(f) => return Err(attempts.fail(f.err)),
-                    Outcome::Retry(f) => f,
-                };
-                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                    return Err(f.err);
+                    .await;
+                if let Some(result) = self.after_attempt(&attempts, outcome).await {
+                    return result;
                 }
             }
         }

@@ -226,10 +226,17 @@ impl Wire {
         if !self.observed.load(Ordering::Acquire) {
             return Answers::Unknown;
         }
+        self.until_answered(within, || self.answered.load(Ordering::Acquire) >= place)
+            .await
+    }
+
+    /// Waits until `done` holds (`All`) or the stream ends first (`Ended`),
+    /// at most `within`; `done` is asked again at every answer.
+    async fn until_answered(&self, within: Duration, done: impl Fn() -> bool) -> Answers {
         let wait = async {
             loop {
                 let ready = self.ready.notified();
-                if self.answered.load(Ordering::Acquire) >= place {
+                if done() {
                     return Answers::All;
                 }
                 if self.ended.load(Ordering::Acquire) {
@@ -274,21 +281,7 @@ impl Wire {
         if self.unanswered().is_none() {
             return Answers::Unknown;
         }
-        let wait = async {
-            loop {
-                let ready = self.ready.notified();
-                if self.pending() == 0 {
-                    return Answers::All;
-                }
-                if self.ended.load(Ordering::Acquire) {
-                    return Answers::Ended;
-                }
-                ready.await;
-            }
-        };
-        tokio::time::timeout(within, wait)
-            .await
-            .unwrap_or(Answers::Unknown)
+        self.until_answered(within, || self.pending() == 0).await
     }
 
     fn end(&self) {
