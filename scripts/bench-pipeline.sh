@@ -18,14 +18,16 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-cargo bench --locked --bench pipeline --no-run
+# Built once; every row runs the same executable.
+bench=$(cargo bench --locked --bench pipeline --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+[ -x "$bench" ] || { echo "pgrotate: the pipeline benchmark did not build" >&2; exit 1; }
 echo "| RTT ms | callers | conns | pool.query_one q/s | pool.run q/s | deadpool q/s | raw q/s | pipelined/raw | pipelined/deadpool | run/deadpool |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
 for rtt in 0 10; do
     for callers in 8 64 512; do
         for conns in 1 2 4 8 16; do
-            cargo bench --locked --bench pipeline -- --callers "$callers" --conns "$conns" \
-                --latency-ms "$rtt" --millis "$millis" --rounds "$rounds" 2>/dev/null | grep '^| '
+            "$bench" --callers "$callers" --conns "$conns" \
+                --latency-ms "$rtt" --millis "$millis" --rounds "$rounds" | grep '^| '
         done
     done
 done

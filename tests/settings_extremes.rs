@@ -79,6 +79,7 @@ async fn exercise(pool: &Pool) {
         }),
     )
     .await;
+    let _ = tokio::time::timeout(Duration::from_millis(50), pool.query_one("select 1", &[])).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pool.refresh_now()).await;
     let _ = pool.status();
     let _ = pool.drain().await;
@@ -117,6 +118,14 @@ async fn no_setting_at_an_extreme_panics_and_refusals_name_the_setting() {
         let built = Pool::builder(Static::new(URL)).min_idle(n).build().await;
         if let Ok(pool) = built {
             exercise(&pool).await;
+        }
+        let built = Pool::builder(Static::new(URL))
+            .pipeline_depth(n)
+            .build()
+            .await;
+        match built {
+            Ok(pool) => exercise(&pool).await,
+            Err(e) => assert!(format!("{e:#}").contains("pipeline_depth"), "{e}"),
         }
     }
     for (burst, reserve) in [

@@ -239,20 +239,10 @@ impl Lane {
         }
     }
 
-    /// Whether the failure of the statement at `sub`'s places proves it
-    /// did not run (see the module docs). `db_error`: tokio-postgres gave
-    /// it an error the server sent.
+    /// Whether the failure of the statement at `place` (and `run` among
+    /// the messages that run something) proves it did not run.
     pub(crate) fn proves_not_run(&self, place: u64, run: u64, db_error: bool) -> bool {
-        let Some(progress) = self.wire.progress() else {
-            return false;
-        };
-        if progress.runs_sent < run || db_error {
-            return true;
-        }
-        match self.wire.fatal() {
-            Some(f) => place > f.at || (place == f.at && !f.after_complete),
-            None => false,
-        }
+        self.wire.proves_not_run(place, run, db_error)
     }
 }
 

@@ -208,6 +208,28 @@ impl Wire {
         })
     }
 
+    /// Whether a pipelined statement that failed proves it did not run,
+    /// from its place among the requests (1-based) and among the messages
+    /// that run something, and whether the server's own error was its
+    /// answer (`db_error`): its `Execute` was never written; or it failed
+    /// before its `CommandComplete` (the server aborts the statement's
+    /// implicit transaction, which the extended protocol commits only at
+    /// the `Sync` after it); or it was behind the request a `FATAL` came on
+    /// (the backend exits after it), or that very request with no
+    /// `CommandComplete` yet. Unobserved: never.
+    pub(crate) fn proves_not_run(&self, place: u64, run: u64, db_error: bool) -> bool {
+        let Some(progress) = self.progress() else {
+            return false;
+        };
+        if progress.runs_sent < run || db_error {
+            return true;
+        }
+        match self.fatal() {
+            Some(f) => place > f.at || (place == f.at && !f.after_complete),
+            None => false,
+        }
+    }
+
     /// Where a `FATAL` error ended the connection, if one did.
     pub(crate) fn fatal(&self) -> Option<Fatal> {
         match self.fatal_at.load(Ordering::Acquire) {

@@ -261,6 +261,84 @@ mod tests {
         assert_eq!(wire.unanswered(), Some(0));
     }
 
+    /// Three pipelined statements (Bind, Execute, Sync each) after the
+    /// startup, then the server's answers `answers`.
+    fn three_in_flight(answers: &[u8]) -> Arc<Wire> {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        for _ in 0..3 {
+            let mut client = msg(b'B', &[0; 10]);
+            client.extend(msg(b'E', &[0; 5]));
+            client.extend(msg(b'S', b""));
+            w.feed(&client, &wire);
+        }
+        for b in answers {
+            r.feed(std::slice::from_ref(b), &wire);
+        }
+        wire
+    }
+
+    const FATAL: &[u8] =
+        b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+
+    #[test]
+    fn a_fatal_error_tells_each_statement_in_flight_whether_it_ran() {
+        // The first answered, the second terminated while it ran.
+        let mut answers = msg(b'2', b"");
+        answers.extend(msg(b'C', b"INSERT 0 1\0"));
+        answers.extend(msg(b'Z', b"I"));
+        answers.extend(msg(b'E', FATAL));
+        let wire = three_in_flight(&answers);
+        assert_eq!(wire.requests(), Some((3, 1)));
+        assert_eq!(
+            wire.fatal(),
+            Some(crate::wire::Fatal {
+                at: 2,
+                after_complete: false
+            })
+        );
+        // The second never completed, the third was never reached; the
+        // first had its answer (a failure of it would be unknown).
+        assert!(wire.proves_not_run(2, 2, false));
+        assert!(wire.proves_not_run(3, 3, false));
+        assert!(!wire.proves_not_run(1, 1, false));
+    }
+
+    #[test]
+    fn a_statement_that_completed_before_the_fatal_error_may_have_committed() {
+        let mut answers = msg(b'2', b"");
+        answers.extend(msg(b'C', b"INSERT 0 1\0"));
+        answers.extend(msg(b'E', FATAL));
+        let wire = three_in_flight(&answers);
+        assert_eq!(
+            wire.fatal().map(|f| (f.at, f.after_complete)),
+            Some((1, true))
+        );
+        assert!(
+            !wire.proves_not_run(1, 1, false),
+            "completed: its commit may have happened"
+        );
+        assert!(wire.proves_not_run(2, 2, false) && wire.proves_not_run(3, 3, false));
+    }
+
+    #[test]
+    fn without_a_fatal_error_only_a_statement_never_written_or_refused_proves_it() {
+        // The connection ends with no word from the server.
+        let wire = three_in_flight(&[]);
+        assert_eq!(wire.fatal(), None);
+        assert!(
+            !wire.proves_not_run(3, 3, false),
+            "written: it may have run"
+        );
+        assert!(wire.proves_not_run(4, 4, false), "never written");
+        assert!(
+            wire.proves_not_run(2, 2, true),
+            "its own error before CommandComplete"
+        );
+        assert!(!Wire::unobserved().proves_not_run(9, 9, false));
+    }
+
     #[test]
     fn the_last_command_tag_says_how_a_transaction_ended() {
         let (wire, mut r, _) = observed();
