@@ -246,3 +246,65 @@ async fn a_get_waiting_while_statements_keep_every_connection_busy_gets_one() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_on_a_connection_that_stops_answering_end_within_their_attempt_timeout() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let role = cluster.create_role("pipehang").await.unwrap();
+        let proxy = pgrotate_testing::FaultProxy::start(cluster.addr())
+            .await
+            .unwrap();
+        let policy = pgrotate::RetryPolicy::default()
+            .attempts(3)
+            .attempt_timeout(Some(Duration::from_millis(500)))
+            .deadline(Duration::from_secs(3));
+        let pool = Pool::builder(pgrotate::source::Static::new(proxy.url(&role)))
+            .max_size(2)
+            .pipeline_depth(8)
+            .create_timeout(Duration::from_secs(1))
+            .retry(policy)
+            .build()
+            .await
+            .unwrap();
+        pool.batch_execute("create table t (k int not null)")
+            .await
+            .unwrap();
+        pool.execute("insert into t values ($1)", &[&-1i32])
+            .await
+            .unwrap();
+        // The network stops forwarding (nothing is closed) with 16
+        // statements in flight on the two connections.
+        proxy.blackhole(true);
+        let writers = spawn_tasks(16, |k| {
+            let pool = pool.clone();
+            async move {
+                let k = k as i32;
+                let started = std::time::Instant::now();
+                let r = pool.execute("insert into t values ($1)", &[&k]).await;
+                (k, r.map_err(|e| e.kind()), started.elapsed())
+            }
+        });
+        let outcomes = writers.outcomes().await;
+        proxy.clear_faults();
+        let rows = pool
+            .query("select k, count(*) from t group by k", &[])
+            .await
+            .unwrap();
+        let present: std::collections::HashMap<i32, i64> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (k, r, took) in outcomes {
+            // Each caller is answered within its policy's deadline (3 s),
+            // give or take the last attempt's timeout.
+            assert!(took < Duration::from_secs(4), "key {k} took {took:?}");
+            match r {
+                Ok(1) => assert_eq!(present.get(&k), Some(&1), "key {k}"),
+                Err(pgrotate::ErrorKind::OutcomeUnknown) => {
+                    assert!(matches!(present.get(&k), None | Some(&1)), "key {k} twice")
+                }
+                other => assert!(!present.contains_key(&k), "key {k}: {other:?} yet present"),
+            }
+        }
+    })
+    .await;
+}
