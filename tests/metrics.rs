@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{bounded, role_and_file, select_one, wait_until};
+use common::{UrlFile, bounded, role_and_file, select_one, wait_until};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use pgrotate::{Pool, metrics as m};
 use pgrotate_testing::Cluster;
@@ -83,6 +83,28 @@ impl Seen {
     }
 }
 
+/// A second pool: its watch polls the unchanged source (`watch`, `same`)
+/// and its one connection outlives `max_lifetime` (`lifetime`).
+async fn watch_and_lifetime(file: &UrlFile, snapshotter: &Snapshotter, seen: &mut Seen) {
+    let watched = Pool::builder(file.source())
+        .max_size(1)
+        .watch(Duration::from_millis(200))
+        .max_lifetime(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(select_one(&watched).await.unwrap(), 1);
+    while seen.take(snapshotter).counter(
+        m::URL_FETCHES,
+        &[(m::TRIGGER, "watch"), (m::OUTCOME, "same")],
+    ) == 0
+        || seen.counter(m::CONNECTIONS_CLOSED, &[(m::REASON, "lifetime")]) == 0
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watched.close();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_is_visible_in_every_documented_metric_and_no_label_holds_a_secret() {
     let recorder = DebuggingRecorder::new();
@@ -152,21 +174,10 @@ async fn a_rotation_is_visible_in_every_documented_metric_and_no_label_holds_a_s
         assert_eq!(s.gauge(m::WAITING), Some(0.0));
         assert!(s.gauge(m::BUDGET_TOKENS).is_some_and(|t| t >= 1.0));
 
-        // The watch's poll, on a pool of its own.
-        let watched = Pool::builder(file.source())
-            .max_size(1)
-            .watch(Duration::from_millis(200))
-            .build()
-            .await
-            .unwrap();
-        while seen.take(&snapshotter).counter(
-            m::URL_FETCHES,
-            &[(m::TRIGGER, "watch"), (m::OUTCOME, "same")],
-        ) == 0
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        watched.close();
+        // The watch's poll and a connection past its lifetime, on a pool
+        // of its own (boxed: the test's future is large for a debug
+        // build's stack).
+        Box::pin(watch_and_lifetime(&file, &snapshotter, &mut seen)).await;
 
         let s = seen.take(&snapshotter);
         let fetches = |trigger, outcome| {
@@ -190,12 +201,12 @@ async fn a_rotation_is_visible_in_every_documented_metric_and_no_label_holds_a_s
             s.counter(m::RETRIES, &[(m::FAULT, "server_going_away")]) >= 1,
             "the call in flight was retried after 57P01: {s:#?}"
         );
-        assert!(s.counter(m::CONNECTIONS_OPENED, &[]) >= 3, "{s:#?}");
+        assert!(s.counter(m::CONNECTIONS_OPENED, &[]) >= 4, "{s:#?}");
         assert!(
             s.counter(m::CONNECTIONS_CLOSED, &[(m::REASON, "stale_generation")]) >= 1,
             "the drain closed idle connections of generation 2: {s:#?}"
         );
-        assert!(s.counter(m::CALLS, &[(m::OUTCOME, "ok")]) >= 7, "{s:#?}");
+        assert!(s.counter(m::CALLS, &[(m::OUTCOME, "ok")]) >= 8, "{s:#?}");
         assert_eq!(s.counter(m::CALLS, &[(m::OUTCOME, "query")]), 1, "{s:#?}");
 
         let waits = s.histogram(m::CHECKOUT_WAIT);

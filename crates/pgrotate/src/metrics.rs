@@ -252,14 +252,46 @@ pub(crate) fn connections_closed(reason: Closed, n: usize) {
     let _ = (reason.label(), n);
 }
 
-/// `checkout`, with its wait recorded when it ends.
-pub(crate) async fn checkout<F: std::future::Future>(checkout: F) -> F::Output {
-    #[cfg(feature = "metrics")]
-    let started = tokio::time::Instant::now();
-    let got = checkout.await;
-    #[cfg(feature = "metrics")]
-    metrics::histogram!(CHECKOUT_WAIT).record(started.elapsed().as_secs_f64());
-    got
+/// `checkout`, with its wait recorded when it ends: a plain wrapper of
+/// its poll (no async fn, whose frame would deepen the connect's stack).
+#[cfg(feature = "metrics")]
+pub(crate) fn checkout<F: std::future::Future>(checkout: F) -> Timed<F> {
+    Timed {
+        inner: checkout,
+        started: None,
+    }
+}
+
+/// Without the feature, the checkout itself.
+#[cfg(not(feature = "metrics"))]
+pub(crate) fn checkout<F: std::future::Future>(checkout: F) -> F {
+    checkout
+}
+
+#[cfg(feature = "metrics")]
+pin_project_lite::pin_project! {
+    /// A checkout whose wait is recorded when it ends ([`CHECKOUT_WAIT`]).
+    pub(crate) struct Timed<F> {
+        #[pin]
+        inner: F,
+        started: Option<tokio::time::Instant>,
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl<F: std::future::Future> std::future::Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let started = *this.started.get_or_insert_with(tokio::time::Instant::now);
+        let got = std::task::ready!(this.inner.poll(cx));
+        metrics::histogram!(CHECKOUT_WAIT).record(started.elapsed().as_secs_f64());
+        std::task::Poll::Ready(got)
+    }
 }
 
 /// The gauges, from a status snapshot.
