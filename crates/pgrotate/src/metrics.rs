@@ -22,7 +22,7 @@
 //! | `pgrotate_generation` | gauge | | the current generation |
 //! | `pgrotate_budget_tokens` | gauge | | tokens left in the source's refetch budget |
 //! | `pgrotate_checkout_wait_seconds` | histogram | | how long a checkout (`get`, and each attempt's connection) waited, connects and refetches included |
-//! | `pgrotate_refetch_to_first_success_seconds` | histogram | | from a refetch that a failure asked for to the first connection opened with a newer generation |
+//! | `pgrotate_refetch_to_first_success_seconds` | histogram | | from a refetch that a failure or an outage asked for to the first connection opened with a newer generation (one of the same generation, the server back where it was, stops the clock unrecorded) |
 //!
 //! `fault` is one of `credentials`, `database_gone`, `read_only`,
 //! `server_going_away`, `disconnected`, `unreachable`,
@@ -198,15 +198,20 @@ impl RefetchClock {
         let _ = generation;
     }
 
-    /// A connection of `generation` opened: recorded if it is newer than
-    /// the one the refetch started from.
+    /// A connection of the current generation `generation` opened:
+    /// recorded if it is newer than the one the refetch started from; one
+    /// of that same generation (the server back where it was after an
+    /// outage) stops the clock unrecorded, so a later rotation is not
+    /// charged with the wait.
     pub(crate) fn connected(&mut self, generation: u64) {
         #[cfg(feature = "metrics")]
         if let Some((at, from)) = self.since
-            && generation > from
+            && generation >= from
         {
             self.since = None;
-            metrics::histogram!(REFETCH_TO_FIRST_SUCCESS).record(at.elapsed().as_secs_f64());
+            if generation > from {
+                metrics::histogram!(REFETCH_TO_FIRST_SUCCESS).record(at.elapsed().as_secs_f64());
+            }
         }
         #[cfg(not(feature = "metrics"))]
         let _ = generation;
@@ -335,6 +340,88 @@ mod tests {
         ];
         for l in labels {
             assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    mod recorded {
+        use super::super::*;
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+        /// One recorded series: name, labels, value.
+        type Recorded = (String, Vec<(String, String)>, DebugValue);
+
+        /// What `f` records, in the recorder's order.
+        fn recorded(f: impl FnOnce()) -> Vec<Recorded> {
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            metrics::with_local_recorder(&recorder, f);
+            snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(key, _, _, value)| {
+                    let key = key.key();
+                    let labels = key
+                        .labels()
+                        .map(|l| (l.key().to_string(), l.value().to_string()))
+                        .collect();
+                    (key.name().to_string(), labels, value)
+                })
+                .collect()
+        }
+
+        fn outcome(v: &[Recorded]) -> Vec<String> {
+            v.iter()
+                .filter(|(n, _, _)| n == CALLS)
+                .map(|(_, l, _)| l[0].1.clone())
+                .collect()
+        }
+
+        #[test]
+        fn a_call_counts_once_as_ok_or_as_the_kind_it_first_failed_with() {
+            let v = recorded(|| drop(Call::default()));
+            assert_eq!(outcome(&v), ["ok"]);
+            let v = recorded(|| {
+                let call = Call::default();
+                call.failed(&Error::new(ErrorKind::CommitOutcomeUnknown, "x"));
+                call.failed(&Error::new(ErrorKind::Timeout, "y"));
+            });
+            assert_eq!(outcome(&v), ["commit_outcome_unknown"]);
+        }
+
+        #[test]
+        fn the_refetch_clock_records_only_a_newer_generation_and_once() {
+            let v = recorded(|| {
+                let mut clock = RefetchClock::default();
+                clock.refetching(1);
+                // An older connection finishing after the refetch began.
+                clock.connected(0);
+                clock.refetching(1);
+                clock.connected(2);
+                clock.connected(2);
+            });
+            let samples: Vec<_> = v
+                .iter()
+                .filter_map(|(n, _, value)| match value {
+                    DebugValue::Histogram(h) if n == REFETCH_TO_FIRST_SUCCESS => Some(h.len()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(samples, [1]);
+            // The server back on the same generation: nothing recorded,
+            // and a later newer one is not charged with the wait.
+            let v = recorded(|| {
+                let mut clock = RefetchClock::default();
+                clock.refetching(3);
+                clock.connected(3);
+                clock.connected(4);
+            });
+            assert!(
+                v.iter().all(|(n, _, value)| n != REFETCH_TO_FIRST_SUCCESS
+                    || matches!(value, DebugValue::Histogram(h) if h.is_empty())),
+                "{v:?}"
+            );
         }
     }
 }
