@@ -10,9 +10,12 @@
 //!   when the email is taken, 503 while the database is unavailable;
 //! - `GET /healthz`: the pool's `size`, `available`, `waiting`, `generation`.
 //!
-//! With `DATABASE_URL` set it connects there (read again after every
-//! rotation: `source::Env`); unset, it starts a throwaway PostgreSQL. It
-//! creates its table if missing, listens on `ADDR` (default
+//! Its pool settings are a [`pgrotate::Config`] (see `settings`): a JSON
+//! file named by `PGROTATE_CONFIG` (`{"max_size": 16, "wait_timeout": "5s",
+//! "source": {"kind": "file", "path": "/run/secrets/db_url"}}`) and
+//! `PGROTATE__…` variables over it (`PGROTATE__MAX_SIZE=8`). With no source
+//! set it connects to `DATABASE_URL` (read again after every rotation);
+//! with neither, it starts a throwaway PostgreSQL. It creates its table if missing, listens on `ADDR` (default
 //! 127.0.0.1:3000) and, on ctrl-c, finishes the requests in flight, then
 //! closes the pool.
 
@@ -21,7 +24,7 @@ use std::future::Future;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
-use pgrotate::{Pool, source};
+use pgrotate::Pool;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
 
@@ -270,23 +273,53 @@ async fn healthz(pool: web::Data<Pool>) -> web::Json<Health> {
     })
 }
 
+/// The pool's settings as [`pgrotate::Config`]: the JSON file `file` (in
+/// `main`, the one named by `PGROTATE_CONFIG`, if set), then `PGROTATE__…`
+/// variables over it — `PGROTATE__MAX_SIZE=16`,
+/// `PGROTATE__SOURCE__KIND=file`, `PGROTATE__SOURCE__PATH=/run/secrets/db_url`,
+/// `PGROTATE__WAIT_TIMEOUT=5s` — read from `env` when given, else from the
+/// process's environment. With no source set, the URL is read from
+/// `DATABASE_URL`, again after every rotation; `max_size` defaults to
+/// 16 here.
+pub fn settings(
+    file: Option<&str>,
+    env: Option<config::Map<String, String>>,
+) -> Result<pgrotate::Config, config::ConfigError> {
+    let mut layers = config::Config::builder();
+    if let Some(file) = file {
+        layers = layers.add_source(config::File::new(file, config::FileFormat::Json));
+    }
+    let mut settings: pgrotate::Config = layers
+        .add_source(
+            config::Environment::with_prefix("PGROTATE")
+                .separator("__")
+                .source(env),
+        )
+        .build()?
+        .try_deserialize()?;
+    settings.max_size.get_or_insert(16);
+    Ok(settings)
+}
+
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // With DATABASE_URL: read again on every refetch (after a rotation).
-    // Without: a throwaway PostgreSQL, kept until main returns.
+    // The settings from PGROTATE_CONFIG (a JSON file) and PGROTATE__…
+    // variables. With neither a source nor DATABASE_URL: a throwaway
+    // PostgreSQL, its URL in a file, kept until main returns.
+    let mut settings = settings(std::env::var("PGROTATE_CONFIG").ok().as_deref(), None)?;
     let mut throwaway = None;
-    let builder = match std::env::var("DATABASE_URL") {
-        Ok(_) => Pool::builder(source::Env::new("DATABASE_URL")),
-        Err(_) => {
-            eprintln!("DATABASE_URL is unset: starting a throwaway PostgreSQL…");
-            let cluster = pgrotate_testing::Cluster::start().await?;
-            let role = cluster.create_role("actix_app").await?;
-            let url = cluster.url(&role);
-            throwaway = Some(cluster);
-            Pool::builder(source::Static::new(url))
-        }
-    };
-    let pool = builder.max_size(16).build().await?;
+    if settings.source.is_none() && std::env::var_os("DATABASE_URL").is_none() {
+        eprintln!("no source and no DATABASE_URL: starting a throwaway PostgreSQL…");
+        let cluster = pgrotate_testing::Cluster::start().await?;
+        let role = cluster.create_role("actix_app").await?;
+        let url_file = tempfile::NamedTempFile::new()?;
+        std::fs::write(url_file.path(), cluster.url(&role))?;
+        settings.source = Some(pgrotate::SourceConfig::File {
+            path: url_file.path().into(),
+        });
+        throwaway = Some((cluster, url_file));
+    }
+    let pool = settings.build().await?;
     migrate(&pool).await?;
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into());

@@ -10,16 +10,19 @@
 //! (done, once) or rolled back (still pending, claimed again later), so no
 //! job is lost and none is done twice.
 //!
-//! With `DATABASE_URL` set it works that database's queue (read again after
-//! every rotation: `source::Env`); unset, it starts a throwaway PostgreSQL
-//! and enqueues 500 jobs. On ctrl-c each worker finishes its current job,
+//! Its pool settings are a [`pgrotate::Config`] (see `settings`): a JSON
+//! file named by `PGROTATE_CONFIG` (`{"max_size": 4, "wait_timeout": "5s",
+//! "source": {"kind": "file", "path": "/run/secrets/db_url"}}`) and
+//! `PGROTATE__…` variables over it (`PGROTATE__MAX_SIZE=8`). With no source
+//! set it works the queue of `DATABASE_URL` (read again after every rotation);
+//! with neither, it starts a throwaway PostgreSQL and enqueues 500 jobs. On ctrl-c each worker finishes its current job,
 //! then the pool is closed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use pgrotate::{Pool, source};
+use pgrotate::Pool;
 use tokio::sync::watch;
 
 /// The queue and the results.
@@ -155,24 +158,54 @@ pub async fn run_workers(
     Ok(())
 }
 
+/// The pool's settings as [`pgrotate::Config`]: the JSON file `file` (in
+/// `main`, the one named by `PGROTATE_CONFIG`, if set), then `PGROTATE__…`
+/// variables over it — `PGROTATE__MAX_SIZE=16`,
+/// `PGROTATE__SOURCE__KIND=file`, `PGROTATE__SOURCE__PATH=/run/secrets/db_url`,
+/// `PGROTATE__WAIT_TIMEOUT=5s` — read from `env` when given, else from the
+/// process's environment. With no source set, the URL is read from
+/// `DATABASE_URL`, again after every rotation; `max_size` defaults to
+/// 4 here.
+pub fn settings(
+    file: Option<&str>,
+    env: Option<config::Map<String, String>>,
+) -> Result<pgrotate::Config, config::ConfigError> {
+    let mut layers = config::Config::builder();
+    if let Some(file) = file {
+        layers = layers.add_source(config::File::new(file, config::FileFormat::Json));
+    }
+    let mut settings: pgrotate::Config = layers
+        .add_source(
+            config::Environment::with_prefix("PGROTATE")
+                .separator("__")
+                .source(env),
+        )
+        .build()?
+        .try_deserialize()?;
+    settings.max_size.get_or_insert(4);
+    Ok(settings)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // With DATABASE_URL: read again on every refetch (after a rotation).
-    // Without: a throwaway PostgreSQL with 500 jobs, kept until main returns.
+    // The settings from PGROTATE_CONFIG (a JSON file) and PGROTATE__…
+    // variables. With neither a source nor DATABASE_URL: a throwaway
+    // PostgreSQL with 500 jobs, its URL in a file, kept until main returns.
+    let mut settings = settings(std::env::var("PGROTATE_CONFIG").ok().as_deref(), None)?;
     let mut throwaway = None;
-    let builder = match std::env::var("DATABASE_URL") {
-        Ok(_) => Pool::builder(source::Env::new("DATABASE_URL")),
-        Err(_) => {
-            eprintln!("DATABASE_URL is unset: starting a throwaway PostgreSQL…");
-            let cluster = pgrotate_testing::Cluster::start().await?;
-            let role = cluster.create_role("worker").await?;
-            let url = cluster.url(&role);
-            throwaway = Some(cluster);
-            Pool::builder(source::Static::new(url))
-        }
-    };
+    if settings.source.is_none() && std::env::var_os("DATABASE_URL").is_none() {
+        eprintln!("no source and no DATABASE_URL: starting a throwaway PostgreSQL…");
+        let cluster = pgrotate_testing::Cluster::start().await?;
+        let role = cluster.create_role("worker").await?;
+        let url_file = tempfile::NamedTempFile::new()?;
+        std::fs::write(url_file.path(), cluster.url(&role))?;
+        settings.source = Some(pgrotate::SourceConfig::File {
+            path: url_file.path().into(),
+        });
+        throwaway = Some((cluster, url_file));
+    }
     const WORKERS: i32 = 4;
-    let pool = builder.max_size(WORKERS as usize).build().await?;
+    let pool = settings.build().await?;
     migrate(&pool).await?;
     if throwaway.is_some() {
         let n = enqueue(&pool, (1..=500).map(|i| format!("job {i}")).collect()).await?;

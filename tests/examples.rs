@@ -277,16 +277,27 @@ async fn web_app_through_rotations(
     }
 }
 
+/// A JSON settings file, as an example's `PGROTATE_CONFIG` names one.
+fn settings_file(json: &serde_json::Value) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), json.to_string()).unwrap();
+    file
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_app_serves_through_two_rotations() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = role_and_file(cluster, "ex_axum").await;
-        let pool = Pool::builder(file.source())
-            .max_size(4)
-            .build()
-            .await
-            .unwrap();
+        // The example's settings from a JSON file, as PGROTATE_CONFIG names.
+        let json = settings_file(&serde_json::json!({
+            "source": { "kind": "file", "path": file.path() },
+            "max_size": 4,
+            "wait_timeout": "30s"
+        }));
+        let settings = axum_app::settings(json.path().to_str(), Some(HashMap::new())).unwrap();
+        let pool = settings.build().await.unwrap();
+        assert_eq!(pool.status().max_size, 4);
         axum_app::migrate(&pool).await.unwrap();
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -311,11 +322,21 @@ async fn actix_app_serves_through_two_rotations() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = role_and_file(cluster, "ex_actix").await;
-        let pool = Pool::builder(file.source())
-            .max_size(4)
+        // The example's settings from PGROTATE__… variables alone.
+        let env = HashMap::from([
+            ("PGROTATE__SOURCE__KIND".to_string(), "file".to_string()),
+            (
+                "PGROTATE__SOURCE__PATH".to_string(),
+                file.path().to_str().unwrap().to_string(),
+            ),
+            ("PGROTATE__MAX_SIZE".to_string(), "4".to_string()),
+        ]);
+        let pool = actix_app::settings(None, Some(env))
+            .unwrap()
             .build()
             .await
             .unwrap();
+        assert_eq!(pool.status().max_size, 4);
         actix_app::migrate(&pool).await.unwrap();
 
         // actix-web runs its own system: on a thread of its own, two workers.
@@ -351,7 +372,15 @@ async fn worker_does_every_job_once_through_two_rotations() {
         const WORKERS: i32 = 8;
         let cluster = Cluster::shared().await.unwrap();
         let (mut role, file) = role_and_file(cluster, "ex_worker").await;
-        let pool = Pool::builder(file.source()).max_size(4).build().await.unwrap();
+        // The example's settings: a JSON file, a variable over it.
+        let json = settings_file(&serde_json::json!({
+            "source": { "kind": "file", "path": file.path() },
+            "max_size": 2
+        }));
+        let env = HashMap::from([("PGROTATE__MAX_SIZE".to_string(), "4".to_string())]);
+        let settings = worker::settings(json.path().to_str(), Some(env)).unwrap();
+        let pool = settings.build().await.unwrap();
+        assert_eq!(pool.status().max_size, 4, "the variable wins over the file");
         worker::migrate(&pool).await.unwrap();
         let payloads = (1..=JOBS).map(|i| format!("job {i}")).collect();
         assert_eq!(worker::enqueue(&pool, payloads).await.unwrap(), JOBS as u64);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pgrotate::SslMode;
 
-pub(crate) const USAGE: &str = "usage: pgrotate-check [--heroku-app APP [--heroku-var VAR] | --heroku-cli APP [--heroku-var VAR] | --file PATH | --env VAR | --command PROGRAM [ARGS...]] [--sslmode MODE] [--root-cert PATH] [--timeout SECS]";
+pub(crate) const USAGE: &str = "usage: pgrotate-check [--heroku-app APP [--heroku-var VAR] [--heroku-api-url URL] | --heroku-cli APP [--heroku-var VAR] | --file PATH | --env VAR | --command PROGRAM [ARGS...]] [--sslmode MODE] [--root-cert PATH] [--timeout SECS]";
 
 pub(crate) const HELP: &str = "\
 Fetches the database URL through one pgrotate source, connects with the
@@ -19,6 +19,8 @@ Sources (one; default --env DATABASE_URL):
   --heroku-app APP     the Heroku Platform API (token from HEROKU_API_KEY)
   --heroku-cli APP     `heroku config:get VAR -a APP`
   --heroku-var VAR     the config var of either (default DATABASE_URL)
+  --heroku-api-url URL the Platform API's base URL for --heroku-app (default
+                       https://api.heroku.com): a proxy, or a local stand-in
   --file PATH          a file holding the URL (a mounted secret)
   --env VAR            an environment variable
   --command PROGRAM [ARGS...]
@@ -38,6 +40,8 @@ pub(crate) enum Source {
     HerokuApi {
         app: String,
         var: Option<String>,
+        /// The Platform API's base URL; `None`: Heroku's.
+        api_url: Option<String>,
     },
     HerokuCli {
         app: String,
@@ -75,6 +79,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, 
     let mut args = args.into_iter();
     let mut source: Option<Source> = None;
     let mut heroku_var: Option<String> = None;
+    let mut api_url: Option<String> = None;
     let mut sslmode = None;
     let mut root_cert = None;
     let mut timeout = None;
@@ -87,7 +92,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, 
             "-h" | "--help" => return Ok(Parsed::Help),
             "--heroku-app" => {
                 let app = text_value(&mut args, name)?;
-                set_source(Source::HerokuApi { app, var: None }, &mut source)?;
+                set_source(
+                    Source::HerokuApi {
+                        app,
+                        var: None,
+                        api_url: None,
+                    },
+                    &mut source,
+                )?;
             }
             "--heroku-cli" => {
                 let app = text_value(&mut args, name)?;
@@ -98,6 +110,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, 
                     return Err("--heroku-var given twice".into());
                 }
                 heroku_var = Some(text_value(&mut args, name)?);
+            }
+            "--heroku-api-url" => {
+                if api_url.is_some() {
+                    return Err("--heroku-api-url given twice".into());
+                }
+                api_url = Some(text_value(&mut args, name)?);
             }
             "--file" => {
                 let path = value(&mut args, name)?;
@@ -166,6 +184,11 @@ pub(crate) fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, 
     match (&mut source, heroku_var) {
         (Source::HerokuApi { var, .. } | Source::HerokuCli { var, .. }, Some(v)) => *var = Some(v),
         (_, Some(_)) => return Err("--heroku-var needs --heroku-app or --heroku-cli".into()),
+        (_, None) => {}
+    }
+    match (&mut source, api_url) {
+        (Source::HerokuApi { api_url, .. }, Some(u)) => *api_url = Some(u),
+        (_, Some(_)) => return Err("--heroku-api-url needs --heroku-app".into()),
         (_, None) => {}
     }
     Ok(Parsed::Check(Args {
@@ -238,7 +261,22 @@ mod tests {
             a.source,
             Source::HerokuApi {
                 app: "my-app".into(),
-                var: Some("HEROKU_POSTGRESQL_VIOLET_URL".into())
+                var: Some("HEROKU_POSTGRESQL_VIOLET_URL".into()),
+                api_url: None,
+            }
+        );
+        assert_eq!(
+            check(&[
+                "--heroku-api-url",
+                "http://127.0.0.1:9",
+                "--heroku-app",
+                "a"
+            ])
+            .source,
+            Source::HerokuApi {
+                app: "a".into(),
+                var: None,
+                api_url: Some("http://127.0.0.1:9".into()),
             }
         );
         assert_eq!(a.sslmode, Some(SslMode::VerifyFull));
@@ -281,6 +319,15 @@ mod tests {
             (&["--file"][..], "--file needs a value"),
             (&["--file", "a", "--env", "B"], "one source"),
             (&["--heroku-var", "V"], "--heroku-var needs"),
+            (
+                &[
+                    "--heroku-cli",
+                    "a",
+                    "--heroku-api-url",
+                    "http://u:hunter2@h",
+                ],
+                "--heroku-api-url needs --heroku-app",
+            ),
             (&["--timeout", "0"], "--timeout takes"),
             (&["--sslmode", "hunter2"], "--sslmode takes"),
             (&["--frobnicate"], "unknown option --frobnicate"),

@@ -48,7 +48,7 @@ async fn main() -> ExitCode {
         Err(why) => return usage_error(&why),
     };
     let result = match args.source.clone() {
-        Source::HerokuApi { app, var } => {
+        Source::HerokuApi { app, var, api_url } => {
             let Some(token) = std::env::var("HEROKU_API_KEY")
                 .ok()
                 .filter(|t| !t.trim().is_empty())
@@ -58,6 +58,9 @@ async fn main() -> ExitCode {
             let mut s = source::HerokuApi::new(app, token).timeout(args.timeout);
             if let Some(var) = var {
                 s = s.var(var);
+            }
+            if let Some(url) = api_url {
+                s = s.base_url(url);
             }
             check(s, &args).await
         }

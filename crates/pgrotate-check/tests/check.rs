@@ -1,7 +1,8 @@
 //! The built `pgrotate-check` against a throwaway server: what it prints
 //! when everything works, what it says when the password was rotated under
-//! its URL file, and how it refuses bad arguments — never a secret on
-//! stdout or stderr.
+//! its URL file, how it refuses bad arguments, and its Heroku paths (the
+//! Platform API through the suite's local stand-in, the CLI through a fake
+//! `heroku` on `PATH`) — never a secret on stdout or stderr.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,6 +10,12 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use pgrotate_testing::Cluster;
+
+/// The suite's local stand-in for the Platform API (the root package's
+/// `tests/heroku_api.rs` runs on it too).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../tests/common/heroku_server.rs"]
+mod heroku_server;
 
 /// A test must never hang: each run of the binary is bounded.
 const RUN_BOUND: Duration = Duration::from_secs(60);
@@ -193,4 +200,138 @@ async fn bad_arguments_exit_2_with_a_usage_line_and_never_echo_a_value() {
     let out = run(&["--help"], &[]).await;
     assert!(out.status.success());
     assert!(text(&out).0.contains("--heroku-app APP"));
+}
+
+/// Neither stdout nor stderr of `out` holds any of `secrets`.
+fn assert_no_secret(out: &Output, secrets: &[&str]) {
+    let (stdout, stderr) = text(out);
+    for secret in secrets {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "a secret was printed:\n{stdout}\n{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heroku_app_checks_out_through_the_platform_api_and_a_wrong_token_fails_unprinted() {
+    const TOKEN: &str = "hrku-check-token-4f1d7a";
+    const WRONG: &str = "hrku-wrong-token-9c2e0b";
+    let cluster = Cluster::shared().await.unwrap();
+    let (role, server) =
+        heroku_server::role_and_server(cluster, "check_api", "check-app", TOKEN).await;
+    let base = server.base_url();
+
+    let out = run(
+        &["--heroku-app", "check-app", "--heroku-api-url", &base],
+        &[("HEROKU_API_KEY", TOKEN)],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        value(&stdout, "source"),
+        "Heroku API app check-app var DATABASE_URL"
+    );
+    assert_eq!(value(&stdout, "user"), role.name);
+    assert_eq!(value(&stdout, "tls"), "on");
+    assert_no_secret(&out, &[TOKEN, &role.password]);
+    let seen = server.seen();
+    assert_eq!(seen.len(), 1, "one request: {seen:?}");
+    assert!(
+        seen[0].has_authorization && seen[0].status == 200,
+        "{seen:?}"
+    );
+
+    // A token the API refuses: the pool's error, exit 1, neither token shown.
+    let out = run(
+        &[
+            "--heroku-app",
+            "check-app",
+            "--heroku-api-url",
+            &base,
+            "--timeout",
+            "5",
+        ],
+        &[("HEROKU_API_KEY", WRONG)],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+    assert_no_secret(&out, &[TOKEN, WRONG, &role.password]);
+}
+
+/// A fake `heroku` in a directory of its own: `heroku config:get VAR -a
+/// APP` prints the file `url_file` for `app` and the var `DATABASE_URL`,
+/// and fails as the real one does for anything else. Returns the `PATH`
+/// that finds it first.
+fn fake_heroku_cli(dir: &Path, app: &str, url_file: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("heroku");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$1 $2 $3 $4\" = \"config:get DATABASE_URL -a {app}\" ]; then\n\
+             \x20   cat '{url_file}'\n\
+             else\n\
+             \x20   echo \" !    Couldn't find that app.\" >&2\n\
+             \x20   exit 1\n\
+             fi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heroku_cli_checks_out_through_the_heroku_on_path_and_a_rotated_password_fails_unprinted() {
+    let cluster = Cluster::shared().await.unwrap();
+    let role = cluster.create_role("check_cli").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = write_file(dir.path(), "database_url", &cluster.url(&role));
+    let path = fake_heroku_cli(dir.path(), "cli-app", &url_file);
+
+    let out = run(&["--heroku-cli", "cli-app"], &[("PATH", &path)]).await;
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        value(&stdout, "source"),
+        "Heroku CLI `heroku config:get DATABASE_URL -a cli-app`"
+    );
+    assert_eq!(value(&stdout, "user"), role.name);
+    assert_no_secret(&out, &[&role.password]);
+
+    // The CLI's own failure (an app it cannot find): exit 1.
+    let out = run(
+        &["--heroku-cli", "other-app", "--timeout", "5"],
+        &[("PATH", &path)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+
+    // The password rotated, the config var not yet: credentials rejected,
+    // neither password shown.
+    let rotated = cluster.rotate_password(&role).await.unwrap();
+    let out = run(
+        &["--heroku-cli", "cli-app", "--timeout", "3"],
+        &[("PATH", &path)],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    println!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("credentials rejected"), "{stderr}");
+    assert_no_secret(&out, &[&role.password, &rotated.password]);
 }

@@ -7,6 +7,7 @@ use std::ops::{Deref, DerefMut};
 use deadpool::managed::Object;
 
 use crate::manager::{Connection, Manager};
+use crate::metrics::Closed;
 use crate::wire::TxStatus;
 
 /// A pooled connection, as deadpool-postgres hands one out: it derefs to
@@ -117,6 +118,12 @@ impl Drop for Client {
             // server rolls back whatever was open or in flight. A connection
             // of an older generation (or past its lifetime) is closed on
             // return the same way.
+            crate::metrics::connections_closed(
+                obj.stale()
+                    .filter(|_| !obj.busy && !in_transaction)
+                    .unwrap_or(Closed::Broken),
+                1,
+            );
             drop(Object::take(obj));
             return;
         }

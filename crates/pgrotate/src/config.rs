@@ -46,22 +46,22 @@ pub struct Config {
     /// [`PoolBuilder::max_size`]; default 10.
     pub max_size: Option<usize>,
     /// [`PoolBuilder::wait_timeout`]; default 30 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::wait_timeout")]
     pub wait_timeout: Option<Duration>,
     /// [`PoolBuilder::create_timeout`]; default 30 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::create_timeout")]
     pub create_timeout: Option<Duration>,
     /// [`PoolBuilder::connect_timeout`]; default 10 s per host.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::connect_timeout")]
     pub connect_timeout: Option<Duration>,
     /// [`PoolBuilder::ping_timeout`]; default 5 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::ping_timeout")]
     pub ping_timeout: Option<Duration>,
     /// [`PoolBuilder::ping_after_idle`]; default 1 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::ping_after_idle")]
     pub ping_after_idle: Option<Duration>,
     /// [`PoolBuilder::fetch_timeout`]; default 30 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::fetch_timeout")]
     pub fetch_timeout: Option<Duration>,
     /// [`PoolBuilder::sslmode`] (`disable`, `prefer`, `require`, `verify-ca`,
     /// `verify-full`); default `require`.
@@ -73,23 +73,23 @@ pub struct Config {
     /// [`PoolBuilder::application_name`].
     pub application_name: Option<String>,
     /// [`PoolBuilder::watch`]; default off.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::watch")]
     pub watch: Option<Duration>,
     /// [`PoolBuilder::max_lifetime`]; default none.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::max_lifetime")]
     pub max_lifetime: Option<Duration>,
     /// [`PoolBuilder::idle_timeout`]; default none.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::idle_timeout")]
     pub idle_timeout: Option<Duration>,
     /// [`PoolBuilder::min_idle`]; default 0.
     pub min_idle: Option<usize>,
     /// [`PoolBuilder::pooler_mode`]; default: from the source's variable name.
     pub pooler_mode: Option<bool>,
     /// [`PoolBuilder::pooler_retry_delay`]; default 15 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::pooler_retry_delay")]
     pub pooler_retry_delay: Option<Duration>,
     /// [`PoolBuilder::pooler_query_timeout`]; default 30 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::pooler_query_timeout")]
     pub pooler_query_timeout: Option<Duration>,
     /// [`PoolBuilder::retry`].
     pub retry: Option<RetryConfig>,
@@ -150,16 +150,16 @@ pub struct RetryConfig {
     /// [`RetryPolicy::attempts`]; default 5.
     pub attempts: Option<u32>,
     /// [`RetryPolicy::deadline`]; default 30 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::retry_deadline")]
     pub deadline: Option<Duration>,
     /// [`RetryPolicy::attempt_timeout`]; default none.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::retry_attempt_timeout")]
     pub attempt_timeout: Option<Duration>,
     /// The first backoff of [`RetryPolicy::backoff`]; default 20 ms.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::retry_backoff_base")]
     pub backoff_base: Option<Duration>,
     /// The backoff's cap; default 1 s.
-    #[serde(deserialize_with = "duration::option")]
+    #[serde(deserialize_with = "duration::retry_backoff_cap")]
     pub backoff_cap: Option<Duration>,
     /// [`RetryPolicy::retry_serialization_failures`]; default false.
     pub retry_serialization_failures: Option<bool>,
@@ -325,14 +325,43 @@ mod duration {
         Text(String),
     }
 
-    pub(super) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    /// A duration under `key`, the key named in its error: serde does not
+    /// tell a field's deserializer its name, so each key has its own.
+    fn option<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Duration>, D::Error> {
         let raw = Option::<Raw>::deserialize(d)?;
         raw.map(|r| match r {
-            Raw::Seconds(s) => seconds(s).map_err(D::Error::custom),
-            Raw::Text(t) => parse(&t).map_err(D::Error::custom),
+            Raw::Seconds(s) => seconds(s),
+            Raw::Text(t) => parse(&t),
         })
         .transpose()
+        .map_err(|e| D::Error::custom(format!("config key `{key}`: {e}")))
     }
+
+    macro_rules! keys {
+        ($($f:ident => $key:literal),* $(,)?) => {$(
+            pub(super) fn $f<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+                option(d, $key)
+            }
+        )*};
+    }
+
+    keys!(
+        wait_timeout => "wait_timeout",
+        create_timeout => "create_timeout",
+        connect_timeout => "connect_timeout",
+        ping_timeout => "ping_timeout",
+        ping_after_idle => "ping_after_idle",
+        fetch_timeout => "fetch_timeout",
+        watch => "watch",
+        max_lifetime => "max_lifetime",
+        idle_timeout => "idle_timeout",
+        pooler_retry_delay => "pooler_retry_delay",
+        pooler_query_timeout => "pooler_query_timeout",
+        retry_deadline => "retry.deadline",
+        retry_attempt_timeout => "retry.attempt_timeout",
+        retry_backoff_base => "retry.backoff_base",
+        retry_backoff_cap => "retry.backoff_cap",
+    );
 
     fn seconds(s: f64) -> Result<Duration, String> {
         Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
@@ -428,8 +457,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            bad_duration.contains("\"soon\" is not a duration"),
+            bad_duration.contains("config key `wait_timeout`: \"soon\" is not a duration"),
             "{bad_duration}"
+        );
+        let in_retry = serde_json::from_str::<Config>(r#"{"retry": {"deadline": -3}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            in_retry.contains("config key `retry.deadline`"),
+            "{in_retry}"
         );
         let c: Config = serde_json::from_str(r#"{"sslmode": "verify-most"}"#).unwrap();
         let e = c.builder().unwrap_err().to_string();

@@ -91,6 +91,9 @@ pub(crate) struct State {
     pub(crate) pending: Option<(DatabaseUrl, Target)>,
     pub(crate) last_error: Option<String>,
     pub(crate) closed: bool,
+    /// From a failure's refetch to the first connection of a newer
+    /// generation (the `metrics` feature's histogram).
+    pub(crate) clock: crate::metrics::RefetchClock,
 }
 
 pub(crate) struct Refresher {
@@ -143,6 +146,7 @@ impl Refresher {
         counters.fetches.fetch_add(1, Ordering::Relaxed);
         let url = fetch_bounded(source.as_ref(), config.fetch_timeout)
             .await
+            .inspect_err(|_| crate::metrics::url_fetched("build", crate::metrics::Fetched::Failed))
             .map_err(|e| Error::source_failed(&source_name, e))?;
         if config.budget.is_none() {
             schedule.set_budget(source.budget(), Instant::now());
@@ -150,6 +154,7 @@ impl Refresher {
         let target = settings
             .target(&url)
             .map_err(|e| unusable_url(&source_name, e))?;
+        crate::metrics::url_fetched("build", crate::metrics::Fetched::New);
         let generation = Arc::new(Generation { id: 1, url, target });
         tracing::info!(target: TARGET, generation = 1, sslmode = %generation.target.sslmode, source = %source_name, "fetched the database URL");
         Ok(Arc::new_cyclic(|me| Refresher {
@@ -171,6 +176,7 @@ impl Refresher {
                 pending: None,
                 last_error: None,
                 closed: false,
+                clock: crate::metrics::RefetchClock::default(),
             }),
             done: watch::Sender::new(0),
             counters,
@@ -224,6 +230,7 @@ impl Refresher {
             let mut st = self.lock();
             st.schedule.connected();
             st.stale = false;
+            st.clock.connected(id);
         }
     }
 
@@ -274,6 +281,7 @@ impl Refresher {
         st.stale = false;
         st.last_error = None;
         self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::generation_adopted(false);
         self.generation_tx.send_replace(new.id);
         new
     }
@@ -292,6 +300,7 @@ impl Refresher {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         self.current_id.store(new.id, Ordering::Release);
         self.generation_tx.send_replace(new.id);
+        crate::metrics::generation_adopted(true);
         tracing::info!(target: TARGET, generation = new.id, "drained: connections of older generations will be closed");
         new
     }

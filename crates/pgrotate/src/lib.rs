@@ -23,7 +23,8 @@
 // background task), error, stats (Status), time (deadlines, the jitter),
 // retry (the policy as data), client (the pooled connection), from_env,
 // work_error (the closure's error: tokio-postgres's, pgrotate's, the app's),
-// hook (after_connect).
+// hook (after_connect), metrics (every metric name and label, the
+// recording functions; no-ops without the feature).
 
 mod budget;
 mod classify;
@@ -48,6 +49,7 @@ mod error;
 mod from_env;
 mod hook;
 mod maintenance;
+pub mod metrics;
 mod retry;
 mod statements;
 mod stats;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::metrics::Closed;
 use crate::pool::Inner;
 
 const TARGET: &str = "pgrotate::maintenance";
@@ -76,6 +77,7 @@ pub(crate) fn spawn(
                     let Some(inner) = pool.upgrade() else { break };
                     close_stale(&inner);
                     close_idle(&inner, &config);
+                    crate::metrics::gauges(&inner);
                     if config.watch.is_some() {
                         // Starts a fetch of its own when the budget allows
                         // it, never waiting: its errors are logged and kept
@@ -91,7 +93,7 @@ pub(crate) fn spawn(
 
 /// Closes idle connections of older generations or past their lifetime.
 pub(crate) fn close_stale(inner: &Inner) {
-    let removed = inner.pool.retain(|conn, _| conn.is_current()).removed;
+    let removed = inner.pool.retain(|conn, _| conn.keep()).removed;
     if !removed.is_empty() {
         inner
             .counters
@@ -124,6 +126,7 @@ fn close_idle(inner: &Inner, config: &Maintenance) {
         })
         .removed;
     if !removed.is_empty() {
+        crate::metrics::connections_closed(Closed::Idle, removed.len());
         tracing::debug!(target: TARGET, closed = removed.len(), "closed idle connections");
     }
 }

@@ -30,6 +30,7 @@ use crate::classify::Fault;
 use crate::connect::{Canceller, ConnectFailed, open_bounded};
 use crate::error::{Error, ErrorKind, describe_postgres};
 use crate::generation::{Generation, Refresher};
+use crate::metrics::Closed;
 use crate::refetch::Wait;
 use crate::stats::Counters;
 use crate::time::later;
@@ -104,8 +105,29 @@ impl Connection {
     /// Whether the pool should keep this connection (idle or returning):
     /// of the current generation and within its lifetime.
     pub(crate) fn is_current(&self) -> bool {
-        self.generation >= self.refresher.current_id()
-            && self.expires_at.is_none_or(|t| Instant::now() < t)
+        self.stale().is_none()
+    }
+
+    /// Why the pool should not keep it: of an older generation, or past
+    /// its lifetime.
+    pub(crate) fn stale(&self) -> Option<Closed> {
+        if self.generation < self.refresher.current_id() {
+            Some(Closed::StaleGeneration)
+        } else if self.expires_at.is_some_and(|t| Instant::now() >= t) {
+            Some(Closed::Lifetime)
+        } else {
+            None
+        }
+    }
+
+    /// [`Connection::is_current`] for the background task's sweep, each
+    /// connection it closes counted by reason.
+    pub(crate) fn keep(&self) -> bool {
+        let stale = self.stale();
+        if let Some(reason) = stale {
+            crate::metrics::connections_closed(reason, 1);
+        }
+        stale.is_none()
     }
 }
 
@@ -178,6 +200,7 @@ impl Manager {
         self.counters
             .connections_opened
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::connection_opened();
         Ok(conn)
     }
 }
@@ -252,13 +275,28 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        let checked = self.check(conn, metrics).await;
+        checked.map_err(|(reason, why)| {
+            crate::metrics::connections_closed(reason, 1);
+            RecycleError::message(why)
+        })
+    }
+}
+
+impl Manager {
+    /// Whether an idle connection may be handed out again, or why not.
+    async fn check(
+        &self,
+        conn: &mut Connection,
+        metrics: &Metrics,
+    ) -> Result<(), (Closed, &'static str)> {
         if conn.busy || conn.client.is_closed() {
-            return Err(RecycleError::message("connection closed"));
+            return Err((Closed::Broken, "connection closed"));
         }
-        if !conn.is_current() {
+        if let Some(stale) = conn.stale() {
             self.counters.stale_closed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(target: TARGET, generation = conn.generation, current = self.refresher.current_id(), "closing a connection of an older generation or past its lifetime");
-            return Err(RecycleError::message("older generation"));
+            return Err((stale, "older generation or past its lifetime"));
         }
         if self.pooler {
             // PgBouncer in transaction mode: a statement prepared in an
@@ -267,11 +305,12 @@ impl managed::Manager for Manager {
         }
         if let Err(why) = leave_clean(conn, self.ping_timeout).await {
             tracing::debug!(target: TARGET, generation = conn.generation, why, "not reusing a connection its last caller left unclean");
-            return Err(RecycleError::message(why));
+            return Err((Closed::Broken, why));
         }
         if metrics.last_used() > self.ping_after_idle {
             if self.suspect.load(Ordering::Acquire) == conn.generation {
-                return Err(RecycleError::message(
+                return Err((
+                    Closed::Broken,
                     "another idle connection of its generation did not answer its check",
                 ));
             }
@@ -295,7 +334,7 @@ impl managed::Manager for Manager {
             };
             if let Some(why) = failed {
                 tracing::debug!(target: TARGET, generation = conn.generation, error = %why, "idle connection failed its check");
-                return Err(RecycleError::message("failed its check"));
+                return Err((Closed::Broken, "failed its check"));
             }
         }
         Ok(())

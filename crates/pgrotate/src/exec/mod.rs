@@ -163,7 +163,7 @@ impl Pool {
                 if self.back_off(attempts, &e).await {
                     Ok(None)
                 } else {
-                    Err(e.with_attempts(attempts.n))
+                    Err(attempts.ended(e.with_attempts(attempts.n)))
                 }
             }
             Err(e) => Err(attempts.fail(e)),
@@ -186,6 +186,7 @@ impl Pool {
             return false;
         }
         self.inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::retry(err.fault());
         tracing::debug!(target: RETRY_TARGET, attempt = attempts.n, fault = ?err.fault(), delay = %fmt_duration(delay), error = %format_args!("{err:#}"), "retrying on a fresh connection");
         tokio::time::sleep(delay).await;
         true
@@ -219,7 +220,7 @@ impl Pool {
         if self.back_off(attempts, &failure.err).await {
             Ok(())
         } else {
-            failure.err = failure.err.with_attempts(attempts.n);
+            failure.err = attempts.ended(failure.err.with_attempts(attempts.n));
             Err(failure)
         }
     }
@@ -236,6 +237,8 @@ pub(crate) struct Attempts {
     max: u32,
     deadline: Instant,
     backoff: Backoff,
+    /// Counted once when the call ends (`pgrotate_calls_total`).
+    call: crate::metrics::Call,
 }
 
 impl Attempts {
@@ -249,16 +252,23 @@ impl Attempts {
             max: policy.max_attempts(),
             deadline: crate::time::after(policy.max_duration()),
             backoff,
+            call: crate::metrics::Call::default(),
         })
     }
 
     /// A final error, with the attempt count when there was more than one.
     pub(crate) fn fail(&self, e: Error) -> Error {
-        if self.n > 1 {
+        self.ended(if self.n > 1 {
             e.with_attempts(self.n)
         } else {
             e
-        }
+        })
+    }
+
+    /// The error the call ends with, counted in its metrics.
+    fn ended(&self, e: Error) -> Error {
+        self.call.failed(&e);
+        e
     }
 
     /// [`Attempts::fail`] for an attempt's failure.

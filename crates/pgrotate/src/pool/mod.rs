@@ -206,7 +206,10 @@ impl Pool {
         // parts end by it themselves, this is the backstop.
         let got = tokio::time::timeout_at(
             later(deadline, Duration::from_millis(250)),
-            CHECKOUT_DEADLINE.scope(deadline, self.inner.pool.timeout_get(&timeouts)),
+            CHECKOUT_DEADLINE.scope(
+                deadline,
+                crate::metrics::checkout(self.inner.pool.timeout_get(&timeouts)),
+            ),
         )
         .await
         .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
@@ -250,7 +253,7 @@ impl Pool {
     pub fn status(&self) -> Status {
         let s = self.inner.pool.status();
         let c = &self.inner.counters;
-        Status {
+        let status = Status {
             max_size: s.max_size,
             size: s.size,
             available: s.available,
@@ -266,7 +269,9 @@ impl Pool {
             retries: Counters::get(&c.retries),
             last_refresh_error: self.inner.refresher.last_error(),
             budget: self.inner.refresher.budget_status(),
-        }
+        };
+        crate::metrics::status(&status);
+        status
     }
 
     /// Fetches the URL now and adopts it if it changed; returns the

@@ -12,6 +12,7 @@ use super::TARGET;
 use crate::budget::{Brought, Budget, Trigger};
 use crate::error::{Error, ErrorKind};
 use crate::generation::{InFlight, Refresher, State};
+use crate::metrics::Fetched;
 use crate::source::{DynSource, SourceError, SourceErrorKind};
 use crate::target::Target;
 use crate::time::fmt_duration;
@@ -26,6 +27,9 @@ impl Refresher {
             tracing::info!(target: TARGET, generation = cur, reason = why, trigger = trigger.as_str(), source = %self.source_name, "refetching the database URL");
         }
         self.counters.fetches.fetch_add(1, Ordering::Relaxed);
+        if matches!(trigger, Trigger::Failure | Trigger::Outage) {
+            st.clock.refetching(cur);
+        }
         let me = self.me.clone();
         let source = self.source.clone();
         let timeout = self.config.fetch_timeout;
@@ -108,6 +112,7 @@ impl Refresher {
         }
         match outcome {
             Outcome::New(url, target) => {
+                crate::metrics::url_fetched(trigger.as_str(), Fetched::New);
                 st.schedule.finished(now, trigger, Brought::New);
                 st.pending = None;
                 st.last_fetch_error = None;
@@ -120,6 +125,7 @@ impl Refresher {
                 }
             }
             Outcome::Same => {
+                crate::metrics::url_fetched(trigger.as_str(), Fetched::Same);
                 st.schedule.finished(now, trigger, Brought::Same);
                 st.last_fetch_error = None;
                 if matches!(trigger, Trigger::Failure | Trigger::Outage) {
@@ -128,6 +134,7 @@ impl Refresher {
                 }
             }
             Outcome::Failed(err, after) => {
+                crate::metrics::url_fetched(trigger.as_str(), Fetched::Failed);
                 st.schedule.finished(now, trigger, Brought::Error(after));
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: TARGET, generation = cur.id, reason = why, error = %format_args!("{err:#}"), "refetching the database URL failed");
@@ -135,6 +142,7 @@ impl Refresher {
                 st.last_fetch_error = Some(err);
             }
             Outcome::ProbeFailed(err) => {
+                crate::metrics::url_fetched(trigger.as_str(), Fetched::ProbeFailed);
                 st.schedule.finished(now, trigger, Brought::Same);
                 self.counters.fetch_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(target: TARGET, generation = cur.id, error = %format_args!("{err:#}"), "not adopting the URL the watch found");
@@ -167,7 +175,11 @@ impl Drop for Unfinished {
         if st.closed || st.in_flight.as_ref().is_none_or(|f| f.id != self.id) {
             return;
         }
-        st.in_flight = None;
+        let trigger = st
+            .in_flight
+            .take()
+            .map_or("failure", |f| f.trigger.as_str());
+        crate::metrics::url_fetched(trigger, Fetched::Failed);
         st.finished += 1;
         let err = Error::source_failed(
             &this.source_name,
