@@ -164,6 +164,13 @@ async fn a_rotation_is_visible_in_every_documented_metric_and_no_label_holds_a_s
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // A caller that gives up: its call counts as cancelled.
+        let slow = pool.query_one("select pg_sleep(30)", &[]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), slow)
+                .await
+                .is_err()
+        );
         let status = pool.status();
         // The gauges as this status() left them (before the second pool's
         // background task sets them too).
@@ -208,6 +215,11 @@ async fn a_rotation_is_visible_in_every_documented_metric_and_no_label_holds_a_s
         );
         assert!(s.counter(m::CALLS, &[(m::OUTCOME, "ok")]) >= 8, "{s:#?}");
         assert_eq!(s.counter(m::CALLS, &[(m::OUTCOME, "query")]), 1, "{s:#?}");
+        assert_eq!(
+            s.counter(m::CALLS, &[(m::OUTCOME, "cancelled")]),
+            1,
+            "{s:#?}"
+        );
 
         let waits = s.histogram(m::CHECKOUT_WAIT);
         assert!(waits.len() >= 8, "one per checkout: {waits:?}");

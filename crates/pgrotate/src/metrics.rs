@@ -15,7 +15,7 @@
 //! | `pgrotate_retries_total` | counter | `fault`: see below | attempts run again on a fresh connection, by the fault of the one before |
 //! | `pgrotate_connections_opened_total` | counter | | connections opened (the `after_connect` hook passed) |
 //! | `pgrotate_connections_closed_total` | counter | `reason`: `stale_generation`, `lifetime`, `idle`, `broken` | connections the pool closed: of an older generation, past `max_lifetime`, idle past `idle_timeout`, or found closed, unclean or failing their check |
-//! | `pgrotate_calls_total` | counter | `outcome`: `ok`, or the [`ErrorKind`] the call failed with (see below) | `run`, `transaction` and pool-level statement calls |
+//! | `pgrotate_calls_total` | counter | `outcome`: `ok`, the [`ErrorKind`] the call failed with (see below), or `cancelled` (its caller dropped it first) | `run`, `transaction` and pool-level statement calls |
 //! | `pgrotate_connections` | gauge | | connections open (idle and checked out): `Status::size` |
 //! | `pgrotate_connections_available` | gauge | | idle connections: `Status::available` |
 //! | `pgrotate_waiting` | gauge | | callers waiting for a connection: `Status::waiting` |
@@ -151,7 +151,9 @@ fn kind_label(kind: ErrorKind) -> &'static str {
 }
 
 /// One call (`run`, `transaction`, a pool-level statement), counted once
-/// when it ends (dropped): `ok` unless [`Call::failed`] said otherwise.
+/// when it ends (dropped): `ok` when [`Call::succeeded`] said so, the
+/// error's kind when [`Call::failed`] did, `cancelled` when neither (the
+/// caller dropped the call's future first).
 /// Lives in the call's `Attempts`.
 #[derive(Debug, Default)]
 pub(crate) struct Call {
@@ -160,6 +162,12 @@ pub(crate) struct Call {
 }
 
 impl Call {
+    /// The call ends with a success.
+    pub(crate) fn succeeded(&self) {
+        #[cfg(feature = "metrics")]
+        let _ = self.failed.set("ok");
+    }
+
     /// The call ends with `err` (the first final error counts).
     pub(crate) fn failed(&self, err: &Error) {
         #[cfg(feature = "metrics")]
@@ -172,7 +180,7 @@ impl Call {
 #[cfg(feature = "metrics")]
 impl Drop for Call {
     fn drop(&mut self) {
-        let outcome = self.failed.get().copied().unwrap_or("ok");
+        let outcome = self.failed.get().copied().unwrap_or("cancelled");
         metrics::counter!(CALLS, OUTCOME => outcome).increment(1);
     }
 }

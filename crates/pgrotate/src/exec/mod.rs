@@ -200,7 +200,7 @@ impl Pool {
         outcome: Outcome<T, ()>,
     ) -> Option<Result<T, Error>> {
         let failure = match outcome {
-            Outcome::Done(v) => return Some(Ok(v)),
+            Outcome::Done(v) => return Some(Ok(attempts.done(v))),
             Outcome::Fail(f) => return Some(Err(attempts.fail(f.err))),
             Outcome::Retry(f) => f,
         };
@@ -263,6 +263,12 @@ impl Attempts {
         } else {
             e
         })
+    }
+
+    /// The value the call ends with, counted in its metrics.
+    pub(crate) fn done<T>(&self, v: T) -> T {
+        self.call.succeeded();
+        v
     }
 
     /// The error the call ends with, counted in its metrics.

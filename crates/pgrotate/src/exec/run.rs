@@ -33,7 +33,7 @@ impl Pool {
                     Err(e) => return Err(E::from_pool(e)),
                 };
                 let failure = match self.run_once(policy, &attempts, &mut work, client).await {
-                    Outcome::Done(v) => return Ok(v),
+                    Outcome::Done(v) => return Ok(attempts.done(v)),
                     Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
                     Outcome::Retry(f) => f,
                 };

@@ -125,7 +125,7 @@ impl Pool {
                     .transaction_once(policy, options, &attempts, &mut work, client)
                     .await
                 {
-                    Outcome::Done(v) => return Ok(v),
+                    Outcome::Done(v) => return Ok(attempts.done(v)),
                     Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
                     Outcome::Retry(f) => f,
                 };
