@@ -91,6 +91,8 @@ pub struct Config {
     /// [`PoolBuilder::pooler_query_timeout`]; default 30 s.
     #[serde(deserialize_with = "duration::pooler_query_timeout")]
     pub pooler_query_timeout: Option<Duration>,
+    /// [`PoolBuilder::pipeline_depth`]; default 8.
+    pub pipeline_depth: Option<usize>,
     /// [`PoolBuilder::retry`].
     pub retry: Option<RetryConfig>,
 }
@@ -285,7 +287,8 @@ impl Config {
             min_idle,
             pooler_mode,
             pooler_retry_delay,
-            pooler_query_timeout
+            pooler_query_timeout,
+            pipeline_depth
         );
         if let Some(mode) = &self.sslmode {
             let mode: SslMode = mode.parse().map_err(|e| config_error("sslmode", e))?;
@@ -418,11 +421,12 @@ mod tests {
     fn every_kind_of_source_and_setting_deserializes() {
         let c: Config = serde_json::from_str(
             r#"{"source": {"kind": "command", "program": "vault", "args": ["read", "-field=url", "db"]},
-                "max_size": 4, "wait_timeout": "250ms", "watch": 60, "pooler_mode": true,
+                "max_size": 4, "wait_timeout": "250ms", "watch": 60, "pooler_mode": true, "pipeline_depth": 2,
                 "retry": {"attempts": 2, "backoff_cap": "100ms"}}"#,
         )
         .unwrap();
         assert_eq!(c.max_size, Some(4));
+        assert_eq!(c.pipeline_depth, Some(2));
         assert_eq!(c.wait_timeout, Some(Duration::from_millis(250)));
         assert_eq!(c.watch, Some(Duration::from_secs(60)));
         assert!(
