@@ -15,7 +15,8 @@
 //!
 //! With `--latency-ms L` the server is reached through the fault proxy
 //! delaying each direction by L/2: a delay line that keeps every byte in
-//! flight, as a WAN does (the raw baseline shows it: callers / RTT).
+//! flight, as a WAN does (the raw baseline shows it: callers / RTT). With
+//! 0, on loopback, straight to the server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,10 +40,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
     let cluster = Cluster::start().await?;
     let role = cluster.create_role("bench").await?;
+    // Loopback: straight to the server (the proxy's timers would add a
+    // millisecond each way). Otherwise through the proxy's delay line.
     let proxy = FaultProxy::start(cluster.addr()).await?;
     proxy.set_latency(Duration::from_millis(args.latency_ms) / 2);
-    // Through the proxy: the same host name, so TLS verifies as directly.
-    let url = proxy.url(&role);
+    let url = if args.latency_ms == 0 {
+        cluster.url(&role)
+    } else {
+        proxy.url(&role)
+    };
 
     let pipelined = pgrotate::Pool::builder(pgrotate::source::Static::new(&url))
         .max_size(args.conns)
