@@ -69,6 +69,28 @@ mod sealed {
     impl Sealed for tokio_postgres::Error {}
     impl Sealed for crate::Error {}
     impl<E: crate::WorkError> Sealed for E {}
+    impl Sealed for super::NoWork {}
+}
+
+/// The "closure error" of a pool-level statement, which has no closure:
+/// its failures are the pool's alone, so the retry loops of statements and
+/// of `run`/`transaction` end the same way.
+pub(crate) enum NoWork {}
+
+impl ClosureError for NoWork {
+    type Returned = Error;
+
+    fn postgres(&self) -> Option<&tokio_postgres::Error> {
+        match *self {}
+    }
+
+    fn returned(self, _: Error) -> Error {
+        match self {}
+    }
+
+    fn from_pool(e: Error) -> Error {
+        e
+    }
 }
 
 /// What a `run` or `transaction` closure may fail with, and what the call

@@ -192,21 +192,22 @@ impl Pool {
         true
     }
 
-    /// After an attempt of a statement: the call's result, or `None` once
-    /// the backoff before the next attempt has been waited.
-    pub(crate) async fn after_attempt<T>(
+    /// After an attempt: the call's result, or `None` once the backoff
+    /// before the next attempt has been waited. The end of every retry
+    /// loop (`run`, `transaction`, the statements).
+    pub(crate) async fn after_attempt<T, E: ClosureError>(
         &self,
         attempts: &Attempts,
-        outcome: Outcome<T, ()>,
-    ) -> Option<Result<T, Error>> {
+        outcome: Outcome<T, E>,
+    ) -> Option<Result<T, E::Returned>> {
         let failure = match outcome {
             Outcome::Done(v) => return Some(Ok(attempts.done(v))),
-            Outcome::Fail(f) => return Some(Err(attempts.fail(f.err))),
+            Outcome::Fail(f) => return Some(Err(attempts.failed(f).finish())),
             Outcome::Retry(f) => f,
         };
         match self.retry_or_finish(attempts, failure).await {
             Ok(()) => None,
-            Err(f) => Some(Err(f.err)),
+            Err(f) => Some(Err(f.finish())),
         }
     }
 

@@ -12,6 +12,7 @@ use super::statement::{CONFIRM, after_connection_fault, unanswered, unconfirmed}
 use super::{Attempts, Failure, Outcome, RETRY_TARGET, abandoned, standby_aware, until};
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind};
+use crate::work_error::NoWork;
 use crate::pipeline::{Lane, NotSent, Pick, PoolState, Slot, Submitted};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
@@ -179,7 +180,7 @@ impl Pool {
 enum Step<T> {
     /// Nothing was sent; choose a lane again.
     Again,
-    Ended(Outcome<T, ()>),
+    Ended(Outcome<T, NoWork>),
     /// A fault of the connection: the refetch it may call for is waited
     /// for after the attempt has let go of its slot.
     Fault(LaneFault),

@@ -35,6 +35,7 @@ use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
+use crate::work_error::NoWork;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::time::fmt_duration;
@@ -143,7 +144,7 @@ impl Pool {
         call: &C,
         mut client: Client,
         streaming: bool,
-    ) -> Outcome<(C::Output, Client), ()> {
+    ) -> Outcome<(C::Output, Client), NoWork> {
         let timeout = self.attempt_timeout(policy);
         let deadline = timeout.map(crate::time::after);
         let wire = client.wire();
@@ -188,7 +189,7 @@ impl Pool {
         mut client: Client,
         e: tokio_postgres::Error,
         not_run: bool,
-    ) -> Outcome<T, ()> {
+    ) -> Outcome<T, NoWork> {
         let mut fault = classify(&e);
         if fault == Fault::ReadOnly {
             fault = read_only_or_standby(&client).await;
@@ -234,7 +235,7 @@ pub(super) fn after_connection_fault<T>(
     fault: Fault,
     e: tokio_postgres::Error,
     not_run: bool,
-) -> Outcome<T, ()> {
+) -> Outcome<T, NoWork> {
     if not_run {
         Outcome::Retry(Failure::pool(Error::postgres(
             kind_after_work(fault),

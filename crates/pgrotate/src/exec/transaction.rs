@@ -121,16 +121,11 @@ impl Pool {
                     Ok(None) => continue,
                     Err(e) => return Err(E::from_pool(e)),
                 };
-                let failure = match self
+                let outcome = self
                     .transaction_once(policy, options, &attempts, &mut work, client)
-                    .await
-                {
-                    Outcome::Done(v) => return Ok(attempts.done(v)),
-                    Outcome::Fail(f) => return Err(attempts.failed(f).finish()),
-                    Outcome::Retry(f) => f,
-                };
-                if let Err(f) = self.retry_or_finish(&attempts, failure).await {
-                    return Err(f.finish());
+                    .await;
+                if let Some(result) = self.after_attempt(&attempts, outcome).await {
+                    return result;
                 }
             }
         }

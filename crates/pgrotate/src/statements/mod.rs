@@ -1,12 +1,15 @@
 //! Pool-level statements: tokio-postgres `Client`'s statement methods, with
 //! the same names and parameters, on the [`Pool`] itself. No closure, so
-//! nothing to make `Send` in a handler; each call checks out a connection,
-//! runs one statement and hands the connection back.
+//! nothing to make `Send` in a handler. `query`, `query_one`, `query_opt`,
+//! `execute` and `query_typed` are pipelined on connections shared with
+//! other callers (`crate::pipeline`); the others, and every call in pooler
+//! mode or with a pipeline depth of 1, check out a connection of their own.
 //!
 //! A statement is retried on a fresh connection only when its failure
-//! proves it did not run (see the rule in `exec/statement.rs`): reads and
-//! writes both survive a rotation, and a write is never applied twice.
-//! Otherwise the call fails with [`ErrorKind::OutcomeUnknown`].
+//! proves it did not run (the rules in `exec/statement.rs` and
+//! `pipeline/lane.rs`): reads and writes both survive a rotation, and a
+//! write is never applied twice. Otherwise the call fails with
+//! [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown).
 
 mod calls;
 mod rows;
@@ -147,7 +150,7 @@ impl Pool {
     /// Runs statements in the simple query protocol, as
     /// [`tokio_postgres::Client::simple_query`]. Several statements in one
     /// string run in one implicit transaction; a failure after one of them
-    /// completed is [`ErrorKind::OutcomeUnknown`] (one may have committed
+    /// completed is [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown) (one may have committed
     /// itself), never retried.
     pub async fn simple_query(&self, query: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
         self.statement(&Simple {
