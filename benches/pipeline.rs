@@ -19,9 +19,9 @@
 //! 0, on loopback, straight to the server.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::measure;
 use pgrotate_testing::{Cluster, FaultProxy, TestCa};
 
 mod common;
@@ -159,39 +159,6 @@ type Call = Arc<
         + Send
         + Sync,
 >;
-
-/// Runs `callers` tasks calling `call` for `dur`; returns the successes.
-async fn measure(dur: Duration, callers: usize, call: Call) -> u64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..callers)
-        .map(|i| {
-            let (call, stop, ok, failed) = (call.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if call(i).await {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(dur).await;
-    stop.store(true, Ordering::Relaxed);
-    let n = ok.load(Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("bench task");
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "a benchmark query failed"
-    );
-    n
-}
 
 /// `n` raw tokio-postgres clients, each with the statement prepared.
 async fn raw_clients(

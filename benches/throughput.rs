@@ -10,9 +10,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::measure;
 use pgrotate_testing::Cluster;
 
 const POOL_SIZE: usize = 8;
@@ -33,43 +33,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
 
-    // Warm both: every connection opened, TLS handshakes done.
-    let _ = measure(Duration::from_millis(500), {
+    // Every caller runs the same `select 1`: measure's index goes unused.
+    let plain_call = Arc::new(move |_: usize| {
         let p = plain.clone();
-        move || {
-            let p = p.clone();
-            async move { select_one_plain(&p).await }
-        }
-    })
-    .await;
-    let _ = measure(Duration::from_millis(500), {
+        async move { select_one_plain(&p).await }
+    });
+    let rotating_call = Arc::new(move |_: usize| {
         let p = rotating.clone();
-        move || {
-            let p = p.clone();
-            async move { select_one_rotating(&p).await }
-        }
-    })
-    .await;
+        async move { select_one_rotating(&p).await }
+    });
+
+    // Warm both: every connection opened, TLS handshakes done.
+    let warm = Duration::from_millis(500);
+    let _ = measure(warm, CONCURRENCY, plain_call.clone()).await;
+    let _ = measure(warm, CONCURRENCY, rotating_call.clone()).await;
 
     let (mut plain_total, mut rotating_total) = (0u64, 0u64);
     let mut ratios = Vec::new();
     for r in 1..=rounds {
-        let a = measure(round, {
-            let p = plain.clone();
-            move || {
-                let p = p.clone();
-                async move { select_one_plain(&p).await }
-            }
-        })
-        .await;
-        let b = measure(round, {
-            let p = rotating.clone();
-            move || {
-                let p = p.clone();
-                async move { select_one_rotating(&p).await }
-            }
-        })
-        .await;
+        let a = measure(round, CONCURRENCY, plain_call.clone()).await;
+        let b = measure(round, CONCURRENCY, rotating_call.clone()).await;
         let secs = round.as_secs_f64();
         println!(
             "round {r:>2}: deadpool-postgres {:>8.0} q/s   pgrotate run() {:>8.0} q/s   ratio {:.3}",
@@ -106,41 +89,4 @@ async fn select_one_rotating(pool: &pgrotate::Pool) -> bool {
     })
     .await
     .is_ok()
-}
-
-/// Runs `CONCURRENCY` tasks calling `call` for `dur`; returns the successes.
-async fn measure<F, Fut>(dur: Duration, call: F) -> u64
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
-            let (call, stop, ok, failed) = (call.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    if call().await {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(dur).await;
-    stop.store(true, Ordering::Relaxed);
-    let n = ok.load(Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("bench task");
-    }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "a benchmark query failed"
-    );
-    n
 }

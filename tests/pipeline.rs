@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bounded, count_sessions, role_and_file, spawn_tasks, wait_until};
+use common::{Tasks, bounded, count_sessions, role_and_file, spawn_tasks, wait_until};
 use pgrotate::Pool;
 use pgrotate_testing::{Cluster, TestRole};
 
@@ -71,53 +71,91 @@ impl Lock {
     }
 }
 
-/// Starts `n` statements behind the lock; returns once the first waits for
-/// it on the server (the others are queued behind it on its connection,
-/// or waiting for one).
-async fn start_behind(
-    cluster: &Cluster,
-    role: &TestRole,
-    pool: &Pool,
-    key: i64,
-    n: usize,
-) -> common::Tasks<Result<i32, pgrotate::Error>> {
-    let tasks = spawn_tasks(n, |_| {
+/// Spawns `n` statements behind the lock `key`, each answering with its
+/// backend's pid.
+fn spawn_behind(pool: &Pool, key: i64, n: usize) -> Tasks<Result<i32, pgrotate::Error>> {
+    spawn_tasks(n, |_| {
         let pool = pool.clone();
         async move {
             let row = pool.query_one(&behind_lock(key), &[]).await?;
             Ok(row.get(0))
         }
-    });
-    wait_until(async || count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await >= 1)
-        .await;
+    })
+}
+
+/// The pids the statements answered with, in the order they were spawned;
+/// a statement's error is the caller's panic.
+async fn pids(tasks: Tasks<Result<i32, pgrotate::Error>>) -> Vec<i32> {
     tasks
+        .outcomes()
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// Asserts that one backend ran them all (`what` says which); returns its
+/// pid.
+fn one_backend(pids: &[i32], what: &str) -> i32 {
+    assert!(pids.iter().all(|p| *p == pids[0]), "{what}: {pids:?}");
+    pids[0]
+}
+
+/// The pid of the backend a pool-level statement runs on.
+async fn backend_pid(pool: &Pool) -> i32 {
+    pool.query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A pool (`size` connections, `depth` deep) on a role of its own, the
+/// lock `key` held, and `n` statements started behind it: the first waits
+/// for the lock on the server, the others are queued behind it on its
+/// connection, or waiting for one.
+struct Behind {
+    cluster: &'static Cluster,
+    role: TestRole,
+    _file: common::UrlFile,
+    pool: Pool,
+    lock: Lock,
+    tasks: Tasks<Result<i32, pgrotate::Error>>,
+}
+
+impl Behind {
+    async fn start(prefix: &str, size: usize, depth: usize, key: i64, n: usize) -> Behind {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, prefix, size, depth).await;
+        let lock = Lock::take(cluster, &role, key).await;
+        let tasks = spawn_behind(&pool, key, n);
+        wait_until(async || {
+            count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await >= 1
+        })
+        .await;
+        Behind {
+            cluster,
+            role,
+            _file,
+            pool,
+            lock,
+            tasks,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_of_many_callers_are_in_flight_together_on_one_connection() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool(cluster, "pipeshare", 1, 8).await;
-        let lock = Lock::take(cluster, &role, 17_001).await;
-        let tasks = start_behind(cluster, &role, &pool, 17_001, 8).await;
+        let b = Behind::start("pipeshare", 1, 8, 17_001, 8).await;
         // Eight statements under way on the pool's one connection: none of
         // the callers waits for a connection.
-        wait_until(async || pool.status().available == 0).await;
-        let s = pool.status();
+        wait_until(async || b.pool.status().available == 0).await;
+        let s = b.pool.status();
         assert_eq!((s.size, s.waiting), (1, 0), "{s:?}");
-        lock.release().await;
-        let pids: Vec<i32> = tasks
-            .outcomes()
-            .await
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
-        assert!(
-            pids.iter().all(|p| *p == pids[0]),
-            "one backend ran them all: {pids:?}"
-        );
+        b.lock.release().await;
+        one_backend(&pids(b.tasks).await, "one backend ran them all");
         // The connection went back once the last of them finished.
-        wait_until(async || pool.status().available == 1).await;
+        wait_until(async || b.pool.status().available == 1).await;
     })
     .await;
 }
@@ -125,15 +163,11 @@ async fn statements_of_many_callers_are_in_flight_together_on_one_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_depth_of_one_gives_each_statement_a_connection_of_its_own() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool(cluster, "pipeone", 1, 1).await;
-        let lock = Lock::take(cluster, &role, 17_002).await;
-        let tasks = start_behind(cluster, &role, &pool, 17_002, 4).await;
-        wait_until(async || pool.status().waiting == 3).await;
-        lock.release().await;
-        for r in tasks.outcomes().await {
-            r.unwrap();
-        }
+        let b = Behind::start("pipeone", 1, 1, 17_002, 4).await;
+        wait_until(async || b.pool.status().waiting == 3).await;
+        b.lock.release().await;
+        // Each of them is answered.
+        pids(b.tasks).await;
     })
     .await;
 }
@@ -141,44 +175,23 @@ async fn a_depth_of_one_gives_each_statement_a_connection_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_giving_up_halfway_leaves_the_others_on_its_connection_unharmed() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool(cluster, "pipedrop", 1, 8).await;
-        let lock = Lock::take(cluster, &role, 17_003).await;
-        let before = start_behind(cluster, &role, &pool, 17_003, 3).await;
+        let b = Behind::start("pipedrop", 1, 8, 17_003, 3).await;
         // A caller's statement goes out in the first poll of its future
         // (the statement is prepared on this connection already), queued
         // behind the others; then the caller gives up (its request
         // timeout, a closed HTTP connection).
         let sql = behind_lock(17_003);
-        let mut quitter = Box::pin(pool.query_one(&sql, &[]));
+        let mut quitter = Box::pin(b.pool.query_one(&sql, &[]));
         assert!(futures::poll!(&mut quitter).is_pending());
-        let after = spawn_tasks(3, |_| {
-            let pool = pool.clone();
-            async move {
-                let row = pool.query_one(&behind_lock(17_003), &[]).await?;
-                Ok::<i32, pgrotate::Error>(row.get(0))
-            }
-        });
+        let after = spawn_behind(&b.pool, 17_003, 3);
         drop(quitter);
-        lock.release().await;
-        let mut pids = Vec::new();
-        for r in before
-            .outcomes()
-            .await
-            .into_iter()
-            .chain(after.outcomes().await)
-        {
-            pids.push(r.unwrap());
-        }
-        assert!(pids.iter().all(|p| *p == pids[0]), "{pids:?}");
+        b.lock.release().await;
+        let mut all = pids(b.tasks).await;
+        all.extend(pids(after).await);
+        let pid = one_backend(&all, "before and after the quitter");
         // The connection is still the pool's and still works.
-        let again: i32 = pool
-            .query_one("select pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(again, pids[0]);
-        assert_eq!(pool.status().size, 1);
+        assert_eq!(backend_pid(&b.pool).await, pid);
+        assert_eq!(b.pool.status().size, 1);
     })
     .await;
 }
@@ -186,31 +199,16 @@ async fn a_caller_giving_up_halfway_leaves_the_others_on_its_connection_unharmed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_a_shared_connection_once_its_statements_finish() {
     bounded(async {
-        let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool(cluster, "pipedrain", 2, 8).await;
-        let lock = Lock::take(cluster, &role, 17_004).await;
-        let old = start_behind(cluster, &role, &pool, 17_004, 4).await;
-        pool.drain().await;
+        let b = Behind::start("pipedrain", 2, 8, 17_004, 4).await;
+        b.pool.drain().await;
         // A statement after the drain does not join the old connection.
-        let new: i32 = pool
-            .query_one("select pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        lock.release().await;
-        let old: Vec<i32> = old
-            .outcomes()
-            .await
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
-        assert!(
-            old.iter().all(|p| *p == old[0] && *p != new),
-            "{old:?} then {new}"
-        );
+        let new = backend_pid(&b.pool).await;
+        b.lock.release().await;
+        let old = one_backend(&pids(b.tasks).await, "the old connection's");
+        assert_ne!(old, new, "after the drain");
         // The old connection closes once its statements are done.
-        let gone = format!("pid = {}", old[0]);
-        wait_until(async || count_sessions(cluster, &role.name, &gone).await == 0).await;
+        let gone = format!("pid = {old}");
+        wait_until(async || count_sessions(b.cluster, &b.role.name, &gone).await == 0).await;
     })
     .await;
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    bounded, count_sessions, role_and_file, spawn_running_insert, spawn_tasks, wait_until,
+    Tasks, bounded, count_sessions, role_and_file, spawn_running_insert, spawn_tasks, wait_until,
 };
 use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
@@ -26,7 +26,14 @@ async fn pool_with_table(
     depth: usize,
 ) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
     let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source())
+    let pool = with_table(Pool::builder(file.source()), size, depth).await;
+    (role, file, pool)
+}
+
+/// `builder`'s pool of `size` connections `depth` deep, with an empty
+/// table `t (k int)`.
+async fn with_table(builder: pgrotate::PoolBuilder, size: usize, depth: usize) -> Pool {
+    let pool = builder
         .max_size(size)
         .pipeline_depth(depth)
         .build()
@@ -35,7 +42,7 @@ async fn pool_with_table(
     pool.batch_execute("create table t (k int not null)")
         .await
         .unwrap();
-    (role, file, pool)
+    pool
 }
 
 /// Cuts the connection at the first `tag` message (`b'P'` Parse, `b'E'`
@@ -63,6 +70,63 @@ async fn counts(pool: &Pool) -> HashMap<i32, i64> {
         .collect()
 }
 
+/// What the callers of a load share: the pool, the next key to write, how
+/// many calls succeeded, and whether to stop.
+struct Load {
+    pool: Pool,
+    next: AtomicU32,
+    done: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Load {
+    fn new(pool: &Pool) -> Arc<Load> {
+        Arc::new(Load {
+            pool: pool.clone(),
+            next: AtomicU32::new(0),
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Spawns `n` callers, the `i`th calling `step(load, i)` over and over
+    /// until it returns `None`; a caller's outcome is what its steps
+    /// returned, in order.
+    fn spawn<T, F, Fut>(self: &Arc<Load>, n: usize, step: F) -> Tasks<Vec<T>>
+    where
+        F: Fn(Arc<Load>, usize) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Option<T>> + Send,
+        T: Send + 'static,
+    {
+        spawn_tasks(n, |i| {
+            let (load, step) = (self.clone(), step.clone());
+            async move {
+                let mut outcomes = Vec::new();
+                while let Some(outcome) = step(load.clone(), i).await {
+                    outcomes.push(outcome);
+                }
+                outcomes
+            }
+        })
+    }
+
+    /// A key no caller has written yet.
+    fn next_key(&self) -> i32 {
+        self.next.fetch_add(1, Ordering::SeqCst) as i32
+    }
+
+    /// Writes the row `k`.
+    async fn insert(&self, k: i32) -> Result<u64, pgrotate::Error> {
+        self.pool.execute("insert into t values ($1)", &[&k]).await
+    }
+
+    /// Waits until `n` more calls have succeeded than by now.
+    async fn more_calls(&self, n: u64) {
+        let before = self.done.load(Ordering::Relaxed);
+        wait_until(async || self.done.load(Ordering::Relaxed) >= before + n).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
     // Each statement on a connection of its own (pipelining off).
@@ -84,55 +148,46 @@ async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: 
         let cluster = Cluster::shared().await.unwrap();
         let (role, file, pool) = pool_with_table(cluster, prefix, size, depth).await;
 
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicU32::new(0));
-        let done = Arc::new(AtomicU64::new(0));
-        let tasks = spawn_tasks(workers, |w| {
-            let (pool, stop, next, done) = (pool.clone(), stop.clone(), next.clone(), done.clone());
-            async move {
-                let mut errors = Vec::new();
-                let mut written = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let r = if w % 2 == 0 {
-                        let k = next.fetch_add(1, Ordering::SeqCst) as i32;
-                        let r = pool.execute("insert into t values ($1)", &[&k]).await;
-                        if r.is_ok() {
-                            written.push(k);
-                        }
-                        r.map(drop)
-                    } else {
-                        pool.query_one("select count(*) from t", &[])
-                            .await
-                            .map(drop)
-                    };
-                    match r {
-                        Ok(()) => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => errors.push(format!("{e:#}")),
-                    }
-                }
-                (errors, written)
+        // A call's outcome: `Ok(Some(k))` it wrote `k`, `Ok(None)` it read,
+        // `Err` its error.
+        let load = Load::new(&pool);
+        let tasks = load.spawn(workers, |load, w| async move {
+            if load.stop.load(Ordering::Relaxed) {
+                return None;
             }
+            let r = if w % 2 == 0 {
+                let k = load.next_key();
+                load.insert(k).await.map(|_| Some(k))
+            } else {
+                load.pool
+                    .query_one("select count(*) from t", &[])
+                    .await
+                    .map(|_| None)
+            };
+            if r.is_ok() {
+                load.done.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(r.map_err(|e| format!("{e:#}")))
         });
         let mut role = role;
         for _ in 0..2 {
-            let before = done.load(Ordering::Relaxed);
-            wait_until(async || done.load(Ordering::Relaxed) >= before + 200).await;
+            load.more_calls(200).await;
             let rotated = cluster.rotate_password(&role).await.unwrap();
             file.set(&cluster.url(&rotated));
             cluster.terminate_backends(&role.name).await.unwrap();
             role = rotated;
         }
-        let before = done.load(Ordering::Relaxed);
-        wait_until(async || done.load(Ordering::Relaxed) >= before + 200).await;
-        stop.store(true, Ordering::Relaxed);
+        load.more_calls(200).await;
+        load.stop.store(true, Ordering::Relaxed);
 
         let mut errors = Vec::new();
         let mut written = Vec::new();
-        for (e, w) in tasks.outcomes().await {
-            errors.extend(e);
-            written.extend(w);
+        for call in tasks.outcomes().await.into_iter().flatten() {
+            match call {
+                Ok(Some(k)) => written.push(k),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
         }
         assert!(
             errors.is_empty(),
@@ -152,7 +207,7 @@ async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: 
         assert_eq!(pool.status().generation, 3);
         eprintln!(
             "two rotations: {} calls, {} writes, 0 errors, {} retries",
-            done.load(Ordering::Relaxed),
+            load.done.load(Ordering::Relaxed),
             written.len(),
             pool.status().retries
         );
@@ -184,18 +239,10 @@ async fn through_proxy(prefix: &str, size: usize, depth: usize) -> (FaultProxy, 
     let policy = RetryPolicy::default()
         .attempts(20)
         .backoff(Duration::from_millis(1), Duration::from_millis(20));
-    let pool = Pool::builder(source::Static::new(proxy.url(&role)))
+    let builder = Pool::builder(source::Static::new(proxy.url(&role)))
         .sslmode(SslMode::Disable)
-        .max_size(size)
-        .pipeline_depth(depth)
-        .retry(policy)
-        .build()
-        .await
-        .unwrap();
-    pool.batch_execute("create table t (k int not null)")
-        .await
-        .unwrap();
-    (proxy, pool)
+        .retry(policy);
+    (proxy, with_table(builder, size, depth).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,26 +328,16 @@ async fn writes_under_random_cuts(prefix: &str, size: usize, depth: usize, write
             m.sql.is_some_and(|s| s.starts_with("insert into t")) && matches!(m.tag, b'P' | b'E')
         });
         const N: i32 = 1000;
-        let next = Arc::new(AtomicU32::new(0));
-        let writers = spawn_tasks(writers, |_| {
-            let (pool, next) = (pool.clone(), next.clone());
-            async move {
-                let mut outcomes = Vec::new();
-                loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst) as i32;
-                    if k >= N {
-                        break;
-                    }
-                    let r = pool.execute("insert into t values ($1)", &[&k]).await;
-                    outcomes.push((k, r.map_err(|e| e.kind())));
-                }
-                outcomes
+        let load = Load::new(&pool);
+        let writers = load.spawn(writers, |load, _| async move {
+            let k = load.next_key();
+            if k >= N {
+                return None;
             }
+            let r = load.insert(k).await;
+            Some((k, r.map_err(|e| e.kind())))
         });
-        let mut outcome = HashMap::new();
-        for outcomes in writers.outcomes().await {
-            outcome.extend(outcomes);
-        }
+        let outcome: HashMap<_, _> = writers.outcomes().await.into_iter().flatten().collect();
         proxy.clear_faults();
         let present = counts(&pool).await;
         let mut unknown = 0;

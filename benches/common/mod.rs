@@ -1,8 +1,11 @@
-//! What both benchmarks set up: the clients pgrotate is measured against,
-//! over TLS verifying the fixture's CA, and their command line.
+//! What the benchmarks share: the clients pgrotate is measured against,
+//! over TLS verifying the fixture's CA, their command line, and the loop
+//! that counts a round's queries.
 // Each benchmark uses what it compares with.
 #![allow(dead_code)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use pgrotate_testing::TestCa;
@@ -74,4 +77,43 @@ pub(crate) fn args(name: &str, defaults: (u64, u32)) -> Result<(u64, u32), Strin
         return Err(format!("{flag} and --rounds must be more than zero"));
     }
     Ok((count, rounds))
+}
+
+/// Runs `callers` tasks, the `i`th calling `call(i)` over and over, for
+/// `dur`; returns the successes (calls that returned `true`). Panics if
+/// any call failed.
+pub(crate) async fn measure<F, Fut>(dur: Duration, callers: usize, call: Arc<F>) -> u64
+where
+    F: Fn(usize) -> Fut + Send + Sync + ?Sized + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let (call, stop, ok, failed) = (call.clone(), stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if call(i).await {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let n = ok.load(Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("bench task");
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a benchmark query failed"
+    );
+    n
 }

@@ -113,7 +113,7 @@ impl ClusterBuilder {
 }
 
 impl Cluster {
-    /// The id of this cluster's container ([`Backend::Container`] only).
+    /// The id of this cluster's container ([`crate::Backend::Container`] only).
     pub fn container_id(&self) -> Option<&str> {
         match &self.server {
             Server::Process(_) => None,
@@ -122,7 +122,7 @@ impl Cluster {
     }
 
     /// The container's address on the cluster's private Docker network, port
-    /// 5432 ([`Backend::Container`] only; `None` while disconnected).
+    /// 5432 ([`crate::Backend::Container`] only; `None` while disconnected).
     ///
     /// Clients connecting here bypass Docker's port publishing, so that
     /// [`disconnect_network`](Self::disconnect_network) cuts them off
@@ -142,7 +142,7 @@ impl Cluster {
     }
 
     /// [`url`](Self::url) with [`network_addr`](Self::network_addr) as host
-    /// and port ([`Backend::Container`] only; `None` while disconnected).
+    /// and port ([`crate::Backend::Container`] only; `None` while disconnected).
     pub fn network_url(&self, role: &TestRole) -> Option<String> {
         self.network_addr().map(|addr| {
             format!(

@@ -61,6 +61,13 @@ impl std::task::Wake for Pulse {
 
     fn wake_by_ref(self: &std::sync::Arc<Self>) {
         self.woken.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake_task();
+    }
+}
+
+impl Pulse {
+    /// Wakes the connection task, if a poll has handed over its waker yet.
+    fn wake_task(&self) {
         if let Some(w) = self
             .waker
             .lock()
@@ -70,9 +77,7 @@ impl std::task::Wake for Pulse {
             w.wake_by_ref();
         }
     }
-}
 
-impl Pulse {
     /// Before each poll of the connection, with the task's own waker.
     pub(super) fn before_poll(&self, waker: &std::task::Waker) {
         use std::sync::atomic::Ordering;
@@ -124,14 +129,7 @@ impl Pulse {
                 {
                     return;
                 }
-                if let Some(w) = self
-                    .waker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                {
-                    w.wake_by_ref();
-                }
+                self.wake_task();
                 polled.await;
             }
         };
