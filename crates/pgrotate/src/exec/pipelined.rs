@@ -12,12 +12,12 @@ use super::statement::{CONFIRM, after_connection_fault, unanswered, unconfirmed}
 use super::{Attempts, Failure, Outcome, RETRY_TARGET, abandoned, standby_aware, until};
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind};
-use crate::work_error::NoWork;
 use crate::pipeline::{Lane, NotSent, Pick, PoolState, Slot, Submitted};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::statements::{Params, Rows};
 use crate::wire::Answers;
+use crate::work_error::NoWork;
 
 /// A statement and its parameters, lent to every attempt.
 #[derive(Clone, Copy)]

@@ -35,11 +35,11 @@ use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
-use crate::work_error::NoWork;
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::time::fmt_duration;
 use crate::wire::{Answers, Progress, Wire};
+use crate::work_error::NoWork;
 
 /// How long a statement's success waits for its `ReadyForQuery` when the
 /// call has no attempt timeout (it usually arrives in the same read as

@@ -21,7 +21,13 @@ pub(crate) struct Observed<S> {
     wire: Arc<Wire>,
     reader: Reader,
     writer: Writer,
+    /// A write failed: the error, returned once what the server sent
+    /// before it closed has been read for the wire (bounded).
+    failed: Option<(io::Error, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+/// How long a failed write waits for the rest of what the server sent.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl<S> Observed<S> {
     pub(crate) fn new(inner: S, wire: Arc<Wire>) -> Observed<S> {
@@ -31,30 +37,46 @@ impl<S> Observed<S> {
             wire,
             reader: Reader::default(),
             writer: Writer::default(),
+            failed: None,
         }
     }
 }
 
 impl<S: AsyncRead + Unpin> Observed<S> {
-    /// After a write failed: reads what the server sent before it closed,
-    /// for the wire only. A server that exits with requests unread in its
-    /// socket (a pipeline, terminated) resets the connection; tokio-postgres
-    /// then stops at the failed write without reading the `FATAL` already
-    /// received, which is what tells the pipelined statements behind it
-    /// that they never ran.
-    fn drain_for_the_wire(&mut self) {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut scratch = [0u8; 8192];
-        for _ in 0..16 {
+    /// After a write failed with `error`: reads what the server sent
+    /// before it closed, for the wire only, then returns the error. A
+    /// server that exits with requests unread in its socket (a pipeline,
+    /// terminated) resets the connection; tokio-postgres then stops at the
+    /// failed write without reading the `FATAL` already on its way, which
+    /// is what tells the pipelined statements behind it that they never
+    /// ran. Waits for it (the read ends at the reset), at most [`DRAIN`].
+    fn poll_failed(&mut self, cx: &mut Context<'_>, error: Option<io::Error>) -> Poll<io::Error> {
+        if let Some(e) = error {
+            self.failed = Some((e, Box::pin(tokio::time::sleep(DRAIN))));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
             let mut buf = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut self.inner).poll_read(&mut cx, &mut buf) {
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                     self.reader.feed(buf.filled(), &self.wire);
                 }
-                _ => break,
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    let bound = self.failed.as_mut().map(|(_, bound)| bound.as_mut());
+                    if bound.is_none_or(|b| b.poll(cx).is_pending()) {
+                        return Poll::Pending;
+                    }
+                    break;
+                }
             }
         }
         self.wire.end();
+        Poll::Ready(
+            self.failed
+                .take()
+                .map_or_else(|| io::Error::other("write failed"), |(e, _)| e),
+        )
     }
 }
 
@@ -84,24 +106,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Observed<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let n = match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
-            Ok(n) => n,
-            Err(e) => {
-                this.drain_for_the_wire();
-                return Poll::Ready(Err(e));
+        if this.failed.is_some() {
+            return this.poll_failed(cx, None).map(Err);
+        }
+        match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
+            Ok(n) => {
+                this.writer.feed(&data[..n], &this.wire);
+                Poll::Ready(Ok(n))
             }
-        };
-        this.writer.feed(&data[..n], &this.wire);
-        Poll::Ready(Ok(n))
+            Err(e) => this.poll_failed(cx, Some(e)).map(Err),
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let flushed = ready!(Pin::new(&mut this.inner).poll_flush(cx));
-        if flushed.is_err() {
-            this.drain_for_the_wire();
+        if this.failed.is_some() {
+            return this.poll_failed(cx, None).map(Err);
         }
-        Poll::Ready(flushed)
+        match ready!(Pin::new(&mut this.inner).poll_flush(cx)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => this.poll_failed(cx, Some(e)).map(Err),
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
