@@ -224,19 +224,10 @@ impl Wire {
         if progress.runs_sent < run || db_error {
             return true;
         }
-        let r = match self.fatal() {
+        match self.fatal() {
             Some(f) => place > f.at || (place == f.at && !f.after_complete),
             None => false,
-        };
-        if !r {
-            eprintln!(
-                "DEBUG place={place} run={run} db={db_error} progress={progress:?} fatal={:?} requests={:?} ended={}",
-                self.fatal(),
-                self.requests(),
-                self.ended.load(Ordering::Acquire)
-            );
         }
-        r
     }
 
     /// Where a `FATAL` error ended the connection, if one did.
