@@ -388,8 +388,11 @@ mod tests {
 
         #[test]
         fn a_call_counts_once_as_ok_or_as_the_kind_it_first_failed_with() {
-            let v = recorded(|| drop(Call::default()));
+            let v = recorded(|| Call::default().succeeded());
             assert_eq!(outcome(&v), ["ok"]);
+            // Dropped before it ended: its caller gave up.
+            let v = recorded(|| drop(Call::default()));
+            assert_eq!(outcome(&v), ["cancelled"]);
             let v = recorded(|| {
                 let call = Call::default();
                 call.failed(&Error::new(ErrorKind::CommitOutcomeUnknown, "x"));
