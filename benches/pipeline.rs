@@ -1,5 +1,5 @@
 //! Run with: cargo bench --bench pipeline [-- --callers 32 --conns 8
-//! --latency-ms 0 --millis 500 --rounds 5 --depth 8]
+//! --latency-ms 0 --millis 500 --rounds 5 --depth 128]
 //! (the whole table: `bash scripts/bench-pipeline.sh`).
 //!
 //! `select $1::int4` through four contenders side by side, on the same
@@ -182,7 +182,7 @@ fn args() -> Result<Args, String> {
         latency_ms: 0,
         millis: 500,
         rounds: 5,
-        depth: 8,
+        depth: 128,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {

@@ -199,16 +199,34 @@ async fn a_caller_giving_up_halfway_leaves_the_others_on_its_connection_unharmed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_closes_a_shared_connection_once_its_statements_finish() {
     bounded(async {
-        let b = Behind::start("pipedrain", 2, 8, 17_004, 4).await;
+        let b = Behind::start("pipedrain", 3, 8, 17_004, 2).await;
+        wait_until(async || b.pool.status().available == 0 && b.pool.status().size == 2).await;
         b.pool.drain().await;
-        // A statement after the drain does not join the old connection.
+        // A statement after the drain does not join an old connection.
         let new = backend_pid(&b.pool).await;
         b.lock.release().await;
-        let old = one_backend(&pids(b.tasks).await, "the old connection's");
-        assert_ne!(old, new, "after the drain");
-        // The old connection closes once its statements are done.
-        let gone = format!("pid = {old}");
-        wait_until(async || count_sessions(b.cluster, &b.role.name, &gone).await == 0).await;
+        let old = pids(b.tasks).await;
+        assert!(!old.contains(&new), "after the drain: {old:?} then {new}");
+        // The old connections close once their statements are done.
+        for pid in old {
+            let gone = format!("pid = {pid}");
+            wait_until(async || count_sessions(b.cluster, &b.role.name, &gone).await == 0).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_does_not_wait_behind_a_slow_one_while_a_connection_is_spare() {
+    bounded(async {
+        let b = Behind::start("pipespare", 2, 8, 17_005, 1).await;
+        // The slow one holds a connection; the pool has room for another.
+        let fast = tokio::time::timeout(Duration::from_secs(10), backend_pid(&b.pool))
+            .await
+            .expect("a statement queued behind the slow one");
+        b.lock.release().await;
+        let slow = one_backend(&pids(b.tasks).await, "the slow one");
+        assert_ne!(fast, slow);
     })
     .await;
 }

@@ -91,7 +91,7 @@ pub struct Config {
     /// [`PoolBuilder::pooler_query_timeout`]; default 30 s.
     #[serde(deserialize_with = "duration::pooler_query_timeout")]
     pub pooler_query_timeout: Option<Duration>,
-    /// [`PoolBuilder::pipeline_depth`]; default 8.
+    /// [`PoolBuilder::pipeline_depth`]; default 128.
     pub pipeline_depth: Option<usize>,
     /// [`PoolBuilder::retry`].
     pub retry: Option<RetryConfig>,

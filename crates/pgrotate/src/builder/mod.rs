@@ -330,16 +330,17 @@ impl PoolBuilder {
 
     /// How many pool-level statements ([`Pool::query`](crate::Pool::query),
     /// [`Pool::execute`](crate::Pool::execute), …) may be in flight at once
-    /// on one connection before the pool opens another (up to `max_size`).
-    /// Default 8. `1` gives each statement a connection of its own, as
-    /// `run` does. Ignored in pooler mode (each statement gets a connection
-    /// of its own there). At most 1024.
+    /// on one connection once every connection is busy. Default 128. `1`
+    /// gives each statement a connection of its own, as `run` does. Ignored
+    /// in pooler mode (each statement gets a connection of its own there).
+    /// At most 1024.
     ///
-    /// Statements sharing a connection are answered in order: one slow
-    /// statement delays those sent after it on that connection (never
-    /// those on others). A deeper pipeline uses fewer connections; a
-    /// shallower one (or a larger `max_size`) spreads slow statements over
-    /// more of them. See the crate README for measurements.
+    /// While the pool has an idle connection or room for one, a statement
+    /// gets a connection to itself; only once all `max_size` are busy do
+    /// statements share them, each going to the connection with the fewest
+    /// in flight. Statements sharing a connection are answered in order: a
+    /// slow one delays those sent after it on that connection (never those
+    /// on others). See the crate README for measurements.
     pub fn pipeline_depth(mut self, depth: usize) -> PoolBuilder {
         self.pipeline_depth = depth;
         self
