@@ -324,3 +324,59 @@ async fn statements_on_a_connection_that_stops_answering_end_within_their_attemp
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_begin_sent_as_a_pool_level_statement_never_swallows_others_writes() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool(cluster, "pipebegin", 1, 8).await;
+        pool.batch_execute("create table t (k int not null)")
+            .await
+            .unwrap();
+        // Refused before it is sent.
+        let e = pool.execute("BEGIN", &[]).await.unwrap_err();
+        assert_eq!(e.kind(), pgrotate::ErrorKind::Query, "{e:#}");
+        // Disguised, it gets through, and leaves a block open: not a
+        // success, and the connection is closed (rolled back).
+        let e = pool.execute("/* sneaky */ begin", &[]).await.unwrap_err();
+        assert!(e.is_outcome_unknown(), "{e:#}");
+        // Among writes sharing the one connection, the writes that run
+        // inside its block are never reported done.
+        let writes = spawn_tasks(33, |i| {
+            let pool = pool.clone();
+            async move {
+                let k = i as i32;
+                let r = if i == 16 {
+                    pool.execute("/* sneaky */ begin", &[]).await
+                } else {
+                    pool.execute("insert into t values ($1)", &[&k]).await
+                };
+                (k, r)
+            }
+        });
+        let outcomes = writes.outcomes().await;
+        let rows = pool
+            .query("select k, count(*) from t group by k", &[])
+            .await
+            .unwrap();
+        let present: std::collections::HashMap<i32, i64> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for (k, r) in outcomes.into_iter().filter(|(k, _)| *k != 16) {
+            match r {
+                Ok(n) => assert_eq!((n, present.get(&k)), (1, Some(&1)), "key {k}"),
+                Err(e) => {
+                    assert!(e.is_outcome_unknown(), "key {k}: {e:#}");
+                    assert!(matches!(present.get(&k), None | Some(&1)), "key {k}");
+                }
+            }
+        }
+        // The pool goes on.
+        assert_eq!(
+            pool.execute("insert into t values (99)", &[])
+                .await
+                .unwrap(),
+            1
+        );
+    })
+    .await;
+}

@@ -16,7 +16,7 @@ use crate::pipeline::{Lane, NotSent, Pick, PoolState, Slot, Submitted};
 use crate::pool::Pool;
 use crate::retry::RetryPolicy;
 use crate::statements::{Params, Rows};
-use crate::wire::Answers;
+use crate::wire::{Answers, TxStatus};
 use crate::work_error::NoWork;
 
 /// A statement and its parameters, lent to every attempt.
@@ -32,6 +32,13 @@ impl Pool {
     /// The whole call: attempts on lanes within the pool's policy, the
     /// statement retried only when it provably did not run.
     pub(crate) async fn pipelined<R: Rows>(&self, stmt: Statement<'_>) -> Result<R::Output, Error> {
+        if opens_a_block(stmt.sql) {
+            return Err(Error::new(
+                ErrorKind::Query,
+                "a pool-level statement runs in a transaction of its own on a connection shared \
+                 with other callers: BEGIN / START TRANSACTION is refused; use Pool::transaction",
+            ));
+        }
         let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
         async move {
             let policy = self.inner.retry;
@@ -159,6 +166,18 @@ impl Pool {
                 if lane.wire().answered(place, left).await == Answers::Ended {
                     return Step::Ended(Outcome::Fail(Failure::pool(unconfirmed())));
                 }
+                if matches!(
+                    lane.wire().status_of(place),
+                    TxStatus::InTransaction | TxStatus::Failed
+                ) {
+                    // A transaction block is open on the shared connection
+                    // (a `BEGIN` sent as a pool-level statement, by this
+                    // caller or another): this statement did not commit
+                    // and a `COMMIT` may be on its way. Closed at once, so
+                    // the server rolls back what was not committed.
+                    lane.kill().await;
+                    return Step::Ended(Outcome::Fail(Failure::pool(in_a_block())));
+                }
                 Step::Ended(Outcome::Done(v))
             }
             Ok(Err(e)) => {
@@ -217,4 +236,58 @@ fn lane_failure<T>(lane: &Lane, e: tokio_postgres::Error, not_run: bool) -> Step
         error: e,
         not_run,
     })
+}
+
+/// A pipelined statement answered inside a transaction block.
+fn in_a_block() -> Error {
+    Error::new(
+        ErrorKind::OutcomeUnknown,
+        "the statement ran inside a transaction block left open on a shared connection (a BEGIN \
+         sent as a pool-level statement); the connection was closed, so the server rolls back \
+         what was not committed; pool-level statements carry no session state: use \
+         Pool::transaction for BEGIN ... COMMIT",
+    )
+}
+
+/// Whether `sql` opens a transaction block: refused as a pipelined
+/// statement before it is sent, since it would hold every statement after
+/// it on the shared connection in a transaction nobody commits.
+pub(crate) fn opens_a_block(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split(|c: char| c.is_whitespace() || c == ';')
+        .filter(|w| !w.is_empty())
+        .take(2)
+        .map(str::to_ascii_lowercase)
+        .collect();
+    match words.as_slice() {
+        [first, ..] if first == "begin" => true,
+        [first, second] if first == "start" && second == "transaction" => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::opens_a_block;
+
+    #[test]
+    fn a_statement_opening_a_block_is_told_from_the_others() {
+        for sql in [
+            "BEGIN",
+            " begin;",
+            "Begin Isolation Level Serializable",
+            "START TRANSACTION",
+        ] {
+            assert!(opens_a_block(sql), "{sql}");
+        }
+        for sql in [
+            "select 1",
+            "insert into begin values (1)",
+            "start",
+            "",
+            "commit",
+        ] {
+            assert!(!opens_a_block(sql), "{sql}");
+        }
+    }
 }

@@ -23,6 +23,7 @@
 //! prepared is prepared under the lock, and since every request before it
 //! was then answered, the count is read back from the wire.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,6 +83,10 @@ pub(crate) struct Lane {
     /// Its connection failed: closed, not returned, when the lane ends.
     broken: AtomicBool,
     counts: tokio::sync::Mutex<Counts>,
+    /// The statements prepared on this connection by its lanes' callers
+    /// (SQL and parameter types): one not among them is prepared by a task
+    /// of its own, which runs to its end whatever its caller does.
+    prepared: std::sync::Mutex<HashSet<(String, Vec<Type>)>>,
 }
 
 impl Lane {
@@ -102,6 +107,7 @@ impl Lane {
                 runs,
                 unsynced: false,
             }),
+            prepared: Default::default(),
         }
     }
 
@@ -170,11 +176,60 @@ impl Lane {
         }
     }
 
-    /// Prepares `sql` (from the connection's statement cache when it is
-    /// there) and hands the statement `run` makes of it to tokio-postgres,
-    /// counting its place.
+    /// Prepares `sql` on the connection if this lane has not yet, in a task
+    /// of its own under the lane's lock: a caller that stops polling (or
+    /// drops) its statement halfway cannot hold the others' statements
+    /// back, nor leave a prepare under way uncounted.
+    async fn prepare_once(self: &Arc<Self>, sql: &str, types: &[Type]) -> Result<(), NotSent> {
+        let key = (sql.to_owned(), types.to_vec());
+        if self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            return Ok(());
+        }
+        let lane = self.clone();
+        let task = tokio::spawn(async move {
+            let mut counts = lane.counts.lock().await;
+            let prepared = lane
+                .client()
+                .prepare_typed_cached(&key.0, &key.1)
+                .await
+                .map(drop);
+            match &prepared {
+                // Every request before it was answered: the wire's count
+                // is the lane's.
+                Ok(()) => {
+                    counts.requests = lane.wire.requests().unwrap_or_default().0;
+                    counts.runs = lane.wire.progress().map_or(0, |p| p.runs_sent);
+                    lane.prepared
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key);
+                }
+                // Its error may have come before its `Sync` was written:
+                // the count is not certain; the lane retires.
+                Err(_) => lane.retire(),
+            }
+            prepared
+        });
+        match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(NotSent::Error(e)),
+            Err(_) => {
+                self.retire();
+                Err(NotSent::Unsynced)
+            }
+        }
+    }
+
+    /// Prepares `sql` (once per connection, see [`Lane::prepare_once`]) and
+    /// hands the statement `run` makes of it to tokio-postgres, counting
+    /// its place.
     pub(crate) async fn submit<'a, T, F>(
-        &'a self,
+        self: &'a Arc<Self>,
         sql: &'a str,
         types: &'a [Type],
         run: impl FnOnce(&'a Client, Statement) -> F,
@@ -183,6 +238,7 @@ impl Lane {
         T: Send + 'a,
         F: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'a,
     {
+        self.prepare_once(sql, types).await?;
         let client = self.client();
         let mut counts = self.counts.lock().await;
         if counts.unsynced {
@@ -193,8 +249,10 @@ impl Lane {
         let stmt = match poll_once(prepare.as_mut()).await {
             Poll::Ready(r) => r.map_err(NotSent::Error)?,
             Poll::Pending => {
-                // Not cached: prepared now, every request before it gets
-                // answered first, so the wire's count is the lane's.
+                // Not cached after all (a `get()` caller removed it from
+                // the cache): prepared now, under the lock; every request
+                // before it gets answered first, so the wire's count is the
+                // lane's.
                 counts.unsynced = true;
                 let stmt = match prepare.await {
                     Ok(stmt) => stmt,

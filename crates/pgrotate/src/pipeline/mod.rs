@@ -204,7 +204,7 @@ pub(crate) struct Slot<'a> {
 }
 
 impl Slot<'_> {
-    pub(crate) fn lane(&self) -> &Lane {
+    pub(crate) fn lane(&self) -> &Arc<Lane> {
         &self.lane
     }
 }

@@ -79,7 +79,14 @@ pub(crate) struct Wire {
     fatal_at: AtomicU64,
     /// Whether that request had its `CommandComplete` before the `FATAL`.
     fatal_after_complete: AtomicBool,
+    /// The transaction status each recent answer carried, by its place
+    /// modulo [`STATUSES`]: whether a pipelined statement ended its
+    /// implicit transaction or ran inside a block another one opened.
+    statuses: Box<[AtomicU8]>,
 }
+
+/// How many answers' statuses a wire keeps: twice the deepest pipeline.
+const STATUSES: usize = 2048;
 
 /// Where a connection ended, for a pipelined statement to tell whether it
 /// ran: [`Wire::fatal`].
@@ -152,6 +159,7 @@ impl Default for Wire {
             head_completed: AtomicBool::new(false),
             fatal_at: AtomicU64::new(0),
             fatal_after_complete: AtomicBool::new(false),
+            statuses: (0..STATUSES).map(|_| AtomicU8::new(0)).collect(),
         }
     }
 }
@@ -328,19 +336,36 @@ impl Wire {
         }
     }
 
-    /// The oldest request is answered.
-    fn pop(q: &mut VecDeque<Expect>, wire: &Wire) {
+    /// The oldest request is answered, with `status` (0: none said).
+    fn pop(q: &mut VecDeque<Expect>, wire: &Wire, status: u8) {
         if let Some(e) = q.pop_front()
             && e != Expect::Startup
         {
             wire.head_completed.store(false, Ordering::Release);
-            wire.answered.fetch_add(1, Ordering::AcqRel);
+            let place = wire.answered.load(Ordering::Acquire) + 1;
+            wire.statuses[(place % STATUSES as u64) as usize].store(status, Ordering::Release);
+            wire.answered.store(place, Ordering::Release);
+        }
+    }
+
+    /// The transaction status the answer to the request at `place` carried,
+    /// if it came and is still known.
+    pub(crate) fn status_of(&self, place: u64) -> TxStatus {
+        let answered = self.answered.load(Ordering::Acquire);
+        if place == 0 || place > answered || answered - place >= STATUSES as u64 {
+            return TxStatus::Unknown;
+        }
+        match self.statuses[(place % STATUSES as u64) as usize].load(Ordering::Acquire) {
+            b'I' => TxStatus::Idle,
+            b'T' => TxStatus::InTransaction,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::Unknown,
         }
     }
 
     fn ready_for_query(&self, status: u8) {
         self.status.store(status, Ordering::Release);
-        Wire::pop(&mut self.queue(), self);
+        Wire::pop(&mut self.queue(), self, status);
         self.ready.notify_waiters();
     }
 
@@ -366,7 +391,7 @@ impl Wire {
                 after_execute: true,
             })
         {
-            Wire::pop(&mut q, self);
+            Wire::pop(&mut q, self, 0);
         }
     }
 
