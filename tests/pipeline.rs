@@ -326,16 +326,28 @@ async fn statements_on_a_connection_that_stops_answering_end_within_their_attemp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_begin_sent_as_a_pool_level_statement_never_swallows_others_writes() {
+async fn a_begin_or_set_sent_as_a_pool_level_statement_never_reaches_other_callers() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (_role, _file, pool) = pool(cluster, "pipebegin", 1, 8).await;
         pool.batch_execute("create table t (k int not null)")
             .await
             .unwrap();
-        // Refused before it is sent.
+        // Refused before they are sent: a block, and a setting every other
+        // caller on the connection would see.
         let e = pool.execute("BEGIN", &[]).await.unwrap_err();
         assert_eq!(e.kind(), pgrotate::ErrorKind::Query, "{e:#}");
+        let e = pool
+            .execute("SET application_name = 'leaked'", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), pgrotate::ErrorKind::Query, "{e:#}");
+        let name: String = pool
+            .query_one("show application_name", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_ne!(name, "leaked");
         // Disguised, it gets through, and leaves a block open: not a
         // success, and the connection is closed (rolled back).
         let e = pool.execute("/* sneaky */ begin", &[]).await.unwrap_err();
