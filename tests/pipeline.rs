@@ -392,3 +392,143 @@ async fn a_begin_or_set_sent_as_a_pool_level_statement_never_reaches_other_calle
     })
     .await;
 }
+
+/// `COPY … FROM STDIN` (or `TO STDOUT`) needs the connection to itself for
+/// its data: as a pool-level statement it would take over the shared
+/// connection (copy-in mode swallows the next callers' messages). It is
+/// refused before it is sent, pipelined or not, and the statements around
+/// it are unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_sent_as_a_pool_level_statement_is_refused_and_harms_no_other_caller() {
+    bounded(async {
+        for depth in [16, 1] {
+            let prefix = format!("pipecopy{depth}");
+            let b = Behind::start(&prefix, 1, depth, 17_007, 2).await;
+            // On the lock's own connection: the pool's one is busy.
+            b.lock
+                .client
+                .batch_execute("create table t (k int not null)")
+                .await
+                .unwrap();
+            let copies = spawn_tasks(2, |i| {
+                let pool = b.pool.clone();
+                async move {
+                    let sql = ["copy t from stdin", "COPY t TO STDOUT"][i];
+                    pool.execute(sql, &[]).await
+                }
+            });
+            let writes = spawn_tasks(4, |i| {
+                let pool = b.pool.clone();
+                async move {
+                    pool.execute("insert into t values ($1)", &[&(i as i32)])
+                        .await
+                }
+            });
+            b.lock.release().await;
+            pids(b.tasks).await;
+            for r in copies.outcomes().await {
+                let e = r.expect_err("a COPY through a pool-level statement");
+                assert_eq!(e.kind(), pgrotate::ErrorKind::Query, "depth {depth}: {e:#}");
+                assert!(format!("{e:#}").contains("COPY"), "depth {depth}: {e:#}");
+            }
+            for r in writes.outcomes().await {
+                assert_eq!(r.unwrap(), 1, "depth {depth}");
+            }
+            let n: i64 = b
+                .pool
+                .query_one("select count(*) from t", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(n, 4, "depth {depth}: every write once");
+        }
+    })
+    .await;
+}
+
+/// A value of the test's enum type `mood`, sent and read as its label.
+#[derive(Debug, PartialEq)]
+struct Mood(String);
+
+impl tokio_postgres::types::ToSql for Mood {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        ty.name() == "mood"
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Mood {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Mood, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Mood(std::str::from_utf8(raw)?.to_owned()))
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        ty.name() == "mood"
+    }
+}
+
+/// A custom type's lookups (tokio-postgres asks the server what an unknown
+/// type OID is, on the same connection, while preparing) happen while other
+/// callers' statements are in flight on it: every caller gets its own
+/// answer, on a fresh connection and on one the server replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_with_a_custom_enum_type_pipeline_with_their_type_lookups() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool(cluster, "pipeenum", 1, 16).await;
+        pool.batch_execute(
+            "create type mood as enum ('sad', 'ok', 'happy');
+             create table m (k int primary key, mood mood not null)",
+        )
+        .await
+        .unwrap();
+        const MOODS: [&str; 3] = ["sad", "ok", "happy"];
+        for round in 0..2 {
+            if round == 1 {
+                // A new connection has to look the type up again.
+                cluster.terminate_backends(&role.name).await.unwrap();
+            }
+            let callers = spawn_tasks(32, |i| {
+                let pool = pool.clone();
+                async move {
+                    let k = (round * 100 + i) as i32;
+                    let mood = Mood(MOODS[i % 3].to_owned());
+                    pool.execute("insert into m values ($1, $2)", &[&k, &mood])
+                        .await?;
+                    let back: Mood = pool
+                        .query_one("select mood from m where k = $1", &[&k])
+                        .await?
+                        .get(0);
+                    let same: bool = pool
+                        .query_one("select $1::mood = $2::text::mood", &[&back, &MOODS[i % 3]])
+                        .await?
+                        .get(0);
+                    Ok::<_, pgrotate::Error>((mood == back, same))
+                }
+            });
+            for r in callers.outcomes().await {
+                assert_eq!(r.unwrap(), (true, true), "round {round}");
+            }
+        }
+        let n: i64 = pool
+            .query_one("select count(*) from m", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 64);
+    })
+    .await;
+}

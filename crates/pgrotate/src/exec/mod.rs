@@ -10,6 +10,7 @@
 //! `Send`.
 
 mod pipelined;
+mod refused;
 mod run;
 pub(crate) mod statement;
 mod transaction;

@@ -8,6 +8,7 @@
 use tokio_postgres::types::Type;
 use tracing::Instrument;
 
+use super::refused::{Shared, refused};
 use super::statement::{CONFIRM, after_connection_fault, unanswered, unconfirmed};
 use super::{Attempts, Failure, Outcome, RETRY_TARGET, abandoned, standby_aware, until};
 use crate::classify::{Fault, classify};
@@ -32,9 +33,7 @@ impl Pool {
     /// The whole call: attempts on lanes within the pool's policy, the
     /// statement retried only when it provably did not run.
     pub(crate) async fn pipelined<R: Rows>(&self, stmt: Statement<'_>) -> Result<R::Output, Error> {
-        if let Some(why) = refused_when_shared(stmt.sql) {
-            return Err(Error::new(ErrorKind::Query, why));
-        }
+        refused(stmt.sql, Shared::Yes)?;
         let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
         async move {
             let policy = self.inner.retry;
@@ -243,69 +242,4 @@ fn in_a_block() -> Error {
          what was not committed; pool-level statements carry no session state: use \
          Pool::transaction for BEGIN ... COMMIT",
     )
-}
-
-/// Why `sql` is refused as a pipelined statement, before it is sent: it
-/// would leave state on a connection other callers' statements share — a
-/// transaction block nobody commits (`BEGIN`, `START TRANSACTION`), or a
-/// session setting they would all see (`SET` other than `SET LOCAL`,
-/// `RESET`, `LISTEN`). Other forms (`set_config(…, false)`) are not
-/// caught: the docs say what a pool-level statement must not do.
-pub(crate) fn refused_when_shared(sql: &str) -> Option<&'static str> {
-    let words: Vec<String> = sql
-        .split(|c: char| c.is_whitespace() || c == ';')
-        .filter(|w| !w.is_empty())
-        .take(2)
-        .map(str::to_ascii_lowercase)
-        .collect();
-    let first = words.first().map(String::as_str);
-    let second = words.get(1).map(String::as_str);
-    match (first, second) {
-        (Some("begin"), _) | (Some("start"), Some("transaction")) => Some(
-            "a pool-level statement runs in a transaction of its own on a connection shared with \
-             other callers: BEGIN / START TRANSACTION is refused; use Pool::transaction",
-        ),
-        (Some("set"), second) if second != Some("local") => Some(
-            "a pool-level statement runs on a connection shared with other callers: a SET would \
-             change their session too and is refused; use SET LOCAL inside Pool::transaction, \
-             or the after_connect hook for every connection",
-        ),
-        (Some("reset" | "listen" | "unlisten"), _) => Some(
-            "a pool-level statement runs on a connection shared with other callers: session \
-             statements (RESET, LISTEN) are refused; use Pool::get for a session of your own",
-        ),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refused_when_shared;
-
-    #[test]
-    fn a_statement_that_would_leave_state_on_a_shared_connection_is_told_from_the_others() {
-        for sql in [
-            "BEGIN",
-            " begin;",
-            "Begin Isolation Level Serializable",
-            "START TRANSACTION",
-            "set search_path = x",
-            "SET SESSION statement_timeout = 1",
-            "reset all",
-            "LISTEN jobs",
-        ] {
-            assert!(refused_when_shared(sql).is_some(), "{sql}");
-        }
-        for sql in [
-            "select 1",
-            "insert into begin values (1)",
-            "start",
-            "",
-            "commit",
-            "set local statement_timeout = 1",
-            "update t set x = 1",
-        ] {
-            assert!(refused_when_shared(sql).is_none(), "{sql}");
-        }
-    }
 }

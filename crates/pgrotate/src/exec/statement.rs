@@ -31,6 +31,7 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use tracing::Instrument;
 
+use super::refused::{Shared, refused};
 use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
 use crate::classify::{Fault, classify};
 use crate::client::Client;
@@ -53,6 +54,9 @@ pub(super) const CONFIRM: Duration = Duration::from_secs(30);
 pub(crate) trait Call: Sync {
     /// What the statement returns.
     type Output;
+
+    /// The SQL, as the caller gave it.
+    fn sql(&self) -> &str;
 
     /// What must happen before the statement, that runs nothing of it
     /// (learning its parameter types in pooler mode): a failure here is
@@ -117,6 +121,7 @@ impl Pool {
         call: &C,
         streaming: bool,
     ) -> Result<(C::Output, Client), Error> {
+        refused(call.sql(), Shared::No)?;
         let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
         async move {
             let policy = self.inner.retry;

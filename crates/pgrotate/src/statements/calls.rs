@@ -210,6 +210,10 @@ pub(super) struct Prepared<'a, R> {
 impl<R: Rows> Call for Prepared<'_, R> {
     type Output = R::Output;
 
+    fn sql(&self) -> &str {
+        self.sql
+    }
+
     async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
         match self.pooler {
             Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
@@ -237,6 +241,10 @@ pub(super) struct Simple<'a> {
 impl Call for Simple<'_> {
     type Output = Vec<SimpleQueryMessage>;
 
+    fn sql(&self) -> &str {
+        self.sql
+    }
+
     async fn call(
         &self,
         c: &ClientWrapper,
@@ -257,6 +265,10 @@ pub(super) struct Typed<'a> {
 
 impl Call for Typed<'_> {
     type Output = Vec<Row>;
+
+    fn sql(&self) -> &str {
+        self.sql
+    }
 
     async fn call(&self, c: &ClientWrapper) -> Result<Vec<Row>, tokio_postgres::Error> {
         c.query_typed(self.sql, self.params).await
@@ -289,6 +301,10 @@ pub(super) struct Raw<'a> {
 impl Call for Raw<'_> {
     type Output = tokio_postgres::RowStream;
 
+    fn sql(&self) -> &str {
+        self.sql
+    }
+
     async fn setup(&self, c: &ClientWrapper) -> Result<(), tokio_postgres::Error> {
         match self.pooler {
             Some(cache) => learn_types(cache, &self.types, c, self.sql).await,
@@ -318,6 +334,10 @@ pub(super) struct TypedRaw<'a> {
 
 impl Call for TypedRaw<'_> {
     type Output = tokio_postgres::RowStream;
+
+    fn sql(&self) -> &str {
+        self.sql
+    }
 
     async fn call(
         &self,

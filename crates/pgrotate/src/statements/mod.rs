@@ -32,6 +32,10 @@ pub use rows::RowStream;
 /// The pool prepares each statement once per connection and keeps it in
 /// that connection's statement cache (deadpool-postgres's), so a repeated
 /// call costs one round trip, as `prepare_cached` + `query` does.
+/// `COPY … FROM STDIN` / `TO STDOUT` is refused with
+/// [`ErrorKind::Query`](crate::ErrorKind::Query) before it is sent (its
+/// data needs the connection after the answer): use [`Pool::get`] and the
+/// client's `copy_in` / `copy_out`.
 ///
 /// ```no_run
 /// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
