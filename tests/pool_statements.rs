@@ -137,10 +137,9 @@ async fn reads_and_writes_survive_two_rotations_with_every_write_applied_once() 
 async fn pipelined_reads_and_writes_survive_two_rotations_with_every_write_applied_once() {
     // 32 callers on 2 connections: each connection the server terminates
     // has up to 8 statements in flight, every one retried or answered.
-    // Known limit: when the server's FATAL is lost in the reset of a
-    // terminated connection (rare, seen under a loaded CI machine), a
-    // statement written and unanswered cannot be proven not to have run:
-    // it is OutcomeUnknown, never Ok, never applied twice.
+    // (Answers the server sent before a reset were once dropped at the
+    // failed write that followed — about one run in five had callers told
+    // "outcome unknown" about statements the server had answered.)
     rotations_under_load("piperot", 2, 8, 32).await;
 }
 
@@ -193,14 +192,8 @@ async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: 
                 Err(e) => errors.push(e),
             }
         }
-        // Pipelined, an unknown outcome is the one error allowed (see the
-        // pipelined test); each other call is answered.
-        let unexplained: Vec<_> = errors
-            .iter()
-            .filter(|e| depth == 1 || !e.starts_with("statement outcome unknown"))
-            .collect();
         assert!(
-            unexplained.is_empty() && errors.len() <= 5,
+            errors.is_empty(),
             "{} errors: {:?}",
             errors.len(),
             &errors[..errors.len().min(5)]
@@ -209,22 +202,17 @@ async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: 
         for k in &written {
             assert_eq!(present.get(k), Some(&1), "key {k} applied exactly once");
         }
-        // Nothing applied that was not reported (an unknown outcome may
-        // have been), and nothing twice.
-        assert!(
-            present.len() >= written.len() && present.len() <= written.len() + errors.len(),
-            "{} present, {} reported written, {} unknown",
+        // Nothing applied that was not reported.
+        assert_eq!(
             present.len(),
             written.len(),
-            errors.len()
+            "rows present, writes reported"
         );
-        assert!(present.values().all(|n| *n == 1), "a write applied twice");
         assert_eq!(pool.status().generation, 3);
         eprintln!(
-            "two rotations: {} calls, {} writes, {} unknown outcomes, {} retries",
+            "two rotations: {} calls, {} writes, {} retries",
             load.done.load(Ordering::Relaxed),
             written.len(),
-            errors.len(),
             pool.status().retries
         );
     })

@@ -159,6 +159,7 @@ impl Pool {
                     d.saturating_duration_since(std::time::Instant::now())
                 });
                 if lane.wire().answered(place, left).await == Answers::Ended {
+                    tracing::debug!(target: "pgrotate::wire", place, fatal = ?lane.wire().fatal(), "a pipelined statement completed and its connection ended before ReadyForQuery");
                     return Step::Ended(Outcome::Fail(Failure::pool(unconfirmed())));
                 }
                 if matches!(

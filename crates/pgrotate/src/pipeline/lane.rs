@@ -300,7 +300,14 @@ impl Lane {
     /// Whether the failure of the statement at `place` (and `run` among
     /// the messages that run something) proves it did not run.
     pub(crate) fn proves_not_run(&self, place: u64, run: u64, db_error: bool) -> bool {
-        self.wire.proves_not_run(place, run, db_error)
+        let not_run = self.wire.proves_not_run(place, run, db_error);
+        if !not_run {
+            // What an operator (or a test) needs to tell a lost FATAL from
+            // one that came after the statement completed.
+            let (sent, answered) = self.wire.requests().unwrap_or_default();
+            tracing::debug!(target: "pgrotate::wire", place, sent, answered, fatal = ?self.wire.fatal(), "a pipelined statement was sent and not proven not to have run");
+        }
+        not_run
     }
 }
 

@@ -21,9 +21,17 @@ pub(crate) struct Observed<S> {
     wire: Arc<Wire>,
     reader: Reader,
     writer: Writer,
-    /// A write failed: the error, returned once what the server sent
-    /// before it closed has been read for the wire (bounded).
-    failed: Option<(io::Error, Pin<Box<tokio::time::Sleep>>)>,
+    /// A write failed: see [`Observed::poll_failed`].
+    failed: Option<Failed>,
+    /// The read side has ended (end of stream, or an error).
+    read_ended: bool,
+}
+
+/// A failed write's error, held back until the server's last answers are
+/// read, at most until `bound`.
+struct Failed {
+    error: Option<io::Error>,
+    bound: Pin<Box<tokio::time::Sleep>>,
 }
 
 /// How long a failed write waits for the rest of what the server sent.
@@ -38,22 +46,54 @@ impl<S> Observed<S> {
             reader: Reader::default(),
             writer: Writer::default(),
             failed: None,
+            read_ended: false,
         }
     }
 }
 
 impl<S: AsyncRead + Unpin> Observed<S> {
-    /// After a write failed with `error`: reads what the server sent
-    /// before it closed, for the wire only, then returns the error. A
-    /// server that exits with requests unread in its socket (a pipeline,
-    /// terminated) resets the connection; tokio-postgres then stops at the
-    /// failed write without reading the `FATAL` already on its way, which
-    /// is what tells the pipelined statements behind it that they never
-    /// ran. Waits for it (the read ends at the reset), at most [`DRAIN`].
-    fn poll_failed(&mut self, cx: &mut Context<'_>, error: Option<io::Error>) -> Poll<io::Error> {
-        if let Some(e) = error {
-            self.failed = Some((e, Box::pin(tokio::time::sleep(DRAIN))));
+    /// A write failed (`error`, the first time): the error is held back
+    /// while the read side goes on, so tokio-postgres reads what the server
+    /// sent before it closed — the answers of statements it ran, and the
+    /// `FATAL` that tells the pipelined statements behind it that they
+    /// never ran. A server that exits with requests unread in its socket (a
+    /// pipeline, terminated) resets the connection, and the first failed
+    /// write may come before the last answers are read: returned at once,
+    /// the error would end the connection with those answers unread, their
+    /// callers told "connection closed" about statements that ran. The
+    /// error is returned once the read side has ended, or after [`DRAIN`]
+    /// (what is left to read then is read for the wire only).
+    fn poll_failed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        error: Option<io::Error>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(error) = error {
+            self.failed = Some(Failed {
+                error: Some(error),
+                bound: Box::pin(tokio::time::sleep(DRAIN)),
+            });
         }
+        let Some(failed) = self.failed.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("write failed")));
+        };
+        if !self.read_ended && failed.bound.as_mut().poll(cx).is_pending() {
+            // The read side holds the task's waker for the server's bytes;
+            // the bound holds it for the deadline.
+            return Poll::Pending;
+        }
+        let error = failed.error.take();
+        if !self.read_ended {
+            self.read_for_the_wire(cx);
+        }
+        self.wire.end();
+        Poll::Ready(Err(
+            error.unwrap_or_else(|| io::Error::other("write failed"))
+        ))
+    }
+
+    /// Reads what is there to read, for the wire only.
+    fn read_for_the_wire(&mut self, cx: &mut Context<'_>) {
         let mut scratch = [0u8; 4096];
         loop {
             let mut buf = ReadBuf::new(&mut scratch);
@@ -61,22 +101,9 @@ impl<S: AsyncRead + Unpin> Observed<S> {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                     self.reader.feed(buf.filled(), &self.wire);
                 }
-                Poll::Ready(_) => break,
-                Poll::Pending => {
-                    let bound = self.failed.as_mut().map(|(_, bound)| bound.as_mut());
-                    if bound.is_none_or(|b| b.poll(cx).is_pending()) {
-                        return Poll::Pending;
-                    }
-                    break;
-                }
+                _ => return,
             }
         }
-        self.wire.end();
-        Poll::Ready(
-            self.failed
-                .take()
-                .map_or_else(|| io::Error::other("write failed"), |(e, _)| e),
-        )
     }
 }
 
@@ -91,6 +118,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Observed<S> {
         let read = ready!(Pin::new(&mut this.inner).poll_read(cx, buf));
         let got = buf.filled().len() - before;
         if read.is_err() || (got == 0 && buf.remaining() > 0) {
+            this.read_ended = true;
             this.wire.end();
         }
         read?;
@@ -107,25 +135,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Observed<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.failed.is_some() {
-            return this.poll_failed(cx, None).map(Err);
+            return this.poll_failed(cx, None);
         }
         match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
             Ok(n) => {
                 this.writer.feed(&data[..n], &this.wire);
                 Poll::Ready(Ok(n))
             }
-            Err(e) => this.poll_failed(cx, Some(e)).map(Err),
+            Err(e) => this.poll_failed(cx, Some(e)),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.failed.is_some() {
-            return this.poll_failed(cx, None).map(Err);
+            return this.poll_failed(cx, None);
         }
         match ready!(Pin::new(&mut this.inner).poll_flush(cx)) {
             Ok(()) => Poll::Ready(Ok(())),
-            Err(e) => this.poll_failed(cx, Some(e)).map(Err),
+            Err(e) => this.poll_failed(cx, Some(e)),
         }
     }
 
@@ -209,5 +237,117 @@ impl TlsConnect<tokio_postgres::Socket> for ObservingConnect {
             let stream = connecting.await?;
             Ok(Observed::new(stream, wire))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::{DRAIN, Observed};
+    use crate::wire::Wire;
+
+    /// A connection the server has closed: what it sent before is still to
+    /// be read (then the end, if `ends`); every write fails.
+    struct Closed {
+        unread: VecDeque<Vec<u8>>,
+        ends: bool,
+    }
+
+    impl AsyncRead for Closed {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            match this.unread.pop_front() {
+                Some(bytes) => {
+                    buf.put_slice(&bytes);
+                    Poll::Ready(Ok(()))
+                }
+                None if this.ends => Poll::Ready(Ok(())),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for Closed {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn observed(unread: &[&[u8]], ends: bool) -> Observed<Closed> {
+        let closed = Closed {
+            unread: unread.iter().map(|b| b.to_vec()).collect(),
+            ends,
+        };
+        Observed::new(closed, Arc::new(Wire::default()))
+    }
+
+    fn write(s: &mut Observed<Closed>) -> Poll<io::Result<usize>> {
+        Pin::new(s).poll_write(&mut Context::from_waker(Waker::noop()), b"Q")
+    }
+
+    fn read(s: &mut Observed<Closed>) -> Poll<io::Result<Vec<u8>>> {
+        let mut bytes = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut bytes);
+        Pin::new(s)
+            .poll_read(&mut Context::from_waker(Waker::noop()), &mut buf)
+            .map_ok(|()| buf.filled().to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_waits_until_what_the_server_sent_before_it_closed_is_read() {
+        // Two answers (ReadyForQuery) the server sent before it closed.
+        let (one, two): (&[u8], &[u8]) = (b"Z\0\0\0\x05I", b"Z\0\0\0\x05I");
+        let mut s = observed(&[one, two], true);
+        // The write failed, but the answers are not read yet: the error
+        // waits, so the connection reads them first.
+        assert!(write(&mut s).is_pending());
+        assert!(matches!(read(&mut s), Poll::Ready(Ok(b)) if b == one));
+        assert!(write(&mut s).is_pending());
+        assert!(matches!(read(&mut s), Poll::Ready(Ok(b)) if b == two));
+        // The end of the stream: now the write's error.
+        assert!(matches!(read(&mut s), Poll::Ready(Ok(b)) if b.is_empty()));
+        let e = match write(&mut s) {
+            Poll::Ready(Err(e)) => e,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_on_a_connection_that_never_ends_fails_after_the_drain() {
+        let mut s = observed(&[], false);
+        assert!(write(&mut s).is_pending());
+        tokio::time::advance(DRAIN - std::time::Duration::from_millis(1)).await;
+        assert!(write(&mut s).is_pending());
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert!(
+            matches!(write(&mut s), Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::BrokenPipe)
+        );
+        // And a flush after it fails too, without waiting again.
+        let flushed = Pin::new(&mut s).poll_flush(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(flushed, Poll::Ready(Err(_))));
     }
 }
