@@ -443,3 +443,62 @@ async fn a_pool_full_for_the_whole_wait_timeout_fails_once_not_once_per_attempt(
     })
     .await;
 }
+
+/// A write whose implicit transaction is ended by `FATAL` 57P01 after its
+/// `CommandComplete` and before it commits (the backend terminated at the
+/// `Sync`): it did not commit, so it is retried and applied once — on a
+/// connection of its own, and pipelined behind other callers' statements.
+/// The terminate comes from a deferred trigger at the commit of the
+/// implicit transaction, once (a sequence is not rolled back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_terminated_after_it_completed_and_before_it_committed_is_retried_once() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        for depth in [1, 8] {
+            let prefix = format!("stmtsync{depth}");
+            let (_role, _file, pool) = pool_with_table(cluster, &prefix, 1, depth).await;
+            pool.batch_execute(
+                "create sequence once;
+                 create function die_once() returns trigger language plpgsql as $$
+                 begin
+                     if nextval('once') = 1 then
+                         perform pg_terminate_backend(pg_backend_pid());
+                     end if;
+                     return null;
+                 end $$;
+                 create constraint trigger die_at_commit after insert on t
+                     deferrable initially deferred for each row execute function die_once();",
+            )
+            .await
+            .unwrap();
+            let others = common::spawn_tasks(if depth > 1 { 6 } else { 0 }, |_| {
+                let pool = pool.clone();
+                async move { pool.query_one("select count(*) from pg_class", &[]).await }
+            });
+            let n = pool
+                .execute("insert into t values (7)", &[])
+                .await
+                .unwrap_or_else(|e| panic!("depth {depth}: {e:#}"));
+            assert_eq!(n, 1);
+            for r in others.outcomes().await {
+                r.unwrap_or_else(|e| panic!("depth {depth}: a caller beside it: {e:#}"));
+            }
+            assert_eq!(
+                counts(&pool).await,
+                HashMap::from([(7, 1)]),
+                "depth {depth}"
+            );
+            assert!(pool.status().retries >= 1, "depth {depth}: retried");
+            let terminated: i64 = pool
+                .query_one("select last_value from once", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(
+                terminated >= 2,
+                "the trigger ran at the first commit and the retry's"
+            );
+        }
+    })
+    .await;
+}

@@ -92,9 +92,15 @@ pub(super) fn completed_since(before: Option<Progress>, wire: &Wire) -> bool {
     }
 }
 
-/// Whether the failure of a statement proves it did not run.
+/// Whether the failure of a statement proves it did not run: nothing of
+/// it was sent; or the server's error answered it before it completed, or
+/// after it completed and before it could commit (a `FATAL` 57P01 between
+/// a data statement's `CommandComplete` and its `ReadyForQuery`:
+/// [`Wire::fatal`]).
 fn proves_not_run(before: Option<Progress>, wire: &Wire, e: &tokio_postgres::Error) -> bool {
-    !sent_since(before, wire) || (e.as_db_error().is_some() && !completed_since(before, wire))
+    !sent_since(before, wire)
+        || (e.as_db_error().is_some()
+            && (!completed_since(before, wire) || wire.fatal().is_some_and(|f| !f.after_complete)))
 }
 
 impl Pool {

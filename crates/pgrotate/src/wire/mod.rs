@@ -71,19 +71,35 @@ pub(crate) struct Wire {
     /// Of those, the ones answered (their `ReadyForQuery` came, or the
     /// server ignored them at a `COPY FROM STDIN`).
     answered: AtomicU64,
-    /// A `CommandComplete` came for the request answered next.
-    head_completed: AtomicBool,
+    /// A `CommandComplete` came for the request answered next: 0 none,
+    /// [`COMMITTED_AT_SYNC`] for a data statement of the extended protocol
+    /// (its implicit transaction commits at the `Sync` after it), 1 for any
+    /// other (it may have committed already).
+    head_completed: AtomicU8,
     /// A `FATAL` (or `PANIC`) error came while the request at this place
     /// (1-based, `answered + 1`) was the oldest unanswered: 0 when none.
     /// The backend exits after it, so no later request ran.
     fatal_at: AtomicU64,
-    /// Whether that request had its `CommandComplete` before the `FATAL`.
+    /// Whether that request had its `CommandComplete` before the `FATAL`
+    /// and may have committed (see [`Wire::error`]).
     fatal_after_complete: AtomicBool,
     /// The transaction status each recent answer carried, by its place
     /// modulo [`STATUSES`]: whether a pipelined statement ended its
     /// implicit transaction or ran inside a block another one opened.
     statuses: Box<[AtomicU8]>,
 }
+
+/// `head_completed`: the statement completed and commits at its `Sync`.
+const COMMITTED_AT_SYNC: u8 = 2;
+
+/// The `CommandComplete` tags of statements that never commit before the
+/// `Sync` after their `Execute` (PostgreSQL commits at `Execute` only a
+/// transaction statement or one refused inside a block, e.g. `VACUUM`).
+const DATA_TAGS: [&[u8]; 5] = [b"INSERT", b"UPDATE", b"DELETE", b"SELECT", b"MERGE"];
+
+/// SQLSTATE 57P01 (`admin_shutdown`: `pg_terminate_backend`, a fast
+/// shutdown): raised only where the backend checks for interrupts.
+const ADMIN_SHUTDOWN: &[u8] = b"57P01";
 
 /// How many answers' statuses a wire keeps: twice the deepest pipeline.
 const STATUSES: usize = 2048;
@@ -94,8 +110,9 @@ const STATUSES: usize = 2048;
 pub(crate) struct Fatal {
     /// The place of the request the server was on (1-based).
     pub(crate) at: u64,
-    /// Whether that request's statement had completed (its commit may
-    /// have happened).
+    /// Whether that request's statement had completed and its commit may
+    /// have happened (a data statement's `CommandComplete` followed by a
+    /// `FATAL` 57P01 proves it did not: [`Wire::error`]).
     pub(crate) after_complete: bool,
 }
 
@@ -156,7 +173,7 @@ impl Default for Wire {
             ended: AtomicBool::new(false),
             requests_sent: AtomicU64::new(0),
             answered: AtomicU64::new(0),
-            head_completed: AtomicBool::new(false),
+            head_completed: AtomicU8::new(0),
             fatal_at: AtomicU64::new(0),
             fatal_after_complete: AtomicBool::new(false),
             statuses: (0..STATUSES).map(|_| AtomicU8::new(0)).collect(),
@@ -341,7 +358,7 @@ impl Wire {
         if let Some(e) = q.pop_front()
             && e != Expect::Startup
         {
-            wire.head_completed.store(false, Ordering::Release);
+            wire.head_completed.store(0, Ordering::Release);
             let place = wire.answered.load(Ordering::Acquire) + 1;
             wire.statuses[(place % STATUSES as u64) as usize].store(status, Ordering::Release);
             wire.answered.store(place, Ordering::Release);
@@ -369,13 +386,26 @@ impl Wire {
         self.ready.notify_waiters();
     }
 
-    /// An `ErrorResponse` of this severity (its `V` field, else `S`).
-    fn error(&self, severity: &[u8]) {
+    /// An `ErrorResponse` of this severity (its `V` field, else `S`) and
+    /// SQLSTATE.
+    ///
+    /// A `FATAL` 57P01 after a data statement's `CommandComplete` and
+    /// before its `ReadyForQuery` proves the statement did not commit: the
+    /// backend raises it only where it checks for interrupts, and between
+    /// an `Execute` and the `ReadyForQuery` of its `Sync` that is the check
+    /// after reading the `Sync` — before the commit, which holds interrupts
+    /// off until it is done and the `ReadyForQuery` is queued behind it
+    /// (postgres.c, `PostgresMain`, step 5; xact.c, `CommitTransaction`).
+    fn error(&self, severity: &[u8], code: &[u8]) {
         if matches!(severity, b"FATAL" | b"PANIC") && self.fatal_at.load(Ordering::Acquire) == 0 {
             let _q = self.queue();
-            let head_completed = self.head_completed.load(Ordering::Acquire);
+            let may_have_committed = match self.head_completed.load(Ordering::Acquire) {
+                0 => false,
+                COMMITTED_AT_SYNC => code != ADMIN_SHUTDOWN || severity != b"FATAL",
+                _ => true,
+            };
             self.fatal_after_complete
-                .store(head_completed, Ordering::Release);
+                .store(may_have_committed, Ordering::Release);
             self.fatal_at
                 .store(self.answered.load(Ordering::Acquire) + 1, Ordering::Release);
         }
@@ -397,7 +427,19 @@ impl Wire {
 
     fn command_complete(&self, tag: &[u8]) {
         self.completions.fetch_add(1, Ordering::AcqRel);
-        self.head_completed.store(true, Ordering::Release);
+        let word = tag
+            .split(|b| *b == b' ' || *b == 0)
+            .next()
+            .unwrap_or_default();
+        let at_sync = DATA_TAGS.contains(&word)
+            && self.queue().front()
+                == Some(&Expect::Sync {
+                    after_execute: true,
+                });
+        self.head_completed.store(
+            if at_sync { COMMITTED_AT_SYNC } else { 1 },
+            Ordering::Release,
+        );
         let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
             b"COMMIT" => 1,
             b"ROLLBACK" => 2,

@@ -77,7 +77,7 @@ impl Reader {
                 }
             }
             b'C' => wire.command_complete(&self.body),
-            b'E' => wire.error(severity(&self.body)),
+            b'E' => wire.error(field(&self.body, b'V', b'S'), field(&self.body, b'C', b'C')),
             b'G' => wire.copy_in(),
             _ => {}
         }
@@ -86,18 +86,19 @@ impl Reader {
     }
 }
 
-/// The severity of an `ErrorResponse` body: its `V` field (never
-/// localized, PostgreSQL 9.6+), else its `S` field.
-fn severity(body: &[u8]) -> &[u8] {
-    let mut localized: &[u8] = b"";
+/// A field of an `ErrorResponse` body: `kind`, else `fallback` — the
+/// severity is `V` (never localized, PostgreSQL 9.6+), else `S`; the
+/// SQLSTATE is `C`.
+fn field(body: &[u8], kind: u8, fallback: u8) -> &[u8] {
+    let mut second: &[u8] = b"";
     for field in body.split(|b| *b == 0) {
         match field.split_first() {
-            Some((b'V', v)) => return v,
-            Some((b'S', v)) if localized.is_empty() => localized = v,
+            Some((k, v)) if *k == kind => return v,
+            Some((k, v)) if *k == fallback && second.is_empty() => second = v,
             _ => {}
         }
     }
-    localized
+    second
 }
 
 /// Follows the frontend's messages: first the startup message (a length,
@@ -305,21 +306,77 @@ mod tests {
         assert!(!wire.proves_not_run(1, 1, false));
     }
 
+    /// The first statement's answers `first`, then the `FATAL` `fatal`:
+    /// where it came, and whether the first may have committed.
+    fn fatal_after(first: &[&[u8]], fatal: &[u8]) -> Arc<Wire> {
+        let mut answers = Vec::new();
+        for m in first {
+            answers.extend_from_slice(m);
+        }
+        answers.extend(msg(b'E', fatal));
+        three_in_flight(&answers)
+    }
+
     #[test]
-    fn a_statement_that_completed_before_the_fatal_error_may_have_committed() {
-        let mut answers = msg(b'2', b"");
-        answers.extend(msg(b'C', b"INSERT 0 1\0"));
+    fn a_data_statement_terminated_after_it_completed_and_before_its_sync_did_not_commit() {
+        // 57P01 is raised where the backend checks for interrupts: after
+        // reading the Sync, before the commit (which holds them off).
+        for tag in [
+            &b"INSERT 0 1\0"[..],
+            b"UPDATE 3\0",
+            b"DELETE 0\0",
+            b"SELECT 1\0",
+            b"MERGE 2\0",
+        ] {
+            let wire = fatal_after(&[&msg(b'2', b""), &msg(b'C', tag)], FATAL);
+            assert_eq!(
+                wire.fatal().map(|f| (f.at, f.after_complete)),
+                Some((1, false)),
+                "{tag:?}"
+            );
+            assert!(wire.proves_not_run(1, 1, false), "{tag:?}");
+            assert!(wire.proves_not_run(2, 2, false) && wire.proves_not_run(3, 3, false));
+        }
+    }
+
+    #[test]
+    fn a_statement_that_completed_before_another_fatal_error_may_have_committed() {
+        let complete = msg(b'C', b"INSERT 0 1\0");
+        // A statement that commits at its Execute (VACUUM, CREATE
+        // DATABASE …), or a FATAL raised anywhere (57P02: the server
+        // crashed, its SIGQUIT handler writes it at once).
+        let crash: &[u8] = b"SFATAL\0VFATAL\0C57P02\0Mterminating connection because of crash\0\0";
+        for wire in [
+            fatal_after(&[&msg(b'2', b""), &msg(b'C', b"VACUUM\0")], FATAL),
+            fatal_after(&[&msg(b'2', b""), &complete], crash),
+        ] {
+            assert_eq!(
+                wire.fatal().map(|f| (f.at, f.after_complete)),
+                Some((1, true))
+            );
+            assert!(
+                !wire.proves_not_run(1, 1, false),
+                "completed: its commit may have happened"
+            );
+            assert!(wire.proves_not_run(2, 2, false) && wire.proves_not_run(3, 3, false));
+        }
+    }
+
+    #[test]
+    fn a_simple_query_that_completed_before_the_fatal_error_may_have_committed() {
+        // The simple protocol commits a statement before its
+        // CommandComplete.
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        w.feed(&msg(b'Q', b"insert into t values (1)\0"), &wire);
+        let mut answers = msg(b'C', b"INSERT 0 1\0");
         answers.extend(msg(b'E', FATAL));
-        let wire = three_in_flight(&answers);
+        r.feed(&answers, &wire);
         assert_eq!(
             wire.fatal().map(|f| (f.at, f.after_complete)),
             Some((1, true))
         );
-        assert!(
-            !wire.proves_not_run(1, 1, false),
-            "completed: its commit may have happened"
-        );
-        assert!(wire.proves_not_run(2, 2, false) && wire.proves_not_run(3, 3, false));
     }
 
     #[test]
