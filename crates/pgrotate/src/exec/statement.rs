@@ -31,7 +31,9 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use tracing::Instrument;
 
-use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
+use super::{
+    Attempts, Failure, Outcome, abandoned, call_span, kind_after_work, read_only_or_standby, until,
+};
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
@@ -117,7 +119,7 @@ impl Pool {
         call: &C,
         streaming: bool,
     ) -> Result<(C::Output, Client), Error> {
-        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
+        let span = call_span("statement");
         async move {
             let policy = self.inner.retry;
             let mut attempts = Attempts::new(&policy)?;
@@ -145,8 +147,7 @@ impl Pool {
         mut client: Client,
         streaming: bool,
     ) -> Outcome<(C::Output, Client), NoWork> {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
+        let (timeout, deadline) = self.attempt_bound(policy);
         let wire = client.wire();
         client.set_busy(true);
         match until(deadline, call.setup(&client)).await {
