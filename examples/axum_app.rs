@@ -19,12 +19,18 @@
 //! `ADDR` (default 127.0.0.1:3000) and, on ctrl-c, finishes the requests in
 //! flight and closes the pool.
 //!
+//! The settings reader and the throwaway PostgreSQL are shared with the
+//! other examples: `examples/common/mod.rs` (`mod common;` below); copy
+//! it along with this file.
+//!
 //! ```sh
 //! curl -s -XPOST localhost:3000/users -H 'content-type: application/json' \
 //!      -d '{"name":"Ada","email":"ada@example.com"}'
 //! curl -s localhost:3000/users/1
 //! curl -s localhost:3000/healthz
 //! ```
+
+mod common;
 
 use std::future::Future;
 
@@ -241,32 +247,15 @@ async fn healthz(State(pool): State<Pool>) -> Json<Health> {
     })
 }
 
-/// The pool's settings as [`pgrotate::Config`]: the JSON file `file` (in
-/// `main`, the one named by `PGROTATE_CONFIG`, if set), then `PGROTATE__…`
-/// variables over it — `PGROTATE__MAX_SIZE=16`,
-/// `PGROTATE__SOURCE__KIND=file`, `PGROTATE__SOURCE__PATH=/run/secrets/db_url`,
-/// `PGROTATE__WAIT_TIMEOUT=5s` — read from `env` when given, else from the
-/// process's environment. With no source set, the URL is read from
-/// `DATABASE_URL`, again after every rotation; `max_size` defaults to
-/// 16 here.
+/// The pool's settings as [`pgrotate::Config`]: the JSON file `file`, then
+/// `PGROTATE__…` variables over it (from `env` when given, else the
+/// process's environment), as [`common::settings`] reads them; `max_size`
+/// defaults to 16 here.
 pub fn settings(
     file: Option<&str>,
     env: Option<config::Map<String, String>>,
 ) -> Result<pgrotate::Config, config::ConfigError> {
-    let mut layers = config::Config::builder();
-    if let Some(file) = file {
-        layers = layers.add_source(config::File::new(file, config::FileFormat::Json));
-    }
-    let mut settings: pgrotate::Config = layers
-        .add_source(
-            config::Environment::with_prefix("PGROTATE")
-                .separator("__")
-                .source(env),
-        )
-        .build()?
-        .try_deserialize()?;
-    settings.max_size.get_or_insert(16);
-    Ok(settings)
+    common::settings(file, env, 16)
 }
 
 #[tokio::main]
@@ -275,18 +264,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // variables. With neither a source nor DATABASE_URL: a throwaway
     // PostgreSQL, its URL in a file, kept until main returns.
     let mut settings = settings(std::env::var("PGROTATE_CONFIG").ok().as_deref(), None)?;
-    let mut throwaway = None;
-    if settings.source.is_none() && std::env::var_os("DATABASE_URL").is_none() {
-        eprintln!("no source and no DATABASE_URL: starting a throwaway PostgreSQL…");
-        let cluster = pgrotate_testing::Cluster::start().await?;
-        let role = cluster.create_role("axum_app").await?;
-        let url_file = tempfile::NamedTempFile::new()?;
-        std::fs::write(url_file.path(), cluster.url(&role))?;
-        settings.source = Some(pgrotate::SourceConfig::File {
-            path: url_file.path().into(),
-        });
-        throwaway = Some((cluster, url_file));
-    }
+    let throwaway = common::throwaway_unless_configured(&mut settings, "axum_app").await?;
     let pool = settings.build().await?;
     migrate(&pool).await?;
 

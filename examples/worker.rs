@@ -17,6 +17,12 @@
 //! set it works the queue of `DATABASE_URL` (read again after every rotation);
 //! with neither, it starts a throwaway PostgreSQL and enqueues 500 jobs. On ctrl-c each worker finishes its current job,
 //! then the pool is closed.
+//!
+//! The settings reader and the throwaway PostgreSQL are shared with the
+//! other examples: `examples/common/mod.rs` (`mod common;` below); copy
+//! it along with this file.
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,32 +164,15 @@ pub async fn run_workers(
     Ok(())
 }
 
-/// The pool's settings as [`pgrotate::Config`]: the JSON file `file` (in
-/// `main`, the one named by `PGROTATE_CONFIG`, if set), then `PGROTATE__…`
-/// variables over it — `PGROTATE__MAX_SIZE=16`,
-/// `PGROTATE__SOURCE__KIND=file`, `PGROTATE__SOURCE__PATH=/run/secrets/db_url`,
-/// `PGROTATE__WAIT_TIMEOUT=5s` — read from `env` when given, else from the
-/// process's environment. With no source set, the URL is read from
-/// `DATABASE_URL`, again after every rotation; `max_size` defaults to
-/// 4 here.
+/// The pool's settings as [`pgrotate::Config`]: the JSON file `file`, then
+/// `PGROTATE__…` variables over it (from `env` when given, else the
+/// process's environment), as [`common::settings`] reads them; `max_size`
+/// defaults to 4 here.
 pub fn settings(
     file: Option<&str>,
     env: Option<config::Map<String, String>>,
 ) -> Result<pgrotate::Config, config::ConfigError> {
-    let mut layers = config::Config::builder();
-    if let Some(file) = file {
-        layers = layers.add_source(config::File::new(file, config::FileFormat::Json));
-    }
-    let mut settings: pgrotate::Config = layers
-        .add_source(
-            config::Environment::with_prefix("PGROTATE")
-                .separator("__")
-                .source(env),
-        )
-        .build()?
-        .try_deserialize()?;
-    settings.max_size.get_or_insert(4);
-    Ok(settings)
+    common::settings(file, env, 4)
 }
 
 #[tokio::main]
@@ -192,18 +181,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // variables. With neither a source nor DATABASE_URL: a throwaway
     // PostgreSQL with 500 jobs, its URL in a file, kept until main returns.
     let mut settings = settings(std::env::var("PGROTATE_CONFIG").ok().as_deref(), None)?;
-    let mut throwaway = None;
-    if settings.source.is_none() && std::env::var_os("DATABASE_URL").is_none() {
-        eprintln!("no source and no DATABASE_URL: starting a throwaway PostgreSQL…");
-        let cluster = pgrotate_testing::Cluster::start().await?;
-        let role = cluster.create_role("worker").await?;
-        let url_file = tempfile::NamedTempFile::new()?;
-        std::fs::write(url_file.path(), cluster.url(&role))?;
-        settings.source = Some(pgrotate::SourceConfig::File {
-            path: url_file.path().into(),
-        });
-        throwaway = Some((cluster, url_file));
-    }
+    let throwaway = common::throwaway_unless_configured(&mut settings, "worker").await?;
     const WORKERS: i32 = 4;
     let pool = settings.build().await?;
     migrate(&pool).await?;

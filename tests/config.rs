@@ -8,8 +8,22 @@ mod common;
 use std::time::Duration;
 
 use common::{bounded, role_and_file};
-use pgrotate::{Config, ErrorKind};
+use pgrotate::{Config, ErrorKind, Pool};
 use pgrotate_testing::Cluster;
+
+/// Builds `config`'s pool and checks that its settings took: the server
+/// sees `application_name`, and the pool holds at most `max_size`.
+async fn build_and_check(config: &Config, application_name: &str, max_size: usize) -> Pool {
+    let pool = config.build().await.unwrap();
+    let name: String = pool
+        .query_one("select current_setting('application_name')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, application_name);
+    assert_eq!(pool.status().max_size, max_size);
+    pool
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_built_from_json_settings_connects_and_follows_a_rotation() {
@@ -24,14 +38,7 @@ async fn a_pool_built_from_json_settings_connects_and_follows_a_rotation() {
             "retry": { "attempts": 3, "deadline": "10s" }
         });
         let config: Config = serde_json::from_value(json).unwrap();
-        let pool = config.build().await.unwrap();
-        let name: String = pool
-            .query_one("select current_setting('application_name')", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(name, "from-config");
-        assert_eq!(pool.status().max_size, 2);
+        let pool = build_and_check(&config, "from-config", 2).await;
 
         let rotated = cluster.rotate_password(&role).await.unwrap();
         file.set(&cluster.url(&rotated));
@@ -99,14 +106,7 @@ async fn settings_from_the_environment_through_the_config_crate_build_a_working_
         assert_eq!(config.wait_timeout, Some(Duration::from_secs(5)));
         assert_eq!(config.connect_timeout, Some(Duration::from_secs(2)));
         assert_eq!(config.retry.and_then(|r| r.attempts), Some(2));
-        let pool = config.build().await.unwrap();
-        let name: String = pool
-            .query_one("select current_setting('application_name')", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(name, "from-env");
-        assert_eq!(pool.status().max_size, 3);
+        let pool = build_and_check(&config, "from-env", 3).await;
         pool.close();
     })
     .await;

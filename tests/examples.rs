@@ -7,15 +7,17 @@
 
 mod common;
 
-#[allow(dead_code, unreachable_pub)]
+// Each example brings its own copy of examples/common/mod.rs (`mod
+// common;`), as when it is built alone: hence `duplicate_mod` allowed.
+#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
 #[path = "../examples/axum_app.rs"]
 mod axum_app;
 
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
 #[path = "../examples/actix_app.rs"]
 mod actix_app;
 
-#[allow(dead_code, unreachable_pub)]
+#[allow(dead_code, unreachable_pub, clippy::duplicate_mod)]
 #[path = "../examples/worker.rs"]
 mod worker;
 

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Tasks, bounded, count_sessions, role_and_file, spawn_tasks, wait_until};
+use common::{Tasks, bounded, count_sessions, spawn_tasks, wait_until};
 use pgrotate::Pool;
 use pgrotate_testing::{Cluster, TestRole};
 
@@ -18,22 +18,17 @@ fn behind_lock(key: i64) -> String {
 }
 
 /// A pool of `size` connections and pipelines `depth` deep, on a role of
-/// its own.
+/// its own; a `get` waits up to 10 s.
 async fn pool(
     cluster: &Cluster,
     prefix: &str,
     size: usize,
     depth: usize,
 ) -> (TestRole, common::UrlFile, Pool) {
-    let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = Pool::builder(file.source())
-        .max_size(size)
-        .pipeline_depth(depth)
-        .wait_timeout(Duration::from_secs(10))
-        .build()
-        .await
-        .unwrap();
-    (role, file, pool)
+    common::pool_on_role(cluster, prefix, size, depth, |b| {
+        b.wait_timeout(Duration::from_secs(10))
+    })
+    .await
 }
 
 /// Holds the exclusive advisory lock `key` (in the role's database: they

@@ -25,24 +25,24 @@ async fn pool_with_table(
     size: usize,
     depth: usize,
 ) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
-    let (role, file) = role_and_file(cluster, prefix).await;
-    let pool = with_table(Pool::builder(file.source()), size, depth).await;
+    let (role, file, pool) = common::pool_on_role(cluster, prefix, size, depth, |b| b).await;
+    create_table(&pool).await;
     (role, file, pool)
 }
 
 /// `builder`'s pool of `size` connections `depth` deep, with an empty
 /// table `t (k int)`.
 async fn with_table(builder: pgrotate::PoolBuilder, size: usize, depth: usize) -> Pool {
-    let pool = builder
-        .max_size(size)
-        .pipeline_depth(depth)
-        .build()
-        .await
-        .unwrap();
+    let pool = common::build_pool(builder, size, depth).await;
+    create_table(&pool).await;
+    pool
+}
+
+/// The empty table `t (k int)`, no key.
+async fn create_table(pool: &Pool) {
     pool.batch_execute("create table t (k int not null)")
         .await
         .unwrap();
-    pool
 }
 
 /// Cuts the connection at the first `tag` message (`b'P'` Parse, `b'E'`

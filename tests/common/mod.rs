@@ -176,6 +176,40 @@ pub async fn role_file_and_pool(
     (role, file, pool)
 }
 
+/// A role of its own on `cluster`, a URL file pointing at it, and a pool
+/// reading that file: at most `size` connections, pipelines `depth` deep,
+/// with what `configure` sets on the builder besides (`|b| b` for nothing).
+pub async fn pool_on_role(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+    depth: usize,
+    configure: impl FnOnce(pgrotate::PoolBuilder) -> pgrotate::PoolBuilder,
+) -> (TestRole, UrlFile, pgrotate::Pool) {
+    let (role, file) = role_and_file(cluster, prefix).await;
+    let pool = build_pool(
+        configure(pgrotate::Pool::builder(file.source())),
+        size,
+        depth,
+    )
+    .await;
+    (role, file, pool)
+}
+
+/// `builder`'s pool of at most `size` connections, pipelines `depth` deep.
+pub async fn build_pool(
+    builder: pgrotate::PoolBuilder,
+    size: usize,
+    depth: usize,
+) -> pgrotate::Pool {
+    builder
+        .max_size(size)
+        .pipeline_depth(depth)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// Tasks spawned together; [`Tasks::outcomes`] waits for them all.
 pub struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
 

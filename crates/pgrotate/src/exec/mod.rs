@@ -74,6 +74,12 @@ impl<E: ClosureError> Failure<E> {
     }
 }
 
+/// The span of one call (`pgrotate::call`; `kind`: `run`, `transaction`,
+/// `statement`), around all its attempts and their retry events.
+fn call_span(kind: &'static str) -> tracing::Span {
+    tracing::debug_span!(target: "pgrotate::call", "call", kind)
+}
+
 /// Runs `fut`, giving up at `until` if there is one.
 async fn until<F: Future>(until: Option<Instant>, fut: F) -> Result<F::Output, ()> {
     match until {
@@ -112,12 +118,17 @@ impl Pool {
         }
     }
 
-    /// The policy's attempt timeout, or in pooler mode the pooler query
-    /// timeout (PgBouncer can hold a query for minutes).
-    pub(crate) fn attempt_timeout(&self, policy: &RetryPolicy) -> Option<Duration> {
-        policy
+    /// An attempt's timeout — the policy's, or in pooler mode the pooler
+    /// query timeout (PgBouncer can hold a query for minutes) — and the
+    /// instant it runs out for an attempt starting now.
+    pub(crate) fn attempt_bound(
+        &self,
+        policy: &RetryPolicy,
+    ) -> (Option<Duration>, Option<Instant>) {
+        let timeout = policy
             .max_attempt_duration()
-            .or(self.inner.pooler_query_timeout)
+            .or(self.inner.pooler_query_timeout);
+        (timeout, timeout.map(crate::time::after))
     }
 
     /// The next attempt's connection, waiting no longer than the deadline.

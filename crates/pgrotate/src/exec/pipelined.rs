@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::refused::{Shared, refused};
 use super::statement::{CONFIRM, after_connection_fault, unanswered, unconfirmed};
-use super::{Attempts, Failure, Outcome, RETRY_TARGET, abandoned, standby_aware, until};
+use super::{Attempts, Failure, Outcome, RETRY_TARGET, abandoned, call_span, standby_aware, until};
 use crate::classify::{Fault, classify};
 use crate::error::{Error, ErrorKind};
 use crate::pipeline::{Lane, NotSent, Pick, PoolState, Slot, Submitted};
@@ -34,7 +34,7 @@ impl Pool {
     /// statement retried only when it provably did not run.
     pub(crate) async fn pipelined<R: Rows>(&self, stmt: Statement<'_>) -> Result<R::Output, Error> {
         refused(stmt.sql, Shared::Yes)?;
-        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
+        let span = call_span("statement");
         async move {
             let policy = self.inner.retry;
             let mut attempts = Attempts::new(&policy)?;
@@ -125,8 +125,7 @@ impl Pool {
         slot: Slot<'_>,
         stmt: Statement<'_>,
     ) -> Step<R::Output> {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
+        let (timeout, deadline) = self.attempt_bound(policy);
         let lane = slot.lane();
         let params = stmt.params;
         let sent = until(

@@ -4,7 +4,9 @@ use tracing::Instrument;
 
 use deadpool_postgres::ClientWrapper;
 
-use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
+use super::{
+    Attempts, Failure, Outcome, abandoned, call_span, kind_after_work, read_only_or_standby, until,
+};
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
@@ -23,7 +25,7 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&ClientWrapper) -> Result<T, E>,
     {
-        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "run");
+        let span = call_span("run");
         async move {
             let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
             loop {
@@ -53,8 +55,7 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&ClientWrapper) -> Result<T, E>,
     {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
+        let (timeout, deadline) = self.attempt_bound(policy);
         let generation = client.generation();
         client.set_busy(true);
         let e = match until(deadline, work(&client)).await {

@@ -32,7 +32,9 @@ use deadpool_postgres::ClientWrapper;
 use tracing::Instrument;
 
 use super::refused::{Shared, refused};
-use super::{Attempts, Failure, Outcome, abandoned, kind_after_work, read_only_or_standby, until};
+use super::{
+    Attempts, Failure, Outcome, abandoned, call_span, kind_after_work, read_only_or_standby, until,
+};
 use crate::classify::{Fault, classify};
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
@@ -128,7 +130,7 @@ impl Pool {
         streaming: bool,
     ) -> Result<(C::Output, Client), Error> {
         refused(call.sql(), Shared::No)?;
-        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "statement");
+        let span = call_span("statement");
         async move {
             let policy = self.inner.retry;
             let mut attempts = Attempts::new(&policy)?;
@@ -156,8 +158,7 @@ impl Pool {
         mut client: Client,
         streaming: bool,
     ) -> Outcome<(C::Output, Client), NoWork> {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
+        let (timeout, deadline) = self.attempt_bound(policy);
         let wire = client.wire();
         client.set_busy(true);
         match until(deadline, call.setup(&client)).await {

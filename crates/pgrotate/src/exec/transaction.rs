@@ -10,8 +10,8 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::IsolationLevel;
 
 use super::{
-    Attempts, Failure, Outcome, abandoned, callers_error, fault_of, kind_after_work, standby_aware,
-    until,
+    Attempts, Failure, Outcome, abandoned, call_span, callers_error, fault_of, kind_after_work,
+    standby_aware, until,
 };
 use crate::classify::{Fault, classify};
 use crate::client::Client;
@@ -112,7 +112,7 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&Transaction<'_>) -> Result<T, E>,
     {
-        let span = tracing::debug_span!(target: "pgrotate::call", "call", kind = "transaction");
+        let span = call_span("transaction");
         async move {
             let mut attempts = Attempts::new(policy).map_err(E::from_pool)?;
             loop {
@@ -145,8 +145,7 @@ impl Pool {
         E: ClosureError,
         F: AsyncFnMut(&Transaction<'_>) -> Result<T, E>,
     {
-        let timeout = self.attempt_timeout(policy);
-        let deadline = timeout.map(crate::time::after);
+        let (timeout, deadline) = self.attempt_bound(policy);
         let generation = client.generation();
         let wire = client.wire();
         client.set_busy(true);
