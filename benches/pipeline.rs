@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plain = common::deadpool(&url, cluster.ca(), args.conns)?;
     let raw = Arc::new(raw_clients(&url, cluster.ca(), args.conns).await?);
 
-    let contenders: [(&str, Call); 4] = [
+    let contenders: [(&str, common::Call); 4] = [
         ("pool.query_one (pipelined)", {
             let p = pipelined.clone();
             Arc::new(move |i| {
@@ -153,12 +153,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
-
-type Call = Arc<
-    dyn Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-        + Send
-        + Sync,
->;
 
 /// `n` raw tokio-postgres clients, each with the statement prepared.
 async fn raw_clients(

@@ -13,6 +13,13 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 pub(crate) type BoxError = Box<dyn std::error::Error>;
 
+/// One contender's call: caller `i`'s next query, `true` if it succeeded.
+pub(crate) type Call = Arc<
+    dyn Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// The role's URL as tokio-postgres parses it, TLS required to
 /// `localhost` (a name in the server's certificate), and a rustls
 /// connector verifying the fixture's CA.
@@ -116,4 +123,17 @@ where
         "a benchmark query failed"
     );
     n
+}
+
+/// CPU time this process (every thread: the callers and the connections'
+/// tasks, not the server) has used so far, from `/proc/self/stat` (utime +
+/// stime, in clock ticks of 10 ms on Linux); `None` elsewhere.
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

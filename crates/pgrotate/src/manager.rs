@@ -362,7 +362,10 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
         // that task run one whole poll first, so the request is seen below.
         conn.pulse.queue_written(bound).await;
     }
-    if conn.wire.unanswered().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
+    // A statement close still unanswered (tokio-postgres sends one when a
+    // statement is dropped) changes nothing the next caller sees: it is
+    // not waited for.
+    if conn.wire.unanswered_work().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
         // Dropped by deadpool: `Connection::drop` cancels the request and
         // closes the socket.
         return Err("a request was still running when its client was dropped");

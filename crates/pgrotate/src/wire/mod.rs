@@ -145,8 +145,12 @@ enum Expect {
     /// A `Sync`; `after_execute` when it follows an `Execute` directly —
     /// the one the server ignores if that `Execute` starts a `COPY FROM
     /// STDIN` (tokio-postgres sends another after `CopyDone`).
+    /// `closes_only` when nothing since the previous `Sync` was a
+    /// `Parse`, `Bind` or `Execute` (tokio-postgres closing a statement it
+    /// dropped: it changes nothing a later caller of the connection sees).
     Sync {
         after_execute: bool,
+        closes_only: bool,
     },
     FunctionCall,
 }
@@ -208,6 +212,25 @@ impl Wire {
 
     fn pending(&self) -> i64 {
         self.queue().len() as i64
+    }
+
+    /// Requests still waiting for their answer that may do work — all but
+    /// statement closes — if the stream is observed.
+    pub(crate) fn unanswered_work(&self) -> Option<i64> {
+        self.observed.load(Ordering::Acquire).then(|| {
+            self.queue()
+                .iter()
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        Expect::Sync {
+                            closes_only: true,
+                            ..
+                        }
+                    )
+                })
+                .count() as i64
+        })
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Expect>> {
@@ -416,11 +439,13 @@ impl Wire {
     /// one after `CopyDone` gets the `ReadyForQuery`.
     fn copy_in(&self) {
         let mut q = self.queue();
-        if q.front()
-            == Some(&Expect::Sync {
+        if matches!(
+            q.front(),
+            Some(Expect::Sync {
                 after_execute: true,
+                ..
             })
-        {
+        ) {
             Wire::pop(&mut q, self, 0);
         }
     }
@@ -432,10 +457,13 @@ impl Wire {
             .next()
             .unwrap_or_default();
         let at_sync = DATA_TAGS.contains(&word)
-            && self.queue().front()
-                == Some(&Expect::Sync {
+            && matches!(
+                self.queue().front(),
+                Some(Expect::Sync {
                     after_execute: true,
-                });
+                    ..
+                })
+            );
         self.head_completed.store(
             if at_sync { COMMITTED_AT_SYNC } else { 1 },
             Ordering::Release,

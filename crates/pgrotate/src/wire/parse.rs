@@ -111,6 +111,8 @@ pub(super) struct Writer {
     left: usize,
     /// The type of the last message sent.
     last: u8,
+    /// A `Parse`, `Bind` or `Execute` was sent since the last `Sync`.
+    work_since_sync: bool,
 }
 
 impl Writer {
@@ -142,8 +144,10 @@ impl Writer {
                         b'Q' => wire.expect(Expect::Query),
                         b'S' => wire.expect(Expect::Sync {
                             after_execute: self.last == b'E',
+                            closes_only: !std::mem::take(&mut self.work_since_sync),
                         }),
                         b'F' => wire.expect(Expect::FunctionCall),
+                        b'P' | b'B' | b'E' => self.work_since_sync = true,
                         _ => {}
                     }
                     self.last = kind;
@@ -260,6 +264,45 @@ mod tests {
         answers.extend(msg(b'Z', b"I"));
         r.feed(&answers, &wire);
         assert_eq!(wire.unanswered(), Some(0));
+    }
+
+    #[test]
+    fn a_statement_close_in_flight_is_no_work_a_bind_and_execute_are() {
+        let (wire, mut r, mut w) = observed();
+        w.feed(&startup(), &wire);
+        r.feed(&msg(b'Z', b"I"), &wire);
+        // tokio-postgres closing a statement it dropped: Close, Sync.
+        let mut close = msg(b'C', b"Ss1\0");
+        close.extend(msg(b'S', b""));
+        w.feed(&close, &wire);
+        assert_eq!(
+            (wire.unanswered(), wire.unanswered_work()),
+            (Some(1), Some(0))
+        );
+        let mut run = msg(b'B', &[0; 10]);
+        run.extend(msg(b'E', &[0; 5]));
+        run.extend(msg(b'S', b""));
+        w.feed(&run, &wire);
+        assert_eq!(
+            (wire.unanswered(), wire.unanswered_work()),
+            (Some(2), Some(1))
+        );
+        // A Sync of its own after the statement's: no work either.
+        w.feed(&msg(b'S', b""), &wire);
+        assert_eq!(
+            (wire.unanswered(), wire.unanswered_work()),
+            (Some(3), Some(1))
+        );
+        let mut answers = msg(b'3', b"");
+        answers.extend(msg(b'Z', b"I"));
+        answers.extend(msg(b'2', b""));
+        answers.extend(msg(b'C', b"SELECT 1\0"));
+        answers.extend(msg(b'Z', b"I"));
+        r.feed(&answers, &wire);
+        assert_eq!(
+            (wire.unanswered(), wire.unanswered_work()),
+            (Some(1), Some(0))
+        );
     }
 
     /// Three pipelined statements (Bind, Execute, Sync each) after the
