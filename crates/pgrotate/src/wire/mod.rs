@@ -11,10 +11,12 @@
 //! This is how a connection is known to come back idle and clean, like
 //! pgx's check of the transaction status on release.
 //!
-//! This file: the [`Wire`] state the pool reads; the message framing that
-//! fills it is in `parse`, the observed stream and the observing TLS
-//! connector in `stream`.
+//! This file: the [`Wire`] state the pool reads; what each message does to
+//! it in `messages` (including what a `FATAL` proves), the byte framing
+//! that finds the messages in `parse`, the observed stream and the
+//! observing TLS connector in `stream`.
 
+mod messages;
 mod parse;
 mod stream;
 
@@ -88,18 +90,6 @@ pub(crate) struct Wire {
     /// implicit transaction or ran inside a block another one opened.
     statuses: Box<[AtomicU8]>,
 }
-
-/// `head_completed`: the statement completed and commits at its `Sync`.
-const COMMITTED_AT_SYNC: u8 = 2;
-
-/// The `CommandComplete` tags of statements that never commit before the
-/// `Sync` after their `Execute` (PostgreSQL commits at `Execute` only a
-/// transaction statement or one refused inside a block, e.g. `VACUUM`).
-const DATA_TAGS: [&[u8]; 5] = [b"INSERT", b"UPDATE", b"DELETE", b"SELECT", b"MERGE"];
-
-/// SQLSTATE 57P01 (`admin_shutdown`: `pg_terminate_backend`, a fast
-/// shutdown): raised only where the backend checks for interrupts.
-const ADMIN_SHUTDOWN: &[u8] = b"57P01";
 
 /// How many answers' statuses a wire keeps: twice the deepest pipeline.
 const STATUSES: usize = 2048;
@@ -354,37 +344,12 @@ impl Wire {
         self.until_answered(within, || self.pending() == 0).await
     }
 
-    fn end(&self) {
-        self.ended.store(true, Ordering::Release);
-        self.ready.notify_waiters();
-    }
-
     /// What the last `CommandComplete` said, when it ended a transaction.
     pub(crate) fn last_end(&self) -> LastEnd {
         match self.last_end.load(Ordering::Acquire) {
             1 => LastEnd::Commit,
             2 => LastEnd::Rollback,
             _ => LastEnd::Other,
-        }
-    }
-
-    fn expect(&self, e: Expect) {
-        let mut q = self.queue();
-        q.push_back(e);
-        if e != Expect::Startup {
-            self.requests_sent.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    /// The oldest request is answered, with `status` (0: none said).
-    fn pop(q: &mut VecDeque<Expect>, wire: &Wire, status: u8) {
-        if let Some(e) = q.pop_front()
-            && e != Expect::Startup
-        {
-            wire.head_completed.store(0, Ordering::Release);
-            let place = wire.answered.load(Ordering::Acquire) + 1;
-            wire.statuses[(place % STATUSES as u64) as usize].store(status, Ordering::Release);
-            wire.answered.store(place, Ordering::Release);
         }
     }
 
@@ -400,86 +365,6 @@ impl Wire {
             b'T' => TxStatus::InTransaction,
             b'E' => TxStatus::Failed,
             _ => TxStatus::Unknown,
-        }
-    }
-
-    fn ready_for_query(&self, status: u8) {
-        self.status.store(status, Ordering::Release);
-        Wire::pop(&mut self.queue(), self, status);
-        self.ready.notify_waiters();
-    }
-
-    /// An `ErrorResponse` of this severity (its `V` field, else `S`) and
-    /// SQLSTATE.
-    ///
-    /// A `FATAL` 57P01 after a data statement's `CommandComplete` and
-    /// before its `ReadyForQuery` proves the statement did not commit: the
-    /// backend raises it only where it checks for interrupts, and between
-    /// an `Execute` and the `ReadyForQuery` of its `Sync` that is the check
-    /// after reading the `Sync` — before the commit, which holds interrupts
-    /// off until it is done and the `ReadyForQuery` is queued behind it
-    /// (postgres.c, `PostgresMain`, step 5; xact.c, `CommitTransaction`).
-    fn error(&self, severity: &[u8], code: &[u8]) {
-        if matches!(severity, b"FATAL" | b"PANIC") && self.fatal_at.load(Ordering::Acquire) == 0 {
-            let _q = self.queue();
-            let may_have_committed = match self.head_completed.load(Ordering::Acquire) {
-                0 => false,
-                COMMITTED_AT_SYNC => code != ADMIN_SHUTDOWN || severity != b"FATAL",
-                _ => true,
-            };
-            self.fatal_after_complete
-                .store(may_have_committed, Ordering::Release);
-            self.fatal_at
-                .store(self.answered.load(Ordering::Acquire) + 1, Ordering::Release);
-        }
-    }
-
-    /// `CopyInResponse`: if the request being answered is an `Execute`'s
-    /// `Sync`, the server ignores that `Sync` (it is in copy-in mode); the
-    /// one after `CopyDone` gets the `ReadyForQuery`.
-    fn copy_in(&self) {
-        let mut q = self.queue();
-        if matches!(
-            q.front(),
-            Some(Expect::Sync {
-                after_execute: true,
-                ..
-            })
-        ) {
-            Wire::pop(&mut q, self, 0);
-        }
-    }
-
-    fn command_complete(&self, tag: &[u8]) {
-        self.completions.fetch_add(1, Ordering::AcqRel);
-        let word = tag
-            .split(|b| *b == b' ' || *b == 0)
-            .next()
-            .unwrap_or_default();
-        let at_sync = DATA_TAGS.contains(&word)
-            && matches!(
-                self.queue().front(),
-                Some(Expect::Sync {
-                    after_execute: true,
-                    ..
-                })
-            );
-        self.head_completed.store(
-            if at_sync { COMMITTED_AT_SYNC } else { 1 },
-            Ordering::Release,
-        );
-        let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {
-            b"COMMIT" => 1,
-            b"ROLLBACK" => 2,
-            _ => 0,
-        };
-        self.last_end.store(end, Ordering::Release);
-    }
-
-    fn parameter(&self, name: &[u8], value: &[u8]) {
-        if name == b"in_hot_standby" {
-            let v = if value == b"on" { 2 } else { 1 };
-            self.hot_standby.store(v, Ordering::Release);
         }
     }
 }
