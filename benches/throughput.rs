@@ -43,12 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let p = plain.clone();
             Arc::new(move |_| {
                 let p = p.clone();
-                Box::pin(async move {
-                    match p.get().await {
-                        Ok(c) => c.query_one("select 1::int8", &[]).await.is_ok(),
-                        Err(_) => false,
-                    }
-                })
+                Box::pin(async move { on_checked_out(p.get().await).await })
             })
         }),
         ("pgrotate run()", {
@@ -70,12 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let p = rotating.clone();
             Arc::new(move |_| {
                 let p = p.clone();
-                Box::pin(async move {
-                    match p.get().await {
-                        Ok(c) => c.query_one("select 1::int8", &[]).await.is_ok(),
-                        Err(_) => false,
-                    }
-                })
+                Box::pin(async move { on_checked_out(p.get().await).await })
             })
         }),
     ];
@@ -127,4 +117,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_query(2)
     );
     Ok(())
+}
+
+/// The query on a client a pool handed out (`false` if it handed none):
+/// deadpool-postgres's and pgrotate's both deref to its `ClientWrapper`.
+async fn on_checked_out<C, E>(got: Result<C, E>) -> bool
+where
+    C: std::ops::Deref,
+    C::Target: std::ops::Deref<Target = tokio_postgres::Client>,
+{
+    match got {
+        Ok(c) => c.query_one("select 1::int8", &[]).await.is_ok(),
+        Err(_) => false,
+    }
 }

@@ -7,7 +7,8 @@
 //! - `GET /users/{id}`: the user, or 404;
 //! - `POST /users` (`{"name": …, "email": …}`): 201 with the new user, 409
 //!   when the email is taken, 503 while the database is unavailable;
-//! - `GET /healthz`: the pool's `size`, `available`, `waiting`, `generation`.
+//! - `GET /healthz`: the pool's [`pgrotate::Status`] as JSON (`size`,
+//!   `available`, `waiting`, `generation`, …).
 //!
 //! Its pool settings are a [`pgrotate::Config`] (see `settings`): a JSON
 //! file named by `PGROTATE_CONFIG` (`{"max_size": 16, "wait_timeout": "5s",
@@ -224,27 +225,12 @@ async fn user_by_email(pool: &Pool, email: &str) -> Result<Option<User>, AppErro
     .transpose()
 }
 
-/// The pool's numbers, for a load balancer's check or a dashboard.
-#[derive(Debug, Serialize, Deserialize)]
-struct Health {
-    max_size: usize,
-    size: usize,
-    available: usize,
-    waiting: usize,
-    generation: u64,
-    retries: u64,
-}
-
-async fn healthz(State(pool): State<Pool>) -> Json<Health> {
-    let s = pool.status();
-    Json(Health {
-        max_size: s.max_size,
-        size: s.size,
-        available: s.available,
-        waiting: s.waiting,
-        generation: s.generation,
-        retries: s.retries,
-    })
+/// The pool's numbers, for a load balancer's check or a dashboard:
+/// [`pgrotate::Status`] is `Serialize` with pgrotate's `serde` feature
+/// (size, available, waiting, generation, retries, the refetch budget …;
+/// no secret in it).
+async fn healthz(State(pool): State<Pool>) -> Json<pgrotate::Status> {
+    Json(pool.status())
 }
 
 /// The pool's settings as [`pgrotate::Config`]: the JSON file `file`, then
