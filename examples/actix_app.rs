@@ -21,84 +21,22 @@
 //! closes the pool.
 //!
 //! The settings reader and the throwaway PostgreSQL are shared with the
-//! other examples: `examples/common/mod.rs` (`mod common;` below); copy
-//! it along with this file.
+//! other examples (`examples/common/mod.rs`), and the API's data side —
+//! the table, `User`, `AppError` and the insert that survives an unknown
+//! commit outcome — with `axum_app` (`examples/users/mod.rs`): copy both
+//! along with this file.
 
 mod common;
+mod users;
 
-use std::fmt;
 use std::future::Future;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
 use pgrotate::Pool;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
-
-/// The app's one table.
-pub const SCHEMA: &str = "create table if not exists users (
-    id bigint generated always as identity primary key,
-    name text not null,
-    email text not null unique
-)";
-
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct User {
-    id: i64,
-    name: String,
-    email: String,
-}
-
-/// The body of `POST /users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NewUser {
-    name: String,
-    email: String,
-}
-
-/// The app's own error: what a handler (and a transaction closure) fails
-/// with, and the HTTP status it becomes.
-#[derive(Debug)]
-enum AppError {
-    NotFound,
-    EmailTaken,
-    Db(pgrotate::Error),
-}
-
-impl fmt::Display for AppError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AppError::NotFound => f.write_str("not found"),
-            AppError::EmailTaken => f.write_str("email already taken"),
-            AppError::Db(e) => write!(f, "{e:#}"),
-        }
-    }
-}
-
-impl From<pgrotate::Error> for AppError {
-    fn from(e: pgrotate::Error) -> AppError {
-        AppError::Db(e)
-    }
-}
-
-/// So that `?` on a tokio-postgres call works inside a closure.
-impl From<tokio_postgres::Error> for AppError {
-    fn from(e: tokio_postgres::Error) -> AppError {
-        AppError::Db(e.into())
-    }
-}
-
-/// Lets `pool.transaction` tell a lost connection (retried) from the
-/// app's own error (rolled back and returned as it is).
-impl pgrotate::WorkError for AppError {
-    fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
-        match self {
-            AppError::Db(e) => e.as_postgres(),
-            AppError::NotFound | AppError::EmailTaken => None,
-        }
-    }
-}
+pub(crate) use users::migrate;
+use users::{AppError, NewUser, User, insert_user};
 
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
@@ -133,11 +71,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/users/{id}", web::get().to(get_user))
         .route("/users", web::post().to(create_user))
         .route("/healthz", web::get().to(healthz));
-}
-
-/// Creates the table if missing.
-pub async fn migrate(pool: &Pool) -> Result<(), pgrotate::Error> {
-    pool.batch_execute(SCHEMA).await
 }
 
 /// Serves the routes on `listener` with `workers` threads until `shutdown`
@@ -190,71 +123,6 @@ async fn create_user(
 ) -> Result<HttpResponse, AppError> {
     let user = insert_user(&pool, new.into_inner()).await?;
     Ok(HttpResponse::Created().json(user))
-}
-
-/// Inserts the user in a transaction. The pool runs it again when the
-/// connection is lost before `COMMIT` was sent; lost after (the outcome
-/// unknown), the user is looked up by email: found, it was committed (the
-/// email is unique).
-async fn insert_user(pool: &Pool, new: NewUser) -> Result<User, AppError> {
-    loop {
-        let user = new.clone();
-        let inserted = pool
-            .transaction(async move |tx| {
-                let stmt = tx
-                    .prepare_cached("insert into users (name, email) values ($1, $2) returning id")
-                    .await?;
-                let row = tx.query_one(&stmt, &[&user.name, &user.email]).await?;
-                Ok::<_, AppError>(User {
-                    id: row.try_get(0)?,
-                    name: user.name.clone(),
-                    email: user.email.clone(),
-                })
-            })
-            .await;
-        match inserted {
-            Err(AppError::Db(e)) if e.is_outcome_unknown() => {
-                eprintln!("commit outcome unknown, looking: {e}");
-                let email = new.email.clone();
-                let found = pool
-                    .run(async move |c| {
-                        c.query_opt("select name from users where email = $1", &[&email])
-                            .await?
-                            .map(|r| r.try_get::<_, String>(0))
-                            .transpose()
-                    })
-                    .await?;
-                match found {
-                    Some(name) if name == new.name => {
-                        eprintln!("… it was committed");
-                        return Ok(user_by_email(pool, &new.email).await?);
-                    }
-                    Some(_) => return Err(AppError::EmailTaken),
-                    // Not committed: nothing was applied, insert again.
-                    None => eprintln!("… it was not committed: inserting again"),
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn user_by_email(pool: &Pool, email: &str) -> Result<User, pgrotate::Error> {
-    let email = email.to_string();
-    pool.run(async move |c| {
-        let r = c
-            .query_one(
-                "select id, name, email from users where email = $1",
-                &[&email],
-            )
-            .await?;
-        Ok::<_, pgrotate::Error>(User {
-            id: r.try_get(0)?,
-            name: r.try_get(1)?,
-            email: r.try_get(2)?,
-        })
-    })
-    .await
 }
 
 /// The pool's numbers, for a load balancer's check or a dashboard:

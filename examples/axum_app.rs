@@ -21,8 +21,10 @@
 //! flight and closes the pool.
 //!
 //! The settings reader and the throwaway PostgreSQL are shared with the
-//! other examples: `examples/common/mod.rs` (`mod common;` below); copy
-//! it along with this file.
+//! other examples (`examples/common/mod.rs`), and the API's data side —
+//! the table, `User`, `AppError` and the insert that survives an unknown
+//! commit outcome — with `actix_app` (`examples/users/mod.rs`): copy both
+//! along with this file.
 //!
 //! ```sh
 //! curl -s -XPOST localhost:3000/users -H 'content-type: application/json' \
@@ -32,6 +34,7 @@
 //! ```
 
 mod common;
+mod users;
 
 use std::future::Future;
 
@@ -41,63 +44,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use pgrotate::Pool;
-use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
-
-/// The app's one table.
-pub const SCHEMA: &str = "create table if not exists users (
-    id bigint generated always as identity primary key,
-    name text not null,
-    email text not null unique
-)";
-
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct User {
-    id: i64,
-    name: String,
-    email: String,
-}
-
-/// The body of `POST /users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct NewUser {
-    name: String,
-    email: String,
-}
-
-/// The app's own error: what a handler (and a transaction closure) fails
-/// with, and the HTTP status it becomes.
-#[derive(Debug)]
-enum AppError {
-    NotFound,
-    EmailTaken,
-    Db(pgrotate::Error),
-}
-
-impl From<pgrotate::Error> for AppError {
-    fn from(e: pgrotate::Error) -> AppError {
-        AppError::Db(e)
-    }
-}
-
-/// So that `?` on a tokio-postgres call works inside a closure.
-impl From<tokio_postgres::Error> for AppError {
-    fn from(e: tokio_postgres::Error) -> AppError {
-        AppError::Db(e.into())
-    }
-}
-
-/// Lets `pool.transaction` tell a lost connection (retried) from the
-/// app's own error (rolled back and returned as it is).
-impl pgrotate::WorkError for AppError {
-    fn as_postgres(&self) -> Option<&tokio_postgres::Error> {
-        match self {
-            AppError::Db(e) => e.as_postgres(),
-            AppError::NotFound | AppError::EmailTaken => None,
-        }
-    }
-}
+pub(crate) use users::migrate;
+use users::{AppError, NewUser, User, insert_user};
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
@@ -127,11 +76,6 @@ pub fn app(pool: Pool) -> Router {
         .route("/users", post(create_user))
         .route("/healthz", get(healthz))
         .with_state(pool)
-}
-
-/// Creates the table if missing.
-pub async fn migrate(pool: &Pool) -> Result<(), pgrotate::Error> {
-    pool.batch_execute(SCHEMA).await
 }
 
 /// Serves `app(pool)` on `listener` until `shutdown` resolves, lets the
@@ -168,61 +112,6 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<User>), AppError> {
     let user = insert_user(&pool, new).await?;
     Ok((StatusCode::CREATED, Json(user)))
-}
-
-/// Inserts the user in a transaction. The pool runs it again when the
-/// connection is lost before `COMMIT` was sent; lost after (the outcome
-/// unknown), the user is looked up by email: found, it was committed
-/// (the email is unique).
-async fn insert_user(pool: &Pool, new: NewUser) -> Result<User, AppError> {
-    loop {
-        let user = new.clone();
-        let inserted = pool
-            .transaction(async move |tx| {
-                let stmt = tx
-                    .prepare_cached("insert into users (name, email) values ($1, $2) returning id")
-                    .await?;
-                let row = tx.query_one(&stmt, &[&user.name, &user.email]).await?;
-                Ok::<_, AppError>(User {
-                    id: row.try_get(0)?,
-                    name: user.name.clone(),
-                    email: user.email.clone(),
-                })
-            })
-            .await;
-        match inserted {
-            Err(AppError::Db(e)) if e.is_outcome_unknown() => {
-                eprintln!("commit outcome unknown, looking: {e}");
-                match user_by_email(pool, &new.email).await? {
-                    Some(user) if user.name == new.name => {
-                        eprintln!("… it was committed");
-                        return Ok(user);
-                    }
-                    Some(_) => return Err(AppError::EmailTaken),
-                    // Not committed: nothing was applied, insert again.
-                    None => eprintln!("… it was not committed: inserting again"),
-                }
-            }
-            other => return other,
-        }
-    }
-}
-
-async fn user_by_email(pool: &Pool, email: &str) -> Result<Option<User>, AppError> {
-    let row = pool
-        .query_opt(
-            "select id, name, email from users where email = $1",
-            &[&email],
-        )
-        .await?;
-    row.map(|r| {
-        Ok(User {
-            id: r.try_get(0)?,
-            name: r.try_get(1)?,
-            email: r.try_get(2)?,
-        })
-    })
-    .transpose()
 }
 
 /// The pool's numbers, for a load balancer's check or a dashboard:
