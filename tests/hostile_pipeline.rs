@@ -1,0 +1,628 @@
+//! A hostile user's attacks on pipelined pool-level statements
+//! (`Pool::query`, `query_one`, `execute`, `query_typed`, …): server-side
+//! timeouts, constraint violations, rotations back to back, callers
+//! cancelled at random, the pool closed under load, requests dropped
+//! half-sent through `get`, large parameters, deep pipelines. Every row is
+//! counted: an `Ok` write is present exactly once, an `OutcomeUnknown` one
+//! at most once, any other error's not at all; every caller gets its own
+//! answer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{bounded, spawn_tasks, wait_until};
+use pgrotate::{ErrorKind, Pool};
+use pgrotate_testing::{Cluster, TestRole};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
+
+/// A pool (`size` connections, `depth` deep, `configure` on the builder)
+/// on a role of its own, with an empty table `t (k int)` — no key: a
+/// write applied twice shows as a count of 2.
+async fn pool_with_t(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+    depth: usize,
+    configure: impl FnOnce(pgrotate::PoolBuilder) -> pgrotate::PoolBuilder,
+) -> (TestRole, common::UrlFile, Pool) {
+    let (role, file, pool) = common::pool_on_role(cluster, prefix, size, depth, configure).await;
+    pool.batch_execute("create table t (k int not null)")
+        .await
+        .unwrap();
+    (role, file, pool)
+}
+
+/// How many rows each key of `t` has.
+async fn counts(pool: &Pool) -> HashMap<i32, i64> {
+    pool.query("select k, count(*) from t group by k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// What a caller's write came to.
+#[derive(Debug)]
+enum Outcome {
+    Ok(u64),
+    Err(ErrorKind, Option<SqlState>, String),
+    /// The caller gave up (its own timeout) before the answer.
+    GaveUp,
+}
+
+impl Outcome {
+    fn of(r: Result<u64, pgrotate::Error>) -> Outcome {
+        match r {
+            Ok(n) => Outcome::Ok(n),
+            Err(e) => Outcome::Err(e.kind(), e.code().cloned(), format!("{e:#}")),
+        }
+    }
+}
+
+/// Checks every write of `outcomes` against the rows `present`: an `Ok`
+/// exactly once, an unknown outcome or a caller that gave up at most once,
+/// any other error not at all. Returns (ok, unknown, gave up, other
+/// errors).
+fn check_writes(outcomes: &[(i32, Outcome)], present: &HashMap<i32, i64>) -> [usize; 4] {
+    let mut n = [0; 4];
+    for (k, o) in outcomes {
+        let here = present.get(k).copied().unwrap_or(0);
+        match o {
+            Outcome::Ok(c) => {
+                assert_eq!((*c, here), (1, 1), "key {k}: Ok but present {here} times");
+                n[0] += 1;
+            }
+            Outcome::Err(ErrorKind::OutcomeUnknown, _, _) => {
+                assert!(here <= 1, "key {k}: OutcomeUnknown, present {here} times");
+                n[1] += 1;
+            }
+            Outcome::GaveUp => {
+                assert!(here <= 1, "key {k}: given up, present {here} times");
+                n[2] += 1;
+            }
+            Outcome::Err(kind, code, e) => {
+                assert_eq!(here, 0, "key {k}: {kind:?} {code:?} yet present: {e}");
+                n[3] += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Rotates the password of `role`, publishes the new URL in `file` and
+/// ends the role's sessions, as `heroku pg:credentials:rotate` does.
+async fn rotate(cluster: &Cluster, role: &TestRole, file: &common::UrlFile) -> TestRole {
+    let rotated = cluster.rotate_password(role).await.unwrap();
+    file.set(&cluster.url(&rotated));
+    cluster.terminate_backends(&role.name).await.unwrap();
+    rotated
+}
+
+/// Logs to stderr what `HS_LOG` selects (`pgrotate=debug`), when set.
+fn log_from_env() {
+    if let Ok(filter) = std::env::var("HS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// A server-side `statement_timeout` (set on every connection by the
+/// `after_connect` hook) cancels a slow statement pipelined among fast
+/// writes on the one connection: the slow statement's 57014 is its own
+/// (a caller's error, not retried), the writes queued behind it on the
+/// same connection are each applied once and reported `Ok`, and the
+/// connection survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_timeout_among_pipelined_writes_harms_only_its_own_caller() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool_with_t(cluster, "hstimeout", 1, 64, |b| {
+            b.after_connect(|c| {
+                Box::pin(async move { c.batch_execute("SET statement_timeout = '50ms'").await })
+            })
+        })
+        .await;
+        let mut all = Vec::new();
+        for round in 0..5 {
+            let callers = spawn_tasks(41, |i| {
+                let pool = pool.clone();
+                async move {
+                    let k = (round * 100 + i) as i32;
+                    let r = match i {
+                        // A slow read and a slow write among the writes.
+                        10 => pool
+                            .query_one("select pg_sleep(1)::text", &[])
+                            .await
+                            .map(|_| 1),
+                        20 => {
+                            pool.execute("insert into t select $1 from pg_sleep(1)", &[&k])
+                                .await
+                        }
+                        _ => pool.execute("insert into t values ($1)", &[&k]).await,
+                    };
+                    (i, k, Outcome::of(r))
+                }
+            });
+            for (i, k, o) in callers.outcomes().await {
+                if i == 10 || i == 20 {
+                    match &o {
+                        Outcome::Err(ErrorKind::Query, Some(code), _)
+                            if *code == SqlState::QUERY_CANCELED => {}
+                        other => panic!("round {round}: the slow statement {i}: {other:?}"),
+                    }
+                } else {
+                    assert!(
+                        matches!(o, Outcome::Ok(1)),
+                        "round {round}: write {k} beside a timed-out statement: {o:?}"
+                    );
+                }
+                all.push((k, o));
+            }
+        }
+        let present = counts(&pool).await;
+        let [ok, unknown, gave_up, other] = check_writes(&all, &present);
+        assert_eq!((ok, unknown, gave_up, other), (195, 0, 0, 10));
+        assert_eq!(present.len(), 195);
+        let s = pool.status();
+        assert_eq!(s.retries, 0, "{s:?}");
+        assert_eq!(
+            s.connections_opened, 1,
+            "a statement's own timeout cost the shared connection: {s:?}"
+        );
+    })
+    .await;
+}
+
+/// 200 pipelined inserts on one connection into a table with a key, some
+/// of whose keys are taken already, and a rotation while they are in
+/// flight (each insert sleeps 2 ms on the server, so the 200 take ~0.4 s
+/// on the connection): each caller gets its own answer — its own key back,
+/// or its own duplicate-key error, never retried (a retried insert that
+/// had been applied would come back as a duplicate). Ten rounds, ten
+/// rotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_key_among_pipelined_inserts_and_a_rotation_give_each_caller_its_own_answer() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (mut role, file, pool) = common::pool_on_role(cluster, "hsdup", 1, 256, |b| b).await;
+        pool.batch_execute("create table u (k int primary key)")
+            .await
+            .unwrap();
+        const N: i32 = 200;
+        let taken = |i: i32| i % 50 == 7;
+        let (mut ok, mut dup, mut unknown) = (0, 0, 0);
+        for round in 0..10 {
+            for i in (0..N).filter(|i| taken(*i)) {
+                pool.execute("insert into u values ($1)", &[&(round * 1000 + i)])
+                    .await
+                    .unwrap();
+            }
+            let done = Arc::new(AtomicU64::new(0));
+            let callers = spawn_tasks(N as usize, |i| {
+                let (pool, done) = (pool.clone(), done.clone());
+                async move {
+                    let k = round * 1000 + i as i32;
+                    let r = pool
+                        .query_one(
+                            "insert into u select $1 from pg_sleep(0.002) returning k",
+                            &[&k],
+                        )
+                        .await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    (k, r.map(|row| row.get::<_, i32>(0)))
+                }
+            });
+            wait_until(async || done.load(Ordering::Relaxed) >= 40).await;
+            role = rotate(cluster, &role, &file).await;
+            for (k, r) in callers.outcomes().await {
+                let i = k - round * 1000;
+                match r {
+                    Ok(back) => {
+                        assert_eq!(back, k, "round {round}: the caller of {k} got {back}'s row");
+                        assert!(!taken(i), "round {round}: {k} was taken, yet inserted");
+                        ok += 1;
+                    }
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        assert!(
+                            taken(i),
+                            "round {round}: {k} applied twice (its retry hit its own row): {e:#}"
+                        );
+                        assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
+                        dup += 1;
+                    }
+                    Err(e) if e.is_outcome_unknown() => unknown += 1,
+                    Err(e) => panic!("round {round}: key {k}: {e:#}"),
+                }
+            }
+        }
+        // Every key is there once (a key), the taken ones and the Ok ones.
+        let n: i64 = pool
+            .query_one("select count(*) from u", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let taken_n = (0..N).filter(|i| taken(*i)).count() as i64 * 10;
+        assert!(
+            n >= taken_n + ok && n <= taken_n + ok + unknown,
+            "{n} rows: {taken_n} taken, {ok} Ok, {unknown} unknown"
+        );
+        assert_eq!(dup, taken_n, "every duplicate told so, once");
+        eprintln!(
+            "10 rounds: {ok} Ok, {dup} duplicates, {unknown} OutcomeUnknown, {} retries",
+            pool.status().retries
+        );
+        assert_eq!(unknown, 0, "a rotation cost callers an OutcomeUnknown");
+    })
+    .await;
+}
+
+/// What the callers of a load share.
+struct Load {
+    pool: Pool,
+    next: std::sync::atomic::AtomicI32,
+    done: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Load {
+    fn new(pool: &Pool) -> Arc<Load> {
+        Arc::new(Load {
+            pool: pool.clone(),
+            next: Default::default(),
+            done: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Waits until `n` more calls have succeeded than by now.
+    async fn more_calls(&self, n: u64) {
+        let before = self.done.load(Ordering::Relaxed);
+        wait_until(async || self.done.load(Ordering::Relaxed) >= before + n).await;
+    }
+}
+
+/// 64 pipelined callers (half writing, half reading their own value back)
+/// on 2 connections; the password is rotated twice back to back (the
+/// second before the pool has settled on the first), twice: no caller sees
+/// an error and every write is applied exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (about 3 runs in 5; single rotations too): callers get OutcomeUnknown \
+            ('the connection is closed') for statements queued behind the FATAL that never \
+            ran — their lane's count lost the requests queued unwritten when a cached \
+            statement was first used on the lane (see the *_on_a_warm_connection tests)"]
+async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (mut role, file, pool) = pool_with_t(cluster, "hsdouble", 2, 128, |b| b).await;
+        let load = Load::new(&pool);
+        let callers = spawn_tasks(64, |w| {
+            let load = load.clone();
+            async move {
+                let mut outcomes = Vec::new();
+                while !load.stop.load(Ordering::Relaxed) {
+                    let k = load.next.fetch_add(1, Ordering::Relaxed);
+                    let r = if w % 2 == 0 {
+                        load.pool
+                            .execute("insert into t values ($1)", &[&k])
+                            .await
+                            .map(|n| (n == 1).then_some(k))
+                    } else {
+                        load.pool
+                            .query_one("select $1::int4 + 0", &[&k])
+                            .await
+                            .map(|row| {
+                                assert_eq!(row.get::<_, i32>(0), k, "a reader got another's row");
+                                None
+                            })
+                    };
+                    if r.is_ok() {
+                        load.done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    outcomes.push((w % 2 == 0, k, r.map_err(|e| format!("{e:#}"))));
+                }
+                outcomes
+            }
+        });
+        for _ in 0..2 {
+            load.more_calls(500).await;
+            let first = rotate(cluster, &role, &file).await;
+            role = rotate(cluster, &first, &file).await;
+        }
+        load.more_calls(500).await;
+        load.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        let mut written = Vec::new();
+        for (write, k, r) in callers.outcomes().await.into_iter().flatten() {
+            match r {
+                Ok(Some(k)) => written.push(k),
+                Ok(None) if write => panic!("write {k} affected no row"),
+                Ok(None) => {}
+                Err(e) => errors.push((write, k, e)),
+            }
+        }
+        let present = counts(&pool).await;
+        for k in &written {
+            assert_eq!(present.get(k), Some(&1), "key {k} applied exactly once");
+        }
+        assert!(
+            errors.is_empty(),
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        assert_eq!(present.len(), written.len(), "rows present, writes reported");
+        eprintln!(
+            "four rotations in two pairs: {} calls, {} writes, {} retries, generation {}",
+            load.done.load(Ordering::Relaxed),
+            written.len(),
+            pool.status().retries,
+            pool.status().generation
+        );
+    })
+    .await;
+}
+
+/// A lane (a shared connection's run of pipelined statements) counts the
+/// place of each statement it hands to tokio-postgres; the first use of a
+/// statement on a lane "prepares" it under the lane's lock and then sets
+/// the lane's count to the wire's count of requests *written* — correct
+/// after a real prepare (a round trip: everything before it was written
+/// and answered), but the connection's statement cache outlives lanes: on
+/// a connection a previous lane used, that prepare is a cache hit with no
+/// round trip, and requests queued in tokio-postgres but not yet written
+/// are dropped from the count. Every later statement on the lane then has
+/// a place too low.
+///
+/// Made certain here: one connection, a slow statement holds the backend
+/// while 200 inserts of 100 kB queue up behind it (the socket fills, so
+/// most stay queued, unwritten), then a statement already in the cache is
+/// used for the first time on this lane, then an insert whose deferred
+/// trigger terminates its own backend at the implicit commit (after its
+/// `CommandComplete`, before its `ReadyForQuery`: it did not commit, the
+/// pool's own rule: retried — it is, its own FATAL is its answer), then 20
+/// reads queued behind it. Those never ran (behind the request the FATAL
+/// came on) and must be retried; with their places too low (51..70 where
+/// the FATAL came at 212 of 232 sent) they are told `OutcomeUnknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (every run): a lane resyncs its request count to the wire's *written* \
+            count after a statement-cache hit (no round trip), dropping the requests queued \
+            unwritten: the 20 reads behind the FATAL get OutcomeUnknown instead of a retry"]
+async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool_with_t(cluster, "hswarm", 1, 1024, |b| b).await;
+        pool.batch_execute(
+            "create table big (k int not null, v text not null);
+             create sequence once;
+             create function die_once() returns trigger language plpgsql as $$
+             begin
+                 if new.k = -1 and nextval('once') = 1 then
+                     perform pg_terminate_backend(pg_backend_pid());
+                 end if;
+                 return null;
+             end $$;
+             create constraint trigger die_at_commit after insert on t
+                 deferrable initially deferred for each row execute function die_once();",
+        )
+        .await
+        .unwrap();
+        const BIG: &str = "insert into big values ($1, $2)";
+        const READ: &str = "select $1::int4 + 0";
+        const WRITE: &str = "insert into t values ($1)";
+        let payload = "x".repeat(100_000);
+        // Warm the connection's statement cache, then let the lane end.
+        pool.execute(BIG, &[&-1i32, &"warm"]).await.unwrap();
+        pool.query_one(READ, &[&0i32]).await.unwrap();
+        pool.execute(WRITE, &[&0i32]).await.unwrap();
+        wait_until(async || pool.status().available == 1).await;
+
+        // A slow statement, then 200 big inserts queued behind it.
+        let slow = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one("select pg_sleep(0.7)::text", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let bigs = spawn_tasks(200, |i| {
+            let (pool, payload) = (pool.clone(), payload.clone());
+            async move {
+                let k = i as i32;
+                (k, Outcome::of(pool.execute(BIG, &[&k, &payload]).await))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // First use on this lane of statements in the cache: the count is
+        // set to the requests written so far.
+        let read = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one(READ, &[&7i32]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let doomed = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute(WRITE, &[&-1i32]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Reads queued behind the doomed write: behind its FATAL, they
+        // never ran and are retried.
+        let behind = spawn_tasks(20, |i| {
+            let pool = pool.clone();
+            async move {
+                let v = 1000 + i as i32;
+                pool.query_one(READ, &[&v]).await.map(|r| (v, r.get::<_, i32>(0)))
+            }
+        });
+        let doomed = doomed.await.unwrap();
+        let behind = behind.outcomes().await;
+        let read = read.await.unwrap();
+        let slow = slow.await.unwrap();
+        let bigs = bigs.outcomes().await;
+        let present: i64 = pool
+            .query_one("select count(*) from t where k = -1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let terminated: i64 = pool
+            .query_one("select last_value from once", &[])
+            .await
+            .unwrap()
+            .get(0);
+        eprintln!(
+            "doomed write: {:?}, present {present}, trigger ran {terminated} times; read {:?}; \
+             slow {:?}; bigs: {:?}",
+            doomed.as_ref().map_err(|e| format!("{e:#}")),
+            read.as_ref().map(|r| r.get::<_, i32>(0)).map_err(|e| format!("{e:#}")),
+            slow.as_ref().map(drop).map_err(|e| format!("{e:#}")),
+            bigs.iter()
+                .fold(HashMap::<String, usize>::new(), |mut m, (_, o)| {
+                    let key = match o {
+                        Outcome::Ok(_) => "Ok".to_string(),
+                        Outcome::Err(k, _, _) => format!("{k:?}"),
+                        Outcome::GaveUp => "gave up".to_string(),
+                    };
+                    *m.entry(key).or_default() += 1;
+                    m
+                })
+        );
+        match &doomed {
+            Ok(n) => assert_eq!(
+                (*n, present),
+                (1, 1),
+                "the write was reported Ok but the server rolled it back"
+            ),
+            Err(e) => {
+                assert!(e.is_outcome_unknown(), "{e:#}");
+                assert!(present <= 1);
+            }
+        }
+        // The statements of the lane were never run twice, and those
+        // answered Ok are there.
+        let big_present: HashMap<i32, i64> = pool
+            .query("select k, count(*) from big where k >= 0 group by k", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        check_writes(&bigs, &big_present);
+        let behind_errors: Vec<String> = behind
+            .iter()
+            .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+            .collect();
+        assert!(
+            behind_errors.is_empty(),
+            "{} of the 20 reads behind the FATAL failed: {:?}",
+            behind_errors.len(),
+            &behind_errors[..behind_errors.len().min(2)]
+        );
+        for r in &behind {
+            let (v, back) = r.as_ref().unwrap();
+            assert_eq!(v, back);
+        }
+        assert_eq!(read.unwrap().get::<_, i32>(0), 7);
+        assert!(doomed.is_ok(), "the doomed write was not retried");
+        assert!(
+            bigs.iter().all(|(_, o)| matches!(o, Outcome::Ok(1))),
+            "a statement of the lane was not answered Ok"
+        );
+    })
+    .await;
+}
+
+/// The same lost count, seen through the rule for a transaction block left
+/// open on a shared connection (README: "statements answered inside it
+/// are `OutcomeUnknown`, never `Ok`, and the connection is closed"): a
+/// statement reads the transaction status of the answer at its place, and
+/// with its place too low it reads an earlier statement's `Idle`. A
+/// disguised `BEGIN` queued behind 200 big inserts on a warm connection,
+/// then 20 writes: each write answered inside the block must not be `Ok`
+/// (the server rolls the block back when the connection closes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (every run): with the lane's count too low after a statement-cache hit, \
+            the disguised BEGIN is reported Ok(0) and the 20 writes answered inside its block \
+            Ok(1), and none of them is in the table (rolled back when the connection closed)"]
+async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connection() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool_with_t(cluster, "hsblock", 1, 1024, |b| b).await;
+        pool.batch_execute("create table big (k int not null, v text not null)")
+            .await
+            .unwrap();
+        const BIG: &str = "insert into big values ($1, $2)";
+        const READ: &str = "select $1::int4 + 0";
+        const WRITE: &str = "insert into t values ($1)";
+        const SNEAKY: &str = "/* sneaky */ begin";
+        let payload = "x".repeat(100_000);
+        // Warm the connection's statement cache (the BEGIN prepared, not
+        // run), then let it go back to the pool.
+        {
+            let client = pool.get().await.unwrap();
+            for sql in [BIG, READ, WRITE, SNEAKY] {
+                client.prepare_cached(sql).await.unwrap();
+            }
+        }
+        wait_until(async || pool.status().available == 1).await;
+
+        let slow = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one("select pg_sleep(0.7)::text", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let bigs = spawn_tasks(200, |i| {
+            let (pool, payload) = (pool.clone(), payload.clone());
+            async move {
+                let k = i as i32;
+                (k, Outcome::of(pool.execute(BIG, &[&k, &payload]).await))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let read = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one(READ, &[&7i32]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let begin = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.execute(SNEAKY, &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let writes = spawn_tasks(20, |i| {
+            let pool = pool.clone();
+            async move {
+                let k = i as i32;
+                (k, Outcome::of(pool.execute(WRITE, &[&k]).await))
+            }
+        });
+        let writes = writes.outcomes().await;
+        let begin = begin.await.unwrap();
+        let _ = (read.await.unwrap(), slow.await.unwrap(), bigs.outcomes().await);
+        let present = counts(&pool).await;
+        let ok: Vec<i32> = writes
+            .iter()
+            .filter(|(_, o)| matches!(o, Outcome::Ok(_)))
+            .map(|(k, _)| *k)
+            .collect();
+        eprintln!(
+            "begin: {:?}; writes Ok: {ok:?}; present: {:?}",
+            begin.as_ref().map_err(|e| format!("{e:#}")),
+            present
+        );
+        assert!(
+            !matches!(begin, Ok(_)),
+            "a BEGIN left open on a shared connection was reported Ok"
+        );
+        check_writes(&writes, &present);
+    })
+    .await;
+}
