@@ -95,6 +95,18 @@ fn check_writes(outcomes: &[(i32, Outcome)], present: &HashMap<i32, i64>) -> [us
     n
 }
 
+/// Whether `client`'s session is outside a transaction block: in the
+/// simple protocol an implicit transaction starts with its statement.
+async fn outside_a_block(client: &pgrotate::Client) -> bool {
+    let rows = client
+        .simple_query("select now() = statement_timestamp()")
+        .await
+        .unwrap();
+    rows.iter().any(|m| {
+        matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
+    })
+}
+
 /// Rotates the password of `role`, publishes the new URL in `file` and
 /// ends the role's sessions, as `heroku pg:credentials:rotate` does.
 async fn rotate(cluster: &Cluster, role: &TestRole, file: &common::UrlFile) -> TestRole {
@@ -623,6 +635,287 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
             "a BEGIN left open on a shared connection was reported Ok"
         );
         check_writes(&writes, &present);
+    })
+    .await;
+}
+
+/// 32 callers wrapping every other call in a timeout of 0–5 ms (their own
+/// deadline: an HTTP request given up) while each write sleeps 0–2 ms on
+/// the server, through two rotations: a given-up write is applied at most
+/// once, an `Ok` one exactly once; every reader gets its own value back;
+/// afterwards the pool is sane (nothing waiting, every connection back,
+/// no session left inside a transaction) and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_giving_up_at_random_through_rotations_never_double_a_write_nor_get_anothers_rows()
+{
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (mut role, file, pool) = pool_with_t(cluster, "hscancel", 2, 128, |b| b).await;
+        let load = Load::new(&pool);
+        let callers = spawn_tasks(32, |w| {
+            let load = load.clone();
+            async move {
+                let mut rng = fastrand::Rng::with_seed(w as u64);
+                let mut writes = Vec::new();
+                let mut read_errors = Vec::new();
+                while !load.stop.load(Ordering::Relaxed) {
+                    let k = load.next.fetch_add(1, Ordering::Relaxed);
+                    // Every other call gives up within 0-5 ms, the rest wait
+                    // (a caller whose deadline is always shorter than the
+                    // queue on its connection never gets an answer).
+                    let limit = if rng.bool() {
+                        Duration::from_micros(rng.u64(0..5_000))
+                    } else {
+                        Duration::from_secs(60)
+                    };
+                    if w % 2 == 0 {
+                        let pause = rng.f64() * 0.002;
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&k, &pause];
+                        let call = load
+                            .pool
+                            .execute("insert into t select $1 from pg_sleep($2)", &params);
+                        let o = match tokio::time::timeout(limit, call).await {
+                            Ok(r) => Outcome::of(r),
+                            Err(_) => Outcome::GaveUp,
+                        };
+                        if matches!(o, Outcome::Ok(_)) {
+                            load.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        writes.push((k, o));
+                    } else {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&k];
+                        let call = load
+                            .pool
+                            .query_one("select $1::int4, pg_backend_pid()", &params);
+                        match tokio::time::timeout(limit, call).await {
+                            Ok(Ok(row)) => {
+                                assert_eq!(row.get::<_, i32>(0), k, "a reader got another's row");
+                                load.done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Err(e)) => read_errors.push(format!("{e:#}")),
+                            Err(_) => {}
+                        }
+                    }
+                }
+                (writes, read_errors)
+            }
+        });
+        for _ in 0..2 {
+            load.more_calls(300).await;
+            eprintln!("rotating at {:?}", pool.status());
+            role = rotate(cluster, &role, &file).await;
+        }
+        load.more_calls(300).await;
+        load.stop.store(true, Ordering::Relaxed);
+        eprintln!("stopped at {:?}", pool.status());
+        let mut writes = Vec::new();
+        let mut read_errors = Vec::new();
+        for (w, r) in callers.outcomes().await {
+            writes.extend(w);
+            read_errors.extend(r);
+        }
+        // Writes given up may still be running: wait for the server.
+        wait_until(async || {
+            common::count_sessions(cluster, &role.name, "state = 'active'").await == 0
+        })
+        .await;
+        eprintln!("settled at {:?}", pool.status());
+        let present = counts(&pool).await;
+        let [ok, unknown, gave_up, other] = check_writes(&writes, &present);
+        let errors: Vec<&String> = writes
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Outcome::Err(_, _, e) => Some(e),
+                _ => None,
+            })
+            .chain(read_errors.iter())
+            .collect();
+        eprintln!(
+            "{ok} Ok, {unknown} OutcomeUnknown, {gave_up} given up, {other} other errors, \
+             {} read errors, {} retries: {:?}",
+            read_errors.len(),
+            pool.status().retries,
+            &errors[..errors.len().min(3)]
+        );
+        assert!(gave_up > 0, "some callers gave up");
+        // The pool is sane and works.
+        wait_until(async || {
+            let s = pool.status();
+            s.waiting == 0 && s.available == s.size && s.size <= s.max_size
+        })
+        .await;
+        assert_eq!(common::idle_in_transaction(cluster, &role.name).await, 0);
+        let n: i32 = pool
+            .query_one("select $1::int4", &[&41])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 41);
+        let client = pool.get().await.unwrap();
+        assert!(outside_a_block(&client).await, "a checkout inside someone's transaction");
+        // Errors, if any, are only "may have run" (the spurious ones of the
+        // lost lane count: see the *_on_a_warm_connection tests), never
+        // another kind.
+        assert_eq!(other, 0);
+        assert!(
+            errors.iter().all(|e| e.starts_with("statement outcome unknown")),
+            "{errors:?}"
+        );
+    })
+    .await;
+}
+
+/// `Pool::close` with 100 pipelined statements in flight or waiting for a
+/// place (two connections, 8 deep): every caller returns, well within its
+/// bound, with its own answer or a clear error; an `Ok` write is there,
+/// and a statement after the close fails at once with `Closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_pool_under_100_pipelined_statements_answers_every_caller() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        for depth in [128, 8] {
+            let prefix = format!("hsclose{depth}");
+            let (role, _file, pool) = pool_with_t(cluster, &prefix, 2, depth, |b| b).await;
+            let callers = spawn_tasks(100, |i| {
+                let pool = pool.clone();
+                async move {
+                    let k = i as i32;
+                    let started = std::time::Instant::now();
+                    let call = async {
+                        if i % 2 == 0 {
+                            pool.execute("insert into t select $1 from pg_sleep(0.02)", &[&k])
+                                .await
+                        } else {
+                            let row = pool
+                                .query_one("select $1::int4 from pg_sleep(0.02)", &[&k])
+                                .await?;
+                            assert_eq!(row.get::<_, i32>(0), k, "another caller's row");
+                            Ok(1)
+                        }
+                    };
+                    let r = tokio::time::timeout(Duration::from_secs(20), call).await;
+                    (k, r, started.elapsed())
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            pool.close();
+            let closed_at = std::time::Instant::now();
+            let e = pool.execute("select 1", &[]).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Closed, "{e:#}");
+            assert!(closed_at.elapsed() < Duration::from_millis(100));
+            let mut outcomes = Vec::new();
+            let mut kinds: HashMap<String, usize> = HashMap::new();
+            let mut slowest = Duration::ZERO;
+            for (k, r, took) in callers.outcomes().await {
+                let r = r.unwrap_or_else(|_| panic!("depth {depth}: caller {k} hung"));
+                slowest = slowest.max(took);
+                let key = match &r {
+                    Ok(_) => "Ok".to_string(),
+                    Err(e) => format!("{:?}: {e}", e.kind()),
+                };
+                *kinds.entry(key).or_default() += 1;
+                if k % 2 == 0 {
+                    outcomes.push((k, Outcome::of(r)));
+                }
+            }
+            eprintln!("depth {depth}: slowest {slowest:?}; {kinds:#?}");
+            // Counted through a pool of its own: this one is closed.
+            let other = Pool::builder(pgrotate::source::Static::new(cluster.url(&role)))
+                .max_size(1)
+                .build()
+                .await
+                .unwrap();
+            let present = counts(&other).await;
+            check_writes(&outcomes, &present);
+            for kind in kinds.keys() {
+                assert!(
+                    kind == "Ok" || kind.starts_with("Closed") || kind.starts_with("OutcomeUnknown"),
+                    "depth {depth}: an unclear error after close: {kind}"
+                );
+            }
+        }
+    })
+    .await;
+}
+
+/// Callers that always give up early (a 2 ms deadline, statements of
+/// 1 ms on the server) beside one patient caller, on one connection 128
+/// deep. A given-up statement leaves its place in the pipeline at once,
+/// but it is already handed to tokio-postgres, which writes it, and the
+/// server runs it: the depth bounds the callers waiting, not the
+/// statements on the connection. Measured (tokio-postgres's trace): in
+/// ~8 s, 57,083 requests written on the one connection while the server
+/// had run 2,573 of them; the patient caller's `select 1` waits behind
+/// that backlog (1–48 s; bounded at 5 s here). With a connection per
+/// caller (deadpool-postgres, or `pipeline_depth(1)`) a caller that gives
+/// up leaves at most its own statement behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (every run): a given-up statement frees its slot at once while it stays \
+            queued/sent on the connection, so the pipeline depth bounds nothing: the patient \
+            caller's select 1 waits 3-48 s (more than 5 s here) behind abandoned statements"]
+async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_t(cluster, "hsbury", 1, 128, |b| b).await;
+        pool.batch_execute("create sequence ran").await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let given_up = Arc::new(AtomicU64::new(0));
+        let impatient = spawn_tasks(32, |_| {
+            let (pool, stop, given_up) = (pool.clone(), stop.clone(), given_up.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let call = pool.query_one("select nextval('ran') from pg_sleep(0.001)", &[]);
+                    if tokio::time::timeout(Duration::from_millis(2), call).await.is_err() {
+                        given_up.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        let mut worst = Duration::ZERO;
+        let mut waits = Vec::new();
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let t = std::time::Instant::now();
+            let call = pool.query_one("select 1::int4", &[]);
+            let answered = tokio::time::timeout(Duration::from_secs(5), call).await;
+            worst = worst.max(t.elapsed());
+            waits.push(t.elapsed());
+            match answered {
+                Ok(r) => drop(r.unwrap()),
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        impatient.outcomes().await;
+        let given_up = given_up.load(Ordering::Relaxed);
+        // The backlog the abandoned statements left: the next statement
+        // waits behind it.
+        let backlog_started = std::time::Instant::now();
+        let ran_then: i64 = pool
+            .query_one("select last_value from ran", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let ran: i64 = pool
+            .query_one("select last_value from ran", &[])
+            .await
+            .unwrap()
+            .get(0);
+        eprintln!(
+            "patient caller: {} calls, worst {worst:?}, waits {:?}; {given_up} statements \
+             given up, {ran_then} run by the server when the load stopped, {ran} when the \
+             next statement got its answer {:?} later",
+            waits.len(),
+            &waits[..waits.len().min(8)],
+            backlog_started.elapsed()
+        );
+        drop(role);
+        assert!(
+            worst < Duration::from_secs(1),
+            "the patient caller waited {worst:?} behind abandoned statements"
+        );
     })
     .await;
 }
