@@ -102,9 +102,8 @@ async fn outside_a_block(client: &pgrotate::Client) -> bool {
         .simple_query("select now() = statement_timestamp()")
         .await
         .unwrap();
-    rows.iter().any(|m| {
-        matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))
-    })
+    rows.iter()
+        .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")))
 }
 
 /// Rotates the password of `role`, publishes the new URL in `file` and
@@ -372,7 +371,11 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
             errors.len(),
             &errors[..errors.len().min(5)]
         );
-        assert_eq!(present.len(), written.len(), "rows present, writes reported");
+        assert_eq!(
+            present.len(),
+            written.len(),
+            "rows present, writes reported"
+        );
         eprintln!(
             "four rotations in two pairs: {} calls, {} writes, {} retries, generation {}",
             load.done.load(Ordering::Relaxed),
@@ -471,7 +474,9 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
             let pool = pool.clone();
             async move {
                 let v = 1000 + i as i32;
-                pool.query_one(READ, &[&v]).await.map(|r| (v, r.get::<_, i32>(0)))
+                pool.query_one(READ, &[&v])
+                    .await
+                    .map(|r| (v, r.get::<_, i32>(0)))
             }
         });
         let doomed = doomed.await.unwrap();
@@ -493,7 +498,9 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
             "doomed write: {:?}, present {present}, trigger ran {terminated} times; read {:?}; \
              slow {:?}; bigs: {:?}",
             doomed.as_ref().map_err(|e| format!("{e:#}")),
-            read.as_ref().map(|r| r.get::<_, i32>(0)).map_err(|e| format!("{e:#}")),
+            read.as_ref()
+                .map(|r| r.get::<_, i32>(0))
+                .map_err(|e| format!("{e:#}")),
             slow.as_ref().map(drop).map_err(|e| format!("{e:#}")),
             bigs.iter()
                 .fold(HashMap::<String, usize>::new(), |mut m, (_, o)| {
@@ -618,7 +625,11 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
         });
         let writes = writes.outcomes().await;
         let begin = begin.await.unwrap();
-        let _ = (read.await.unwrap(), slow.await.unwrap(), bigs.outcomes().await);
+        let _ = (
+            read.await.unwrap(),
+            slow.await.unwrap(),
+            bigs.outcomes().await,
+        );
         let present = counts(&pool).await;
         let ok: Vec<i32> = writes
             .iter()
@@ -631,7 +642,7 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
             present
         );
         assert!(
-            !matches!(begin, Ok(_)),
+            begin.is_err(),
             "a BEGIN left open on a shared connection was reported Ok"
         );
         check_writes(&writes, &present);
@@ -752,13 +763,18 @@ async fn callers_giving_up_at_random_through_rotations_never_double_a_write_nor_
             .get(0);
         assert_eq!(n, 41);
         let client = pool.get().await.unwrap();
-        assert!(outside_a_block(&client).await, "a checkout inside someone's transaction");
+        assert!(
+            outside_a_block(&client).await,
+            "a checkout inside someone's transaction"
+        );
         // Errors, if any, are only "may have run" (the spurious ones of the
         // lost lane count: see the *_on_a_warm_connection tests), never
         // another kind.
         assert_eq!(other, 0);
         assert!(
-            errors.iter().all(|e| e.starts_with("statement outcome unknown")),
+            errors
+                .iter()
+                .all(|e| e.starts_with("statement outcome unknown")),
             "{errors:?}"
         );
     })
@@ -829,7 +845,9 @@ async fn closing_the_pool_under_100_pipelined_statements_answers_every_caller() 
             check_writes(&outcomes, &present);
             for kind in kinds.keys() {
                 assert!(
-                    kind == "Ok" || kind.starts_with("Closed") || kind.starts_with("OutcomeUnknown"),
+                    kind == "Ok"
+                        || kind.starts_with("Closed")
+                        || kind.starts_with("OutcomeUnknown"),
                     "depth {depth}: an unclear error after close: {kind}"
                 );
             }
@@ -866,7 +884,10 @@ async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
             async move {
                 while !stop.load(Ordering::Relaxed) {
                     let call = pool.query_one("select nextval('ran') from pg_sleep(0.001)", &[]);
-                    if tokio::time::timeout(Duration::from_millis(2), call).await.is_err() {
+                    if tokio::time::timeout(Duration::from_millis(2), call)
+                        .await
+                        .is_err()
+                    {
                         given_up.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -916,6 +937,399 @@ async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
             worst < Duration::from_secs(1),
             "the patient caller waited {worst:?} behind abandoned statements"
         );
+    })
+    .await;
+}
+
+/// On a pool of one connection, 200 times: a `get()` client starts a
+/// request, polled once (`futures::poll!`) and dropped with its client —
+/// a text `insert` (tokio-postgres prepares it first), a prepared `insert`
+/// (sent in that poll) or a `BEGIN; insert` (a block, sent in that poll) —
+/// then the next callers: four pipelined writes, a `get()` that must find
+/// its session outside any block, and a `transaction` (whose `COMMIT`
+/// would commit a block inherited unseen). Every next caller's write is
+/// there once; the dropped insert at most once; the dropped block's row
+/// never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_request_polled_once_and_dropped_never_leaks_into_the_next_callers() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_t(cluster, "hspoll", 1, 16, |b| b).await;
+        let mut maybe = Vec::new();
+        let mut never = Vec::new();
+        let mut next = Vec::new();
+        for i in 0..200i32 {
+            {
+                let client = pool.get().await.unwrap();
+                match i % 3 {
+                    0 => {
+                        let sql = format!("insert into t values ({i})");
+                        let mut f = std::pin::pin!(client.execute(sql.as_str(), &[]));
+                        let _ = futures::poll!(f.as_mut());
+                        maybe.push(i);
+                    }
+                    1 => {
+                        let stmt = client
+                            .prepare_cached("insert into t values ($1)")
+                            .await
+                            .unwrap();
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+                        let mut f = std::pin::pin!(client.execute(&stmt, &params));
+                        let _ = futures::poll!(f.as_mut());
+                        maybe.push(i);
+                    }
+                    _ => {
+                        let sql = format!("begin; insert into t values ({i})");
+                        let mut f = std::pin::pin!(client.batch_execute(&sql));
+                        let _ = futures::poll!(f.as_mut());
+                        never.push(i);
+                    }
+                }
+            }
+            let writes = spawn_tasks(4, |j| {
+                let pool = pool.clone();
+                async move {
+                    let k = 10_000 + i * 10 + j as i32;
+                    (k, pool.execute("insert into t values ($1)", &[&k]).await)
+                }
+            });
+            for (k, r) in writes.outcomes().await {
+                assert_eq!(r.unwrap_or_else(|e| panic!("round {i}: {e:#}")), 1);
+                next.push(k);
+            }
+            let client = pool.get().await.unwrap();
+            assert!(
+                outside_a_block(&client).await,
+                "round {i}: inherited a block"
+            );
+            drop(client);
+            let k = 100_000 + i;
+            pool.transaction(async |tx| tx.execute("insert into t values ($1)", &[&k]).await)
+                .await
+                .unwrap_or_else(|e| panic!("round {i}: {e:#}"));
+            next.push(k);
+        }
+        let other = Pool::builder(pgrotate::source::Static::new(cluster.url(&role)))
+            .max_size(1)
+            .build()
+            .await
+            .unwrap();
+        let present = counts(&other).await;
+        for k in &next {
+            assert_eq!(present.get(k), Some(&1), "a next caller's write {k}");
+        }
+        for k in &maybe {
+            assert!(
+                present.get(k).copied().unwrap_or(0) <= 1,
+                "dropped insert {k} twice"
+            );
+        }
+        for k in &never {
+            assert_eq!(
+                present.get(k),
+                None,
+                "the dropped block's row {k} was committed"
+            );
+        }
+        let applied = maybe.iter().filter(|k| present.contains_key(k)).count();
+        eprintln!(
+            "{} dropped inserts, {applied} of them applied; {} dropped blocks; {:?}",
+            maybe.len(),
+            never.len(),
+            pool.status()
+        );
+    })
+    .await;
+}
+
+/// 1 MB parameters pipelined among small statements on one connection,
+/// the connection terminated while they are in flight, three times: each
+/// small caller gets its own value, each big write is there once with its
+/// bytes intact if `Ok`, and no caller sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (2 runs in 9): big writes and reads queued behind the FATAL get OutcomeUnknown \
+            ('connection closed', places 10-12 with the FATAL at 13): concurrent first uses of a \
+            statement on a lane are cache hits after the first and resync the lane's count to the \
+            requests written, dropping those queued (1 MB ones write slowly)"]
+async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_t(cluster, "hsbigp", 1, 128, |b| b).await;
+        pool.batch_execute("create table big (k int not null, v text not null)")
+            .await
+            .unwrap();
+        let mut big_outcomes = Vec::new();
+        let mut errors = Vec::new();
+        for round in 0..3 {
+            let callers = spawn_tasks(64, |i| {
+                let pool = pool.clone();
+                async move {
+                    let k = round * 100 + i as i32;
+                    if i % 8 == 0 {
+                        let v: String =
+                            std::iter::repeat_n(char::from(b'a' + (i % 26) as u8), 1 << 20)
+                                .collect();
+                        let r = pool
+                            .execute("insert into big values ($1, $2)", &[&k, &v])
+                            .await;
+                        (k, true, Outcome::of(r))
+                    } else {
+                        let r = pool
+                            .query_one("select $1::int4, length($2::text)", &[&k, &"small"])
+                            .await
+                            .map(|row| {
+                                assert_eq!(row.get::<_, i32>(0), k, "another caller's row");
+                                1
+                            });
+                        (k, false, Outcome::of(r))
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            cluster.terminate_backends(&role.name).await.unwrap();
+            for (k, big, o) in callers.outcomes().await {
+                if let Outcome::Err(_, _, e) = &o {
+                    errors.push(format!("round {round} key {k}: {e}"));
+                }
+                if big {
+                    big_outcomes.push((k, o));
+                }
+            }
+        }
+        let rows = pool
+            .query(
+                "select k, count(*), bool_and(v = repeat(chr(97 + (k % 100) % 26), 1048576)) \
+                 from big group by k",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut present = HashMap::new();
+        for r in &rows {
+            let (k, n, intact): (i32, i64, bool) = (r.get(0), r.get(1), r.get(2));
+            assert!(intact, "key {k}: its bytes changed");
+            present.insert(k, n);
+        }
+        let [ok, unknown, _, other] = check_writes(&big_outcomes, &present);
+        eprintln!(
+            "{ok} big writes Ok, {unknown} unknown, {other} other; {} retries; errors {:?}",
+            pool.status().retries,
+            &errors[..errors.len().min(3)]
+        );
+        assert!(
+            errors.is_empty(),
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+    })
+    .await;
+}
+
+/// `query_typed` pipelined: the same SQL with different parameter types
+/// (each its own prepared statement on the shared connection), callers
+/// interleaved, a terminate in the middle: every caller gets its own
+/// value, of its own type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_typed_pipelined_with_mixed_types_gives_each_caller_its_own_typed_answer() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_t(cluster, "hstyped", 1, 64, |b| b).await;
+        for round in 0..3 {
+            let callers = spawn_tasks(96, |i| {
+                let pool = pool.clone();
+                async move {
+                    let v = (round * 1000 + i) as i64;
+                    let r = match i % 3 {
+                        0 => pool
+                            .query_typed("select $1", &[(&v, Type::INT8)])
+                            .await
+                            .map(|rows| rows[0].get::<_, i64>(0) == v),
+                        1 => {
+                            let s = v.to_string();
+                            pool.query_typed("select $1", &[(&s, Type::TEXT)])
+                                .await
+                                .map(|rows| rows[0].get::<_, String>(0) == s)
+                        }
+                        _ => {
+                            let n = v as i32;
+                            pool.query_typed("select $1, pg_typeof($1)::text", &[(&n, Type::INT4)])
+                                .await
+                                .map(|rows| {
+                                    rows[0].get::<_, i32>(0) == n
+                                        && rows[0].get::<_, String>(1) == "integer"
+                                })
+                        }
+                    };
+                    (i, r.map_err(|e| format!("{e:#}")))
+                }
+            });
+            if round == 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                cluster.terminate_backends(&role.name).await.unwrap();
+            }
+            for (i, r) in callers.outcomes().await {
+                assert_eq!(r, Ok(true), "round {round}, caller {i}");
+            }
+        }
+        // A wrong type is the caller's own error, not retried, and harms
+        // nobody.
+        let e = pool
+            .query_typed("select $1::int4 + 1", &[(&"x", Type::TEXT)])
+            .await
+            .unwrap_err();
+        assert!(e.is_callers_error(), "{e:#}");
+        let rows = pool
+            .query_typed("select $1", &[(&5i64, Type::INT8)])
+            .await
+            .unwrap();
+        assert_eq!(rows[0].get::<_, i64>(0), 5);
+    })
+    .await;
+}
+
+/// 2,000 callers at once on one connection 1,024 deep (the deepest
+/// allowed), half of them writing, the connection terminated once while
+/// they are in flight: every reader gets its own value, every write is
+/// there once, no caller sees an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (3 runs in 8; 1-94 callers): OutcomeUnknown ('connection closed') for statements \
+            queued behind the FATAL, their places too low (the lost lane count of the \
+            *_on_a_warm_connection tests)"]
+async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() {
+    log_from_env();
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (role, _file, pool) = pool_with_t(cluster, "hs2000", 1, 1024, |b| b).await;
+        let done = Arc::new(AtomicU64::new(0));
+        let callers = spawn_tasks(2000, |i| {
+            let (pool, done) = (pool.clone(), done.clone());
+            async move {
+                let k = i as i32;
+                let r = if i % 2 == 0 {
+                    pool.execute("insert into t values ($1)", &[&k]).await
+                } else {
+                    pool.query_one("select $1::int4", &[&k]).await.map(|row| {
+                        assert_eq!(row.get::<_, i32>(0), k, "another caller's row");
+                        1
+                    })
+                };
+                done.fetch_add(1, Ordering::Relaxed);
+                (k, i % 2 == 0, Outcome::of(r))
+            }
+        });
+        wait_until(async || done.load(Ordering::Relaxed) >= 300).await;
+        cluster.terminate_backends(&role.name).await.unwrap();
+        let mut writes = Vec::new();
+        let mut errors = Vec::new();
+        for (k, write, o) in callers.outcomes().await {
+            if let Outcome::Err(_, _, e) = &o {
+                errors.push(format!("key {k}: {e}"));
+            }
+            if write {
+                writes.push((k, o));
+            }
+        }
+        let present = counts(&pool).await;
+        let [ok, unknown, _, other] = check_writes(&writes, &present);
+        eprintln!(
+            "{ok} writes Ok, {unknown} unknown, {other} other; {} retries; {} errors {:?}",
+            pool.status().retries,
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+        assert!(
+            errors.is_empty(),
+            "{} errors: {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+    })
+    .await;
+}
+
+/// `DISCARD ALL` (or `DEALLOCATE ALL`) sent as a pool-level statement
+/// drops every prepared statement of the session — the shared
+/// connection's, which the pool prepared once and keeps in the
+/// connection's statement cache for every caller. It is not refused (as
+/// `SET`, `RESET` and `LISTEN` are); afterwards, do the other callers'
+/// statements on that connection still work?
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (every run): DISCARD ALL / DEALLOCATE ALL is not refused; after it every \
+            cached statement on the shared connection fails with 26000 \"prepared statement \
+            ... does not exist\" (a caller's error, not retried) until the connection is \
+            replaced"]
+async fn a_discard_all_sent_as_a_pool_level_statement_harms_no_other_caller() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let mut failures = Vec::new();
+        for sql in ["discard all", "deallocate all"] {
+            let prefix = format!("hs{}", sql.replace(' ', ""));
+            let (_role, _file, pool) = pool_with_t(cluster, &prefix, 1, 16, |b| b).await;
+            pool.execute("insert into t values ($1)", &[&1i32])
+                .await
+                .unwrap();
+            pool.query_one("select $1::int4", &[&1i32]).await.unwrap();
+            let discard = pool.execute(sql, &[]).await;
+            let mut errors = Vec::new();
+            for k in 2..12i32 {
+                if let Err(e) = pool.execute("insert into t values ($1)", &[&k]).await {
+                    errors.push(format!("{:?} {:?}: {e}", e.kind(), e.code()));
+                }
+                if let Err(e) = pool.query_one("select $1::int4", &[&k]).await {
+                    errors.push(format!("{:?} {:?}: {e}", e.kind(), e.code()));
+                }
+            }
+            eprintln!(
+                "{sql}: {:?}; {} errors after it: {:?}",
+                discard.as_ref().map_err(|e| format!("{e:#}")),
+                errors.len(),
+                &errors[..errors.len().min(2)]
+            );
+            if discard.is_ok() && !errors.is_empty() {
+                failures.push(format!(
+                    "{sql} accepted, then {} of 20 statements failed",
+                    errors.len()
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:?}");
+    })
+    .await;
+}
+
+/// A `SET` with a comment before it (as SQL commenters and ORMs tag
+/// statements) is a `SET` all the same: the refusal reads the first word,
+/// so the setting goes through and every other caller on the shared
+/// connection runs with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails (every run): '/* tag */ SET ...' and '-- tag\\nSET ...' are not refused: the \
+            setting stays on the shared connection and the next callers run under it"]
+async fn a_set_with_a_leading_comment_never_reaches_other_callers() {
+    bounded(async {
+        let cluster = Cluster::shared().await.unwrap();
+        let (_role, _file, pool) = pool_with_t(cluster, "hscomment", 1, 16, |b| b).await;
+        let mut leaked = Vec::new();
+        for (sql, name) in [
+            ("/* app=web */ SET application_name = 'leaked1'", "leaked1"),
+            ("-- app=web\nSET application_name = 'leaked2'", "leaked2"),
+        ] {
+            let r = pool.execute(sql, &[]).await;
+            let seen: String = pool
+                .query_one("select current_setting('application_name')", &[])
+                .await
+                .unwrap()
+                .get(0);
+            eprintln!(
+                "{sql:?}: {:?}; the next caller sees {seen:?}",
+                r.map_err(|e| e.kind())
+            );
+            if seen == name {
+                leaked.push(sql);
+            }
+        }
+        assert!(leaked.is_empty(), "leaked to the next caller: {leaked:?}");
     })
     .await;
 }
