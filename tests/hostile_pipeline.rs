@@ -305,11 +305,8 @@ impl Load {
 /// on 2 connections; the password is rotated twice back to back (the
 /// second before the pool has settled on the first), twice: no caller sees
 /// an error and every write is applied exactly once.
+#[ignore = "fails about 1 run in 10 when other tests load the machine (passes 14 of 14 alone): up to 18 of 64 callers get OutcomeUnknown ('connection closed') after two back-to-back rotations on 2 connections; cause not found yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (about 3 runs in 5; single rotations too): callers get OutcomeUnknown \
-            ('the connection is closed') for statements queued behind the FATAL that never \
-            ran — their lane's count lost the requests queued unwritten when a cached \
-            statement was first used on the lane (see the *_on_a_warm_connection tests)"]
 async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
     log_from_env();
     bounded(async {
@@ -409,9 +406,6 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
 /// came on) and must be retried; with their places too low (51..70 where
 /// the FATAL came at 212 of 232 sent) they are told `OutcomeUnknown`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (every run): a lane resyncs its request count to the wire's *written* \
-            count after a statement-cache hit (no round trip), dropping the requests queued \
-            unwritten: the 20 reads behind the FATAL get OutcomeUnknown instead of a retry"]
 async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
     log_from_env();
     bounded(async {
@@ -567,9 +561,6 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
 /// then 20 writes: each write answered inside the block must not be `Ok`
 /// (the server rolls the block back when the connection closes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (every run): with the lane's count too low after a statement-cache hit, \
-            the disguised BEGIN is reported Ok(0) and the 20 writes answered inside its block \
-            Ok(1), and none of them is in the table (rolled back when the connection closed)"]
 async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connection() {
     log_from_env();
     bounded(async {
@@ -581,7 +572,7 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
         const BIG: &str = "insert into big values ($1, $2)";
         const READ: &str = "select $1::int4 + 0";
         const WRITE: &str = "insert into t values ($1)";
-        const SNEAKY: &str = "/* sneaky */ begin";
+        const SNEAKY: &str = "start /* sneaky */ transaction";
         let payload = "x".repeat(100_000);
         // Warm the connection's statement cache (the BEGIN prepared, not
         // run), then let it go back to the pool.
@@ -1047,10 +1038,6 @@ async fn a_get_request_polled_once_and_dropped_never_leaks_into_the_next_callers
 /// small caller gets its own value, each big write is there once with its
 /// bytes intact if `Ok`, and no caller sees an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (2 runs in 9): big writes and reads queued behind the FATAL get OutcomeUnknown \
-            ('connection closed', places 10-12 with the FATAL at 13): concurrent first uses of a \
-            statement on a lane are cache hits after the first and resync the lane's count to the \
-            requests written, dropping those queued (1 MB ones write slowly)"]
 async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
     log_from_env();
     bounded(async {
@@ -1193,10 +1180,8 @@ async fn query_typed_pipelined_with_mixed_types_gives_each_caller_its_own_typed_
 /// allowed), half of them writing, the connection terminated once while
 /// they are in flight: every reader gets its own value, every write is
 /// there once, no caller sees an error.
+#[ignore = "failed 1 run in 7 under load after the lane-count fix (the same kind of unknown outcome as the back-to-back rotations); cause not found yet"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (3 runs in 8; 1-94 callers): OutcomeUnknown ('connection closed') for statements \
-            queued behind the FATAL, their places too low (the lost lane count of the \
-            *_on_a_warm_connection tests)"]
 async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() {
     log_from_env();
     bounded(async {
@@ -1256,10 +1241,6 @@ async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() 
 /// `SET`, `RESET` and `LISTEN` are); afterwards, do the other callers'
 /// statements on that connection still work?
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (every run): DISCARD ALL / DEALLOCATE ALL is not refused; after it every \
-            cached statement on the shared connection fails with 26000 \"prepared statement \
-            ... does not exist\" (a caller's error, not retried) until the connection is \
-            replaced"]
 async fn a_discard_all_sent_as_a_pool_level_statement_harms_no_other_caller() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
@@ -1304,8 +1285,6 @@ async fn a_discard_all_sent_as_a_pool_level_statement_harms_no_other_caller() {
 /// so the setting goes through and every other caller on the shared
 /// connection runs with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (every run): '/* tag */ SET ...' and '-- tag\\nSET ...' are not refused: the \
-            setting stays on the shared connection and the next callers run under it"]
 async fn a_set_with_a_leading_comment_never_reaches_other_callers() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();

@@ -345,7 +345,10 @@ async fn a_begin_or_set_sent_as_a_pool_level_statement_never_reaches_other_calle
         assert_ne!(name, "leaked");
         // Disguised, it gets through, and leaves a block open: not a
         // success, and the connection is closed (rolled back).
-        let e = pool.execute("/* sneaky */ begin", &[]).await.unwrap_err();
+        let e = pool
+            .execute("start /* sneaky */ transaction", &[])
+            .await
+            .unwrap_err();
         assert!(e.is_outcome_unknown(), "{e:#}");
         // Among writes sharing the one connection, the writes that run
         // inside its block are never reported done.
@@ -354,7 +357,7 @@ async fn a_begin_or_set_sent_as_a_pool_level_statement_never_reaches_other_calle
             async move {
                 let k = i as i32;
                 let r = if i == 16 {
-                    pool.execute("/* sneaky */ begin", &[]).await
+                    pool.execute("start /* sneaky */ transaction", &[]).await
                 } else {
                     pool.execute("insert into t values ($1)", &[&k]).await
                 };

@@ -17,7 +17,9 @@ pub(crate) enum Shared {
 }
 
 /// An error of kind `Query` when `sql` is refused as a pool-level
-/// statement: `COPY … FROM STDIN` / `TO STDOUT` always (its data would
+/// statement (its leading comments skipped): `DISCARD ALL` and
+/// `DEALLOCATE` always (they drop the prepared statements the pool keeps
+/// on the connection); `COPY … FROM STDIN` / `TO STDOUT` always (its data would
 /// need the connection after the answer: tokio-postgres fails with
 /// "unexpected message" and the connection is lost, or on a shared one
 /// the copy-in swallows other callers' statements); when shared, also what
@@ -34,8 +36,44 @@ pub(crate) fn refused(sql: &str, shared: Shared) -> Result<(), Error> {
     }
 }
 
+/// `sql` after its leading whitespace and comments (`-- …` to the end of
+/// the line, `/* … */`, nested as PostgreSQL nests them).
+fn without_leading_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.find('\n').map_or("", |i| &rest[i + 1..]);
+        } else if sql.starts_with("/*") {
+            let mut depth = 0usize;
+            let mut end = sql.len();
+            let bytes = sql.as_bytes();
+            let mut i = 0;
+            while i + 1 < bytes.len() {
+                match (bytes[i], bytes[i + 1]) {
+                    (b'/', b'*') => {
+                        depth += 1;
+                        i += 2;
+                    }
+                    (b'*', b'/') => {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => i += 1,
+                }
+            }
+            sql = &sql[end..];
+        } else {
+            return sql;
+        }
+    }
+}
+
 fn why(sql: &str, shared: Shared) -> Option<&'static str> {
-    let mut words = sql
+    let mut words = without_leading_comments(sql)
         .split(|c: char| c.is_whitespace() || c == ';' || c == '(' || c == ')')
         .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase);
@@ -46,10 +84,21 @@ fn why(sql: &str, shared: Shared) -> Option<&'static str> {
              needs the connection to itself; use Pool::get and the client's copy_in / copy_out",
         );
     }
+    let second = words.next();
+    let discards = matches!(
+        (first.as_deref(), second.as_deref()),
+        (Some("deallocate"), _) | (Some("discard"), Some("all"))
+    );
+    if discards {
+        return Some(
+            "DISCARD ALL / DEALLOCATE is refused as a pool-level statement: it drops the \
+             prepared statements the pool keeps on the connection for every caller; use \
+             Pool::get for a session of your own",
+        );
+    }
     if shared == Shared::No {
         return None;
     }
-    let second = words.next();
     match (first.as_deref(), second.as_deref()) {
         (Some("begin"), _) | (Some("start"), Some("transaction")) => Some(
             "a pool-level statement runs in a transaction of its own on a connection shared with \
@@ -84,6 +133,9 @@ mod tests {
             "reset all",
             "LISTEN jobs",
             "unlisten *",
+            "/* app=web */ SET application_name = 'x'",
+            "-- app=web\nSET application_name = 'x'",
+            "/* a /* nested */ comment */\n  begin",
         ] {
             assert!(why(sql, Shared::Yes).is_some(), "{sql}");
             assert!(why(sql, Shared::No).is_none(), "{sql}");
@@ -101,6 +153,40 @@ mod tests {
         ] {
             assert!(why(sql, Shared::Yes).is_none(), "{sql}");
         }
+    }
+
+    #[test]
+    fn dropping_the_pools_prepared_statements_is_refused_whether_shared_or_not() {
+        for sql in [
+            "DISCARD ALL",
+            "discard all;",
+            "DEALLOCATE ALL",
+            "deallocate s1",
+            "/* x */ discard all",
+        ] {
+            for shared in [Shared::Yes, Shared::No] {
+                let why = why(sql, shared).unwrap_or_else(|| panic!("{sql} {shared:?}"));
+                assert!(why.contains("DISCARD"), "{why}");
+            }
+        }
+        for sql in [
+            "discard plans",
+            "discard temp",
+            "select 'discard all'",
+            "-- discard all\nselect 1",
+        ] {
+            assert!(why(sql, Shared::Yes).is_none(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn leading_comments_are_skipped_to_the_first_word() {
+        use super::without_leading_comments as skip;
+        assert_eq!(skip("  -- a\n -- b\n select 1"), "select 1");
+        assert_eq!(skip("/* a /* b */ c */ select 1"), "select 1");
+        assert_eq!(skip("/* never closed"), "");
+        assert_eq!(skip("-- only a comment"), "");
+        assert_eq!(skip("select /* inner */ 1"), "select /* inner */ 1");
     }
 
     #[test]

@@ -193,17 +193,28 @@ impl Lane {
         let lane = self.clone();
         let task = tokio::spawn(async move {
             let mut counts = lane.counts.lock().await;
-            let prepared = lane
-                .client()
-                .prepare_typed_cached(&key.0, &key.1)
-                .await
-                .map(drop);
+            let client = lane.client();
+            let (sql, types) = (key.0.clone(), key.1.clone());
+            let mut prepare = std::pin::pin!(client.prepare_typed_cached(&sql, &types));
+            let prepared = match poll_once(prepare.as_mut()).await {
+                // In the connection's statement cache already (an earlier
+                // checkout prepared it): nothing was sent, the count
+                // stands — statements handed to tokio-postgres may not be
+                // written yet, so the wire's count would be short.
+                Poll::Ready(r) => r.map(drop),
+                Poll::Pending => {
+                    let r = prepare.await.map(drop);
+                    if r.is_ok() {
+                        // A round trip: every request before it was written
+                        // and answered, so the wire counts them all — and
+                        // the prepare's own (and any type lookups').
+                        lane.resync(&mut counts);
+                    }
+                    r
+                }
+            };
             match &prepared {
-                // Every request before it was answered: the wire's count
-                // is the lane's.
                 Ok(()) => {
-                    counts.requests = lane.wire.requests().unwrap_or_default().0;
-                    counts.runs = lane.wire.progress().map_or(0, |p| p.runs_sent);
                     lane.prepared
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -264,9 +275,7 @@ impl Lane {
                         return Err(NotSent::Error(e));
                     }
                 };
-                let (requests, _) = self.wire.requests().unwrap_or_default();
-                counts.requests = requests;
-                counts.runs = self.wire.progress().map_or(0, |p| p.runs_sent);
+                self.resync(&mut counts);
                 counts.unsynced = false;
                 stmt
             }
@@ -295,6 +304,17 @@ impl Lane {
                 })
             }
         }
+    }
+
+    /// After a prepare's round trip under the lock: the wire has written
+    /// and counted every request before it (and the prepare's own), so its
+    /// count is the lane's — never lower than what the lane counted.
+    fn resync(&self, counts: &mut Counts) {
+        let (requests, _) = self.wire.requests().unwrap_or_default();
+        counts.requests = counts.requests.max(requests);
+        counts.runs = counts
+            .runs
+            .max(self.wire.progress().map_or(0, |p| p.runs_sent));
     }
 
     /// Whether the failure of the statement at `place` (and `run` among
