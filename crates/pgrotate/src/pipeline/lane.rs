@@ -193,24 +193,25 @@ impl Lane {
         let lane = self.clone();
         let task = tokio::spawn(async move {
             let mut counts = lane.counts.lock().await;
-            let client = lane.client();
-            let (sql, types) = (key.0.clone(), key.1.clone());
-            let mut prepare = std::pin::pin!(client.prepare_typed_cached(&sql, &types));
-            let prepared = match poll_once(prepare.as_mut()).await {
-                // In the connection's statement cache already (an earlier
-                // checkout prepared it): nothing was sent, the count
-                // stands — statements handed to tokio-postgres may not be
-                // written yet, so the wire's count would be short.
-                Poll::Ready(r) => r.map(drop),
-                Poll::Pending => {
-                    let r = prepare.await.map(drop);
-                    if r.is_ok() {
-                        // A round trip: every request before it was written
-                        // and answered, so the wire counts them all — and
-                        // the prepare's own (and any type lookups').
-                        lane.resync(&mut counts);
+            let prepared = {
+                let mut prepare =
+                    std::pin::pin!(lane.client().prepare_typed_cached(&key.0, &key.1));
+                match poll_once(prepare.as_mut()).await {
+                    // In the connection's statement cache already (an earlier
+                    // checkout prepared it): nothing was sent, the count
+                    // stands — statements handed to tokio-postgres may not be
+                    // written yet, so the wire's count would be short.
+                    Poll::Ready(r) => r.map(drop),
+                    Poll::Pending => {
+                        let r = prepare.await.map(drop);
+                        if r.is_ok() {
+                            // A round trip: every request before it was written
+                            // and answered, so the wire counts them all — and
+                            // the prepare's own (and any type lookups').
+                            lane.resync(&mut counts);
+                        }
+                        r
                     }
-                    r
                 }
             };
             match &prepared {

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use super::{Expect, STATUSES, Wire};
 
-/// `head_completed`: the statement completed and commits at its `Sync`.
-const COMMITTED_AT_SYNC: u8 = 2;
+/// `head_completed`: a data statement completed (one of [`DATA_TAGS`]);
+/// in the extended protocol it commits at the `Sync` after it.
+const DATA_COMPLETED: u8 = 2;
 
 /// The `CommandComplete` tags of statements that never commit before the
 /// `Sync` after their `Execute` (PostgreSQL commits at `Execute` only a
@@ -64,10 +65,20 @@ impl Wire {
     /// (postgres.c, `PostgresMain`, step 5; xact.c, `CommitTransaction`).
     pub(super) fn error(&self, severity: &[u8], code: &[u8]) {
         if matches!(severity, b"FATAL" | b"PANIC") && self.fatal_at.load(Ordering::Acquire) == 0 {
-            let _q = self.queue();
+            let q = self.queue();
+            // The request being answered is the one the completion was for
+            // (a `ReadyForQuery` in between would have cleared it): its
+            // commit waits for the `Sync` if it is an `Execute`'s.
+            let at_sync = matches!(
+                q.front(),
+                Some(Expect::Sync {
+                    after_execute: true,
+                    ..
+                })
+            );
             let may_have_committed = match self.head_completed.load(Ordering::Acquire) {
                 0 => false,
-                COMMITTED_AT_SYNC => code != ADMIN_SHUTDOWN || severity != b"FATAL",
+                DATA_COMPLETED if at_sync => code != ADMIN_SHUTDOWN || severity != b"FATAL",
                 _ => true,
             };
             self.fatal_after_complete
@@ -99,16 +110,12 @@ impl Wire {
             .split(|b| *b == b' ' || *b == 0)
             .next()
             .unwrap_or_default();
-        let at_sync = DATA_TAGS.contains(&word)
-            && matches!(
-                self.queue().front(),
-                Some(Expect::Sync {
-                    after_execute: true,
-                    ..
-                })
-            );
         self.head_completed.store(
-            if at_sync { COMMITTED_AT_SYNC } else { 1 },
+            if DATA_TAGS.contains(&word) {
+                DATA_COMPLETED
+            } else {
+                1
+            },
             Ordering::Release,
         );
         let end = match tag.split(|b| *b == 0).next().unwrap_or_default() {

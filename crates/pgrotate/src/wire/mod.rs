@@ -74,8 +74,8 @@ pub(crate) struct Wire {
     /// server ignored them at a `COPY FROM STDIN`).
     answered: AtomicU64,
     /// A `CommandComplete` came for the request answered next: 0 none,
-    /// [`COMMITTED_AT_SYNC`] for a data statement of the extended protocol
-    /// (its implicit transaction commits at the `Sync` after it), 1 for any
+    /// `messages::DATA_COMPLETED` for a data statement (in the extended
+    /// protocol its implicit transaction commits at the `Sync` after it), 1 for any
     /// other (it may have committed already).
     head_completed: AtomicU8,
     /// A `FATAL` (or `PANIC`) error came while the request at this place
