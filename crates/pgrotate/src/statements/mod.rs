@@ -35,7 +35,10 @@ pub use rows::RowStream;
 /// `COPY … FROM STDIN` / `TO STDOUT` is refused with
 /// [`ErrorKind::Query`](crate::ErrorKind::Query) before it is sent (its
 /// data needs the connection after the answer): use [`Pool::get`] and the
-/// client's `copy_in` / `copy_out`.
+/// client's `copy_in` / `copy_out`. So are `DISCARD ALL` and `DEALLOCATE`
+/// (they drop the statements the pool prepared on the connection), and,
+/// pipelined, what would leave session state for the callers sharing it
+/// (`BEGIN`, `SET`, `RESET`, `LISTEN`: see the crate docs).
 ///
 /// ```no_run
 /// # async fn demo(pool: pgrotate::Pool) -> Result<(), pgrotate::Error> {
