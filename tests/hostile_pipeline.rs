@@ -14,38 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{bounded, spawn_tasks, wait_until};
+use common::{bounded, counts, pool_with_table, spawn_tasks, wait_until};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::{Cluster, TestRole};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-
-/// A pool (`size` connections, `depth` deep, `configure` on the builder)
-/// on a role of its own, with an empty table `t (k int)` — no key: a
-/// write applied twice shows as a count of 2.
-async fn pool_with_t(
-    cluster: &Cluster,
-    prefix: &str,
-    size: usize,
-    depth: usize,
-    configure: impl FnOnce(pgrotate::PoolBuilder) -> pgrotate::PoolBuilder,
-) -> (TestRole, common::UrlFile, Pool) {
-    let (role, file, pool) = common::pool_on_role(cluster, prefix, size, depth, configure).await;
-    pool.batch_execute("create table t (k int not null)")
-        .await
-        .unwrap();
-    (role, file, pool)
-}
-
-/// How many rows each key of `t` has.
-async fn counts(pool: &Pool) -> HashMap<i32, i64> {
-    pool.query("select k, count(*) from t group by k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
 
 /// What a caller's write came to.
 #[derive(Debug)]
@@ -136,7 +109,7 @@ fn log_from_env() {
 async fn a_statement_timeout_among_pipelined_writes_harms_only_its_own_caller() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_t(cluster, "hstimeout", 1, 64, |b| {
+        let (_role, _file, pool) = pool_with_table(cluster, "hstimeout", 1, 64, |b| {
             b.after_connect(|c| {
                 Box::pin(async move { c.batch_execute("SET statement_timeout = '50ms'").await })
             })
@@ -311,7 +284,7 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (mut role, file, pool) = pool_with_t(cluster, "hsdouble", 2, 128, |b| b).await;
+        let (mut role, file, pool) = pool_with_table(cluster, "hsdouble", 2, 128, |b| b).await;
         let load = Load::new(&pool);
         let callers = spawn_tasks(64, |w| {
             let load = load.clone();
@@ -410,7 +383,7 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_t(cluster, "hswarm", 1, 1024, |b| b).await;
+        let (_role, _file, pool) = pool_with_table(cluster, "hswarm", 1, 1024, |b| b).await;
         pool.batch_execute(
             "create table big (k int not null, v text not null);
              create sequence once;
@@ -565,7 +538,7 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_t(cluster, "hsblock", 1, 1024, |b| b).await;
+        let (_role, _file, pool) = pool_with_table(cluster, "hsblock", 1, 1024, |b| b).await;
         pool.batch_execute("create table big (k int not null, v text not null)")
             .await
             .unwrap();
@@ -652,7 +625,7 @@ async fn callers_giving_up_at_random_through_rotations_never_double_a_write_nor_
 {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (mut role, file, pool) = pool_with_t(cluster, "hscancel", 2, 128, |b| b).await;
+        let (mut role, file, pool) = pool_with_table(cluster, "hscancel", 2, 128, |b| b).await;
         let load = Load::new(&pool);
         let callers = spawn_tasks(32, |w| {
             let load = load.clone();
@@ -782,7 +755,7 @@ async fn closing_the_pool_under_100_pipelined_statements_answers_every_caller() 
         let cluster = Cluster::shared().await.unwrap();
         for depth in [128, 8] {
             let prefix = format!("hsclose{depth}");
-            let (role, _file, pool) = pool_with_t(cluster, &prefix, 2, depth, |b| b).await;
+            let (role, _file, pool) = pool_with_table(cluster, &prefix, 2, depth, |b| b).await;
             let callers = spawn_tasks(100, |i| {
                 let pool = pool.clone();
                 async move {
@@ -866,7 +839,7 @@ async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_t(cluster, "hsbury", 1, 128, |b| b).await;
+        let (role, _file, pool) = pool_with_table(cluster, "hsbury", 1, 128, |b| b).await;
         pool.batch_execute("create sequence ran").await.unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let given_up = Arc::new(AtomicU64::new(0));
@@ -945,7 +918,7 @@ async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
 async fn a_get_request_polled_once_and_dropped_never_leaks_into_the_next_callers() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_t(cluster, "hspoll", 1, 16, |b| b).await;
+        let (role, _file, pool) = pool_with_table(cluster, "hspoll", 1, 16, |b| b).await;
         let mut maybe = Vec::new();
         let mut never = Vec::new();
         let mut next = Vec::new();
@@ -1042,7 +1015,7 @@ async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_t(cluster, "hsbigp", 1, 128, |b| b).await;
+        let (role, _file, pool) = pool_with_table(cluster, "hsbigp", 1, 128, |b| b).await;
         pool.batch_execute("create table big (k int not null, v text not null)")
             .await
             .unwrap();
@@ -1122,7 +1095,7 @@ async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
 async fn query_typed_pipelined_with_mixed_types_gives_each_caller_its_own_typed_answer() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_t(cluster, "hstyped", 1, 64, |b| b).await;
+        let (role, _file, pool) = pool_with_table(cluster, "hstyped", 1, 64, |b| b).await;
         for round in 0..3 {
             let callers = spawn_tasks(96, |i| {
                 let pool = pool.clone();
@@ -1186,7 +1159,7 @@ async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() 
     log_from_env();
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_t(cluster, "hs2000", 1, 1024, |b| b).await;
+        let (role, _file, pool) = pool_with_table(cluster, "hs2000", 1, 1024, |b| b).await;
         let done = Arc::new(AtomicU64::new(0));
         let callers = spawn_tasks(2000, |i| {
             let (pool, done) = (pool.clone(), done.clone());
@@ -1247,7 +1220,7 @@ async fn a_discard_all_sent_as_a_pool_level_statement_harms_no_other_caller() {
         let mut failures = Vec::new();
         for sql in ["discard all", "deallocate all"] {
             let prefix = format!("hs{}", sql.replace(' ', ""));
-            let (_role, _file, pool) = pool_with_t(cluster, &prefix, 1, 16, |b| b).await;
+            let (_role, _file, pool) = pool_with_table(cluster, &prefix, 1, 16, |b| b).await;
             pool.execute("insert into t values ($1)", &[&1i32])
                 .await
                 .unwrap();
@@ -1288,7 +1261,7 @@ async fn a_discard_all_sent_as_a_pool_level_statement_harms_no_other_caller() {
 async fn a_set_with_a_leading_comment_never_reaches_other_callers() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_t(cluster, "hscomment", 1, 16, |b| b).await;
+        let (_role, _file, pool) = pool_with_table(cluster, "hscomment", 1, 16, |b| b).await;
         let mut leaked = Vec::new();
         for (sql, name) in [
             ("/* app=web */ SET application_name = 'leaked1'", "leaked1"),

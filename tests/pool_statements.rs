@@ -11,38 +11,19 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{
-    Tasks, bounded, count_sessions, role_and_file, spawn_running_insert, spawn_tasks, wait_until,
+    Tasks, bounded, count_sessions, counts, pool_with_table, role_and_file, spawn_running_insert,
+    spawn_tasks, wait_until,
 };
 use futures::StreamExt;
 use pgrotate::{ErrorKind, Pool, RetryPolicy, SslMode, source};
 use pgrotate_testing::{Action, Cluster, FaultProxy, Times};
 
-/// A role of its own, a URL file for it, and a pool with an empty table
-/// `t (k int)` — no key: a write applied twice shows as a count of 2.
-async fn pool_with_table(
-    cluster: &Cluster,
-    prefix: &str,
-    size: usize,
-    depth: usize,
-) -> (pgrotate_testing::TestRole, common::UrlFile, Pool) {
-    let (role, file, pool) = common::pool_on_role(cluster, prefix, size, depth, |b| b).await;
-    create_table(&pool).await;
-    (role, file, pool)
-}
-
 /// `builder`'s pool of `size` connections `depth` deep, with an empty
 /// table `t (k int)`.
 async fn with_table(builder: pgrotate::PoolBuilder, size: usize, depth: usize) -> Pool {
     let pool = common::build_pool(builder, size, depth).await;
-    create_table(&pool).await;
+    common::create_table(&pool).await;
     pool
-}
-
-/// The empty table `t (k int)`, no key.
-async fn create_table(pool: &Pool) {
-    pool.batch_execute("create table t (k int not null)")
-        .await
-        .unwrap();
 }
 
 /// Cuts the connection at the first `tag` message (`b'P'` Parse, `b'E'`
@@ -58,16 +39,6 @@ fn cut_once(
         action,
         Times::Once,
     );
-}
-
-/// How many rows each key has.
-async fn counts(pool: &Pool) -> HashMap<i32, i64> {
-    pool.query("select k, count(*) from t group by k", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 /// What the callers of a load share: the pool, the next key to write, how
@@ -149,7 +120,7 @@ async fn pipelined_reads_and_writes_survive_two_rotations_with_every_write_appli
 async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: usize) {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, file, pool) = pool_with_table(cluster, prefix, size, depth).await;
+        let (role, file, pool) = pool_with_table(cluster, prefix, size, depth, |b| b).await;
 
         // A call's outcome: `Ok(Some(k))` it wrote `k`, `Ok(None)` it read,
         // `Err` its error.
@@ -223,7 +194,7 @@ async fn rotations_under_load(prefix: &str, size: usize, depth: usize, workers: 
 async fn a_write_terminated_while_it_runs_is_retried_and_applied_once() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2, 8).await;
+        let (role, _file, pool) = pool_with_table(cluster, "stmtterm", 2, 8, |b| b).await;
 
         // Terminated while it runs: the server answers it with 57P01 and
         // rolls it back, so it is safe to run again.
@@ -378,7 +349,7 @@ async fn writes_under_random_cuts(prefix: &str, size: usize, depth: usize, write
 async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (role, _file, pool) = pool_with_table(cluster, "stmtdrop", 2, 8).await;
+        let (role, _file, pool) = pool_with_table(cluster, "stmtdrop", 2, 8, |b| b).await;
         let mut rows = pool
             .query_raw(
                 "select g, pg_sleep(0.001) from generate_series(1, 100000) g",
@@ -407,7 +378,7 @@ async fn a_row_stream_dropped_halfway_stops_its_statement_and_frees_its_slot() {
 async fn a_bind_with_the_wrong_number_of_parameters_is_the_callers_error_and_not_retried() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
-        let (_role, _file, pool) = pool_with_table(cluster, "stmtbind", 2, 8).await;
+        let (_role, _file, pool) = pool_with_table(cluster, "stmtbind", 2, 8, |b| b).await;
         let e = pool.query_typed("select $1::int8", &[]).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Query, "{e:#}");
         assert!(e.is_callers_error() && !e.is_unavailable(), "{e:#}");
@@ -456,7 +427,7 @@ async fn a_write_terminated_after_it_completed_and_before_it_committed_is_retrie
         let cluster = Cluster::shared().await.unwrap();
         for depth in [1, 8] {
             let prefix = format!("stmtsync{depth}");
-            let (_role, _file, pool) = pool_with_table(cluster, &prefix, 1, depth).await;
+            let (_role, _file, pool) = pool_with_table(cluster, &prefix, 1, depth, |b| b).await;
             pool.batch_execute(
                 "create sequence once;
                  create function die_once() returns trigger language plpgsql as $$

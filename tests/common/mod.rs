@@ -210,6 +210,37 @@ pub async fn build_pool(
         .unwrap()
 }
 
+/// The empty table `t (k int)` of the statement tests — no key: a write
+/// applied twice shows as a count of 2.
+pub async fn create_table(pool: &pgrotate::Pool) {
+    pool.batch_execute("create table t (k int not null)")
+        .await
+        .unwrap();
+}
+
+/// [`pool_on_role`] with the empty table `t` ([`create_table`]).
+pub async fn pool_with_table(
+    cluster: &Cluster,
+    prefix: &str,
+    size: usize,
+    depth: usize,
+    configure: impl FnOnce(pgrotate::PoolBuilder) -> pgrotate::PoolBuilder,
+) -> (TestRole, UrlFile, pgrotate::Pool) {
+    let (role, file, pool) = pool_on_role(cluster, prefix, size, depth, configure).await;
+    create_table(&pool).await;
+    (role, file, pool)
+}
+
+/// How many rows each key of `t` has.
+pub async fn counts(pool: &pgrotate::Pool) -> std::collections::HashMap<i32, i64> {
+    pool.query("select k, count(*) from t group by k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// Tasks spawned together; [`Tasks::outcomes`] waits for them all.
 pub struct Tasks<T>(Vec<tokio::task::JoinHandle<T>>);
 
