@@ -68,42 +68,59 @@ impl Cluster {
     /// the caller's); returns how many were signalled, once they are gone
     /// from `pg_stat_activity`. Their clients see `57P01` or a closed
     /// connection.
+    ///
+    /// A session still starting when this is called (authenticated, not yet
+    /// listed: PostgreSQL before 18 lists a backend only once its startup
+    /// is done) is caught by a further pass over the sessions that began
+    /// before the call; passes repeat until one finds none. That narrows
+    /// the window to a startup slower than a pass, which the server cannot
+    /// show us.
     pub async fn terminate_backends(&self, role_name: &str) -> Result<u64, FixtureError> {
         let client = self.superuser().await?;
-        let pids: Vec<i32> = client
-            .query(
-                "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
-                &[&role_name],
-            )
+        let called: std::time::SystemTime = client
+            .query_one("SELECT clock_timestamp()", &[])
             .await
-            .map_err(|e| FixtureError::postgres("listing sessions", e))?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+            .map_err(|e| FixtureError::postgres("reading the server's clock", e))?
+            .get(0);
         let mut terminated = 0;
-        for pid in &pids {
-            let signalled: bool = client
-                .query_one("SELECT pg_terminate_backend($1)", &[pid])
-                .await
-                .map_err(|e| FixtureError::postgres("terminating a session", e))?
-                .get(0);
-            if signalled {
-                terminated += 1;
-            }
-        }
-        wait_until("terminated sessions to end", || async {
-            let left: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                    &[&pids],
+        loop {
+            let pids: Vec<i32> = client
+                .query(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE usename = $1 AND pid <> pg_backend_pid() AND backend_start <= $2",
+                    &[&role_name, &called],
                 )
                 .await
-                .map_err(|e| FixtureError::postgres("counting sessions", e))?
-                .get(0);
-            Ok(left == 0)
-        })
-        .await?;
-        Ok(terminated)
+                .map_err(|e| FixtureError::postgres("listing sessions", e))?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            if pids.is_empty() {
+                return Ok(terminated);
+            }
+            for pid in &pids {
+                let signalled: bool = client
+                    .query_one("SELECT pg_terminate_backend($1)", &[pid])
+                    .await
+                    .map_err(|e| FixtureError::postgres("terminating a session", e))?
+                    .get(0);
+                if signalled {
+                    terminated += 1;
+                }
+            }
+            wait_until("terminated sessions to end", || async {
+                let left: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                        &[&pids],
+                    )
+                    .await
+                    .map_err(|e| FixtureError::postgres("counting sessions", e))?
+                    .get(0);
+                Ok(left == 0)
+            })
+            .await?;
+        }
     }
 
     /// Replaces `old` by a new login role with a new name and password, as a
