@@ -832,9 +832,6 @@ async fn closing_the_pool_under_100_pipelined_statements_answers_every_caller() 
 /// caller (deadpool-postgres, or `pipeline_depth(1)`) a caller that gives
 /// up leaves at most its own statement behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails (every run): a given-up statement frees its slot at once while it stays \
-            queued/sent on the connection, so the pipeline depth bounds nothing: the patient \
-            caller's select 1 waits 3-48 s (more than 5 s here) behind abandoned statements"]
 async fn callers_giving_up_in_a_loop_do_not_bury_a_patient_caller() {
     log_from_env();
     bounded(async {

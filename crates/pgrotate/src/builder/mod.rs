@@ -340,7 +340,10 @@ impl PoolBuilder {
     /// statements share them, each going to the connection with the fewest
     /// in flight. Statements sharing a connection are answered in order: a
     /// slow one delays those sent after it on that connection (never those
-    /// on others). See the crate README for measurements.
+    /// on others). A statement whose caller gave up after it was sent
+    /// still counts until its answer comes (the server runs it anyway), so
+    /// the depth bounds the work queued on a connection. See the crate
+    /// README for measurements.
     pub fn pipeline_depth(mut self, depth: usize) -> PoolBuilder {
         self.pipeline_depth = depth;
         self

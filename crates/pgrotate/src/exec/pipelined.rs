@@ -67,7 +67,7 @@ impl Pool {
 
     /// A slot on a lane for the next attempt. `Ok(None)`: opening a lane
     /// failed in a way worth retrying, and the backoff has been waited.
-    async fn next_slot(&self, attempts: &mut Attempts) -> Result<Option<Slot<'_>>, Error> {
+    async fn next_slot(&self, attempts: &mut Attempts) -> Result<Option<Slot>, Error> {
         loop {
             if self.inner.pool.is_closed() {
                 return Err(Error::new(ErrorKind::Closed, ""));
@@ -122,11 +122,11 @@ impl Pool {
     async fn pipelined_once<R: Rows>(
         &self,
         policy: &RetryPolicy,
-        slot: Slot<'_>,
+        mut slot: Slot,
         stmt: Statement<'_>,
     ) -> Step<R::Output> {
         let (timeout, deadline) = self.attempt_bound(policy);
-        let lane = slot.lane();
+        let lane = &slot.lane().clone();
         let params = stmt.params;
         let sent = until(
             deadline,
@@ -140,7 +140,10 @@ impl Pool {
             place,
             run,
         } = match sent {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                slot.placed(s.place, deadline);
+                s
+            }
             Ok(Err(NotSent::Unsynced)) => return Step::Again,
             // Nothing of it ran: a prepare that failed, or refused
             // parameters.

@@ -35,6 +35,7 @@ pub(crate) use lane::{Lane, NotSent, Submitted};
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -55,6 +56,8 @@ pub(crate) const MAX_DEPTH: usize = 1024;
 pub(crate) struct Lanes {
     depth: usize,
     state: Mutex<State>,
+    /// The pool's close: a given-up statement stops holding its slot.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 #[derive(Default)]
@@ -74,7 +77,7 @@ struct State {
 /// What a statement does next.
 pub(crate) enum Pick<'a> {
     /// A slot on this lane.
-    Join(Slot<'a>),
+    Join(Slot),
     /// Open a lane: check a connection out of the pool, then
     /// [`Opening::opened`].
     Open(Opening<'a>),
@@ -94,10 +97,11 @@ pub(crate) struct PoolState {
 }
 
 impl Lanes {
-    pub(crate) fn new(depth: usize) -> Lanes {
+    pub(crate) fn new(depth: usize, shutdown: tokio::sync::watch::Receiver<bool>) -> Lanes {
         Lanes {
             depth,
             state: Mutex::default(),
+            shutdown,
         }
     }
 
@@ -111,7 +115,7 @@ impl Lanes {
     }
 
     /// Chooses where the next statement goes.
-    pub(crate) fn pick(&self, pool: PoolState) -> Pick<'_> {
+    pub(crate) fn pick(self: &Arc<Self>, pool: PoolState) -> Pick<'_> {
         let mut st = self.state();
         st.lanes.retain(|l| {
             let keep = l.takes_statements() && l.generation() >= pool.generation;
@@ -135,7 +139,7 @@ impl Lanes {
         match best {
             Some(lane) if lane.in_flight() < self.depth && !spare => {
                 lane.add();
-                Pick::Join(Slot { lanes: self, lane })
+                Pick::Join(Slot::new(self, lane))
             }
             _ if spare => {
                 st.opening += 1;
@@ -179,7 +183,7 @@ impl Lanes {
 }
 
 /// Queues the caller for a slot.
-fn wait<'a>(lanes: &'a Lanes, st: &mut State) -> Pick<'a> {
+fn wait<'a>(lanes: &'a Arc<Lanes>, st: &mut State) -> Pick<'a> {
     let (tx, rx) = oneshot::channel();
     st.waiting.push_back(tx);
     Pick::Wait(Waiting {
@@ -197,20 +201,68 @@ fn nudge(st: &mut State) {
     }
 }
 
-/// A statement's place on a lane; frees it when dropped.
-pub(crate) struct Slot<'a> {
-    lanes: &'a Lanes,
+/// A statement's place on a lane; frees it when dropped — or, when the
+/// statement was handed to tokio-postgres and its caller gave up before
+/// the answer, once the answer comes (the server runs it all the same):
+/// the depth bounds the statements on a connection, not only the callers
+/// still waiting for theirs.
+pub(crate) struct Slot {
+    lanes: Arc<Lanes>,
     lane: Arc<Lane>,
+    /// Its statement's place among the connection's requests once handed
+    /// to tokio-postgres, and how long its answer is waited for.
+    placed: Option<(u64, Option<Instant>)>,
 }
 
-impl Slot<'_> {
+/// How long a given-up statement with no attempt timeout keeps its slot
+/// at most, waiting for its answer (the pool's close ends the wait too).
+const GIVEN_UP_WAIT: Duration = Duration::from_secs(3600);
+
+impl Slot {
+    fn new(lanes: &Arc<Lanes>, lane: Arc<Lane>) -> Slot {
+        Slot {
+            lanes: lanes.clone(),
+            lane,
+            placed: None,
+        }
+    }
+
     pub(crate) fn lane(&self) -> &Arc<Lane> {
         &self.lane
     }
+
+    /// Its statement is on the wire at `place`; if its caller gives up,
+    /// the slot stays taken until the answer comes, or `until`.
+    pub(crate) fn placed(&mut self, place: u64, until: Option<Instant>) {
+        self.placed = Some((place, until));
+    }
 }
 
-impl Drop for Slot<'_> {
+impl Drop for Slot {
     fn drop(&mut self) {
+        if let Some((place, until)) = self.placed.take()
+            && !self.lane.wire().is_answered(place)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let slot = Slot {
+                lanes: self.lanes.clone(),
+                lane: self.lane.clone(),
+                placed: None,
+            };
+            let within = until.map_or(GIVEN_UP_WAIT, |u| {
+                u.saturating_duration_since(Instant::now())
+            });
+            let mut shutdown = self.lanes.shutdown.clone();
+            runtime.spawn(async move {
+                tokio::select! {
+                    _ = slot.lane.wire().answered(place, within) => {}
+                    // Closed (or dropped): the slot is let go at once.
+                    _ = shutdown.wait_for(|closed| *closed) => {}
+                }
+                drop(slot);
+            });
+            return;
+        }
         self.lanes.release(&self.lane);
     }
 }
@@ -218,13 +270,13 @@ impl Drop for Slot<'_> {
 /// A lane being opened; [`Opening::opened`] with its connection, or
 /// dropped when getting one failed.
 pub(crate) struct Opening<'a> {
-    lanes: &'a Lanes,
+    lanes: &'a Arc<Lanes>,
 }
 
 impl<'a> Opening<'a> {
     /// The new lane, with the caller's slot on it; spare slots go to
     /// waiting callers.
-    pub(crate) fn opened(self, client: Client) -> Slot<'a> {
+    pub(crate) fn opened(self, client: Client) -> Slot {
         let lanes = self.lanes;
         let lane = Arc::new(Lane::new(client));
         lane.add();
@@ -241,7 +293,7 @@ impl<'a> Opening<'a> {
         st.lanes.push(lane.clone());
         drop(st);
         // `self` drops here: no longer opening.
-        Slot { lanes, lane }
+        Slot::new(lanes, lane)
     }
 }
 
@@ -255,20 +307,17 @@ impl Drop for Opening<'_> {
 
 /// A caller waiting for a slot.
 pub(crate) struct Waiting<'a> {
-    lanes: &'a Lanes,
+    lanes: &'a Arc<Lanes>,
     rx: Option<oneshot::Receiver<Option<Arc<Lane>>>>,
 }
 
 impl<'a> Waiting<'a> {
     /// A slot (`Some`), or `None`: choose again.
-    pub(crate) async fn slot(mut self) -> Option<Slot<'a>> {
+    pub(crate) async fn slot(mut self) -> Option<Slot> {
         let rx = self.rx.as_mut()?;
         let got = rx.await.ok().flatten();
         self.rx = None;
-        got.map(|lane| Slot {
-            lanes: self.lanes,
-            lane,
-        })
+        got.map(|lane| Slot::new(self.lanes, lane))
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) struct Inner {
     /// In pooler mode, the parameter types of the pool-level statements.
     pub(crate) param_types: crate::statements::ParamTypes,
     /// The connections pool-level statements share (pipelining).
-    pub(crate) lanes: crate::pipeline::Lanes,
+    pub(crate) lanes: Arc<crate::pipeline::Lanes>,
 }
 
 impl Drop for Inner {
@@ -157,7 +157,10 @@ impl Pool {
             param_types: crate::statements::ParamTypes::default(),
             // Through a transaction-mode pooler each statement keeps a
             // connection of its own (PgBouncer routes by transaction).
-            lanes: crate::pipeline::Lanes::new(if pooler { 1 } else { builder.pipeline_depth }),
+            lanes: Arc::new(crate::pipeline::Lanes::new(
+                if pooler { 1 } else { builder.pipeline_depth },
+                shutdown_rx.clone(),
+            )),
         });
         crate::maintenance::spawn(
             Arc::downgrade(&inner),

@@ -64,7 +64,8 @@ pub(crate) struct Wire {
     runs_sent: AtomicU64,
     /// `CommandComplete` messages received.
     completions: AtomicU64,
-    /// The stream ended (end of file or an error reading it).
+    /// The stream ended (end of file, an error reading it, or the stream
+    /// dropped with its connection task).
     ended: AtomicBool,
     /// Requests that get one `ReadyForQuery` (`Query`, `Sync`,
     /// `FunctionCall`; not the startup) handed to the stream below: the
@@ -277,6 +278,15 @@ impl Wire {
                 after_complete: self.fatal_after_complete.load(Ordering::Acquire),
             }),
         }
+    }
+
+    /// Whether the request at `place` (1-based, in the sequence of
+    /// [`Wire::requests`]) needs no more waiting for: answered, the stream
+    /// ended, or not observed (nothing to wait on).
+    pub(crate) fn is_answered(&self, place: u64) -> bool {
+        !self.observed.load(Ordering::Acquire)
+            || self.ended.load(Ordering::Acquire)
+            || self.answered.load(Ordering::Acquire) >= place
     }
 
     /// Waits until the request at `place` (1-based, in the sequence of

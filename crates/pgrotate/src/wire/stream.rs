@@ -51,6 +51,14 @@ impl<S> Observed<S> {
     }
 }
 
+impl<S> Drop for Observed<S> {
+    /// The connection's task ended or was aborted: nothing more will be
+    /// read, so whoever waits for an answer stops waiting.
+    fn drop(&mut self) {
+        self.wire.end();
+    }
+}
+
 impl<S: AsyncRead + Unpin> Observed<S> {
     /// A write failed (`error`, the first time): the error is held back
     /// while the read side goes on, so tokio-postgres reads what the server
@@ -349,5 +357,21 @@ mod tests {
         // And a flush after it fails too, without waiting again.
         let flushed = Pin::new(&mut s).poll_flush(&mut Context::from_waker(Waker::noop()));
         assert!(matches!(flushed, Poll::Ready(Err(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_dropped_with_its_connection_task_ends_every_wait_for_an_answer() {
+        let s = observed(&[], false);
+        let wire = s.wire.clone();
+        let waiting = tokio::spawn({
+            let wire = wire.clone();
+            async move { wire.answered(1, std::time::Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!wire.is_answered(1));
+        // The task was aborted (a lane killed): no answer will be read.
+        drop(s);
+        assert_eq!(waiting.await.unwrap(), crate::wire::Answers::Ended);
+        assert!(wire.is_answered(1), "nothing left to wait for");
     }
 }
