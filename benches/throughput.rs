@@ -75,6 +75,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = measure(Duration::from_millis(500), CONCURRENCY, call.clone()).await;
     }
 
+    // `PGROTATE_BENCH_ONLY=<n>` (0 deadpool, 1 run, 2 get): that contender
+    // alone, for a profiler or a syscall count (`perf stat`).
+    if let Some(only) = std::env::var("PGROTATE_BENCH_ONLY")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&i| i < contenders.len())
+    {
+        let (name, call) = &contenders[only];
+        let n = measure(round * rounds, CONCURRENCY, call.clone()).await;
+        println!(
+            "{name} alone: {n} queries, {:.0} q/s",
+            n as f64 / (round * rounds).as_secs_f64()
+        );
+        return Ok(());
+    }
+
     let mut totals = [0u64; 3];
     let mut cpu = [Duration::ZERO; 3];
     let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

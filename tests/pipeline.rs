@@ -194,32 +194,44 @@ async fn a_caller_giving_up_halfway_leaves_the_others_on_its_connection_unharmed
 /// A statement whose caller gave up keeps its place on the connection
 /// until its answer (the server runs it anyway); one that never gets an
 /// answer does not keep the pool's tasks alive once the pool is closed.
+///
+/// The pool lives on a runtime of its own, so its tasks are counted alone
+/// (the fixture's own clients spawn and end tasks on the test's runtime).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_pool_lets_go_of_a_given_up_statement_that_never_got_its_answer() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = common::role_and_file(cluster, "pipeclose").await;
         let lock = Lock::take(cluster, &role, 17_009).await;
-        let tasks = || {
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks()
-        };
-        let baseline = tasks();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         // No attempt timeout (the default policy has none): only its
         // answer, its connection's end or the pool's close lets its place go.
-        let pool = common::build_pool(Pool::builder(file.source()), 1, 8).await;
-        let sql = behind_lock(17_009);
-        let gave_up = tokio::time::timeout(Duration::from_millis(50), pool.query_one(&sql, &[]));
-        assert!(gave_up.await.is_err(), "the statement waits for the lock");
+        let pool = runtime
+            .spawn(common::build_pool(Pool::builder(file.source()), 1, 8))
+            .await
+            .unwrap();
+        let call = runtime.spawn({
+            let pool = pool.clone();
+            async move { pool.query_one(&behind_lock(17_009), &[]).await }
+        });
         wait_until(async || {
             count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await == 1
         })
         .await;
+        // Its caller gives up (a request timeout, a closed HTTP connection).
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+        let tasks = || runtime.metrics().num_alive_tasks();
+        assert!(tasks() > 0, "the pool's own tasks run");
         pool.close();
         drop(pool);
-        wait_until(async || tasks() <= baseline).await;
+        wait_until(async || tasks() == 0).await;
         lock.release().await;
+        runtime.shutdown_background();
     })
     .await;
 }
