@@ -357,6 +357,50 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
     .await;
 }
 
+/// A warm connection's backlog (see the two tests below): a slow
+/// statement holds the backend while 200 inserts of 100 kB into `big`
+/// queue behind it (the socket fills, so most stay queued, unwritten),
+/// then `first_read` (`READ` with 7), a statement already in the
+/// connection's cache used for the first time on this lane.
+struct Backlog {
+    slow: tokio::task::JoinHandle<Result<tokio_postgres::Row, pgrotate::Error>>,
+    bigs: common::Tasks<(i32, Outcome)>,
+    first_read: tokio::task::JoinHandle<Result<tokio_postgres::Row, pgrotate::Error>>,
+}
+
+const BIG: &str = "insert into big values ($1, $2)";
+const READ: &str = "select $1::int4 + 0";
+const WRITE: &str = "insert into t values ($1)";
+
+impl Backlog {
+    async fn start(pool: &Pool) -> Backlog {
+        let payload = "x".repeat(100_000);
+        let slow = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one("select pg_sleep(0.7)::text", &[]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let bigs = spawn_tasks(200, |i| {
+            let (pool, payload) = (pool.clone(), payload.clone());
+            async move {
+                let k = i as i32;
+                (k, Outcome::of(pool.execute(BIG, &[&k, &payload]).await))
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let first_read = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.query_one(READ, &[&7i32]).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Backlog {
+            slow,
+            bigs,
+            first_read,
+        }
+    }
+}
+
 /// A lane (a shared connection's run of pipelined statements) counts the
 /// place of each statement it hands to tokio-postgres; the first use of a
 /// statement on a lane "prepares" it under the lane's lock and then sets
@@ -399,37 +443,14 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
         )
         .await
         .unwrap();
-        const BIG: &str = "insert into big values ($1, $2)";
-        const READ: &str = "select $1::int4 + 0";
-        const WRITE: &str = "insert into t values ($1)";
-        let payload = "x".repeat(100_000);
         // Warm the connection's statement cache, then let the lane end.
         pool.execute(BIG, &[&-1i32, &"warm"]).await.unwrap();
         pool.query_one(READ, &[&0i32]).await.unwrap();
         pool.execute(WRITE, &[&0i32]).await.unwrap();
         wait_until(async || pool.status().available == 1).await;
-
-        // A slow statement, then 200 big inserts queued behind it.
-        let slow = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.query_one("select pg_sleep(0.7)::text", &[]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let bigs = spawn_tasks(200, |i| {
-            let (pool, payload) = (pool.clone(), payload.clone());
-            async move {
-                let k = i as i32;
-                (k, Outcome::of(pool.execute(BIG, &[&k, &payload]).await))
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // First use on this lane of statements in the cache: the count is
-        // set to the requests written so far.
-        let read = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.query_one(READ, &[&7i32]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The first use on this lane of statements in the cache (the
+        // backlog's read) sets the count to the requests written so far.
+        let backlog = Backlog::start(&pool).await;
         let doomed = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.execute(WRITE, &[&-1i32]).await })
@@ -448,9 +469,9 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
         });
         let doomed = doomed.await.unwrap();
         let behind = behind.outcomes().await;
-        let read = read.await.unwrap();
-        let slow = slow.await.unwrap();
-        let bigs = bigs.outcomes().await;
+        let read = backlog.first_read.await.unwrap();
+        let slow = backlog.slow.await.unwrap();
+        let bigs = backlog.bigs.outcomes().await;
         let present: i64 = pool
             .query_one("select count(*) from t where k = -1", &[])
             .await
@@ -542,11 +563,7 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
         pool.batch_execute("create table big (k int not null, v text not null)")
             .await
             .unwrap();
-        const BIG: &str = "insert into big values ($1, $2)";
-        const READ: &str = "select $1::int4 + 0";
-        const WRITE: &str = "insert into t values ($1)";
         const SNEAKY: &str = "start /* sneaky */ transaction";
-        let payload = "x".repeat(100_000);
         // Warm the connection's statement cache (the BEGIN prepared, not
         // run), then let it go back to the pool.
         {
@@ -556,25 +573,7 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
             }
         }
         wait_until(async || pool.status().available == 1).await;
-
-        let slow = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.query_one("select pg_sleep(0.7)::text", &[]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let bigs = spawn_tasks(200, |i| {
-            let (pool, payload) = (pool.clone(), payload.clone());
-            async move {
-                let k = i as i32;
-                (k, Outcome::of(pool.execute(BIG, &[&k, &payload]).await))
-            }
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let read = {
-            let pool = pool.clone();
-            tokio::spawn(async move { pool.query_one(READ, &[&7i32]).await })
-        };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        let backlog = Backlog::start(&pool).await;
         let begin = {
             let pool = pool.clone();
             tokio::spawn(async move { pool.execute(SNEAKY, &[]).await })
@@ -590,9 +589,9 @@ async fn writes_inside_a_block_left_open_are_never_reported_ok_on_a_warm_connect
         let writes = writes.outcomes().await;
         let begin = begin.await.unwrap();
         let _ = (
-            read.await.unwrap(),
-            slow.await.unwrap(),
-            bigs.outcomes().await,
+            backlog.first_read.await.unwrap(),
+            backlog.slow.await.unwrap(),
+            backlog.bigs.outcomes().await,
         );
         let present = counts(&pool).await;
         let ok: Vec<i32> = writes
