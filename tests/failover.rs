@@ -174,9 +174,11 @@ async fn the_watch_follows_a_promote_and_drains_the_old_server_which_stays_up() 
         wait_until(async || pool.status().generation == 2).await;
         let picked_up = changed.elapsed();
         // Within one interval (+10% jitter), plus the test connection made
-        // before adopting.
+        // before adopting (a TLS connect took over a second once on a
+        // loaded 2-core machine: 3 s of slack, still far below a watch
+        // that waited for a second interval of a slower schedule).
         assert!(
-            picked_up < interval * 11 / 10 + Duration::from_secs(1),
+            picked_up < interval * 11 / 10 + Duration::from_secs(3),
             "the watch picks a change up within one interval ({picked_up:?})"
         );
         assert_eq!(current_database(&pool).await.unwrap(), new_role.database);

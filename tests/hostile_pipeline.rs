@@ -20,6 +20,19 @@ use pgrotate_testing::{Cluster, TestRole};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 
+/// Why a terminate may leave pipelined statements `OutcomeUnknown`: a
+/// backend terminated while blocked writing answers to a client that reads
+/// slower than the server answers (a loaded machine, deep pipelines, big
+/// rows) exits without its `FATAL` — PostgreSQL's `postgres.c`,
+/// `ProcessClientWriteInterrupt`: "we don't want to send the client the
+/// error message as that a) would possibly block again" — and with
+/// requests unread in its socket the close is a reset, so answers still in
+/// its send buffer are lost too. The statements after the last answer
+/// read may have run (committed) or not; nothing the client can see tells
+/// them apart. Retried are only those whose `Execute` was never written.
+#[allow(dead_code)]
+const UNKNOWN_THROUGH_A_TERMINATE: () = ();
+
 /// What a caller's write came to.
 #[derive(Debug)]
 enum Outcome {
@@ -277,8 +290,9 @@ impl Load {
 /// 64 pipelined callers (half writing, half reading their own value back)
 /// on 2 connections; the password is rotated twice back to back (the
 /// second before the pool has settled on the first), twice: no caller sees
-/// an error and every write is applied exactly once.
-#[ignore = "fails about 1 run in 10 when other tests load the machine (passes 14 of 14 alone): up to 18 of 64 callers get OutcomeUnknown ('connection closed') after two back-to-back rotations on 2 connections; cause not found yet"]
+/// an error but an unknown outcome the server left unsaid
+/// ([`UNKNOWN_THROUGH_A_TERMINATE`]), every write `Ok` is applied exactly
+/// once and an unknown one at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
     log_from_env();
@@ -309,7 +323,8 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
                     if r.is_ok() {
                         load.done.fetch_add(1, Ordering::Relaxed);
                     }
-                    outcomes.push((w % 2 == 0, k, r.map_err(|e| format!("{e:#}"))));
+                    let r = r.map_err(|e| (e.is_outcome_unknown(), format!("{e:#}")));
+                    outcomes.push((w % 2 == 0, k, r));
                 }
                 outcomes
             }
@@ -323,12 +338,16 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
         load.stop.store(true, Ordering::Relaxed);
         let mut errors = Vec::new();
         let mut written = Vec::new();
+        let (mut unknown, mut unknown_reads) = (Vec::new(), 0);
         for (write, k, r) in callers.outcomes().await.into_iter().flatten() {
             match r {
                 Ok(Some(k)) => written.push(k),
                 Ok(None) if write => panic!("write {k} affected no row"),
                 Ok(None) => {}
-                Err(e) => errors.push((write, k, e)),
+                // What the server never said (see UNKNOWN_THROUGH_A_TERMINATE).
+                Err((true, _)) if write => unknown.push(k),
+                Err((true, _)) => unknown_reads += 1,
+                Err((false, e)) => errors.push((write, k, e)),
             }
         }
         let present = counts(&pool).await;
@@ -341,15 +360,18 @@ async fn two_rotations_back_to_back_under_64_pipelined_callers_cost_nothing() {
             errors.len(),
             &errors[..errors.len().min(5)]
         );
-        assert_eq!(
-            present.len(),
-            written.len(),
-            "rows present, writes reported"
-        );
+        for (k, n) in &present {
+            assert!(
+                *n == 1 && (written.contains(k) || unknown.contains(k)),
+                "key {k} present {n} times, reported neither Ok nor unknown"
+            );
+        }
         eprintln!(
-            "four rotations in two pairs: {} calls, {} writes, {} retries, generation {}",
+            "four rotations in two pairs: {} calls, {} writes, {} writes and {unknown_reads} \
+             reads unknown, {} retries, generation {}",
             load.done.load(Ordering::Relaxed),
             written.len(),
+            unknown.len(),
             pool.status().retries,
             pool.status().generation
         );
@@ -1005,7 +1027,8 @@ async fn a_get_request_polled_once_and_dropped_never_leaks_into_the_next_callers
 /// 1 MB parameters pipelined among small statements on one connection,
 /// the connection terminated while they are in flight, three times: each
 /// small caller gets its own value, each big write is there once with its
-/// bytes intact if `Ok`, and no caller sees an error.
+/// bytes intact if `Ok`, and no caller sees an error other than an
+/// unknown outcome the server left unsaid ([`UNKNOWN_THROUGH_A_TERMINATE`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
     log_from_env();
@@ -1017,6 +1040,7 @@ async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
             .unwrap();
         let mut big_outcomes = Vec::new();
         let mut errors = Vec::new();
+        let mut unknown_calls = 0;
         for round in 0..3 {
             let callers = spawn_tasks(64, |i| {
                 let pool = pool.clone();
@@ -1045,8 +1069,11 @@ async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
             tokio::time::sleep(Duration::from_millis(30)).await;
             cluster.terminate_backends(&role.name).await.unwrap();
             for (k, big, o) in callers.outcomes().await {
-                if let Outcome::Err(_, _, e) = &o {
-                    errors.push(format!("round {round} key {k}: {e}"));
+                match &o {
+                    // What the server never said (see UNKNOWN_THROUGH_A_TERMINATE).
+                    Outcome::Err(ErrorKind::OutcomeUnknown, _, _) => unknown_calls += 1,
+                    Outcome::Err(_, _, e) => errors.push(format!("round {round} key {k}: {e}")),
+                    _ => {}
                 }
                 if big {
                     big_outcomes.push((k, o));
@@ -1069,7 +1096,8 @@ async fn megabyte_parameters_among_small_statements_survive_a_terminate() {
         }
         let [ok, unknown, _, other] = check_writes(&big_outcomes, &present);
         eprintln!(
-            "{ok} big writes Ok, {unknown} unknown, {other} other; {} retries; errors {:?}",
+            "{ok} big writes Ok, {unknown} unknown, {other} other; {unknown_calls} calls of 192 \
+             unknown; {} retries; errors {:?}",
             pool.status().retries,
             &errors[..errors.len().min(3)]
         );
@@ -1147,9 +1175,9 @@ async fn query_typed_pipelined_with_mixed_types_gives_each_caller_its_own_typed_
 
 /// 2,000 callers at once on one connection 1,024 deep (the deepest
 /// allowed), half of them writing, the connection terminated once while
-/// they are in flight: every reader gets its own value, every write is
-/// there once, no caller sees an error.
-#[ignore = "failed 1 run in 7 under load after the lane-count fix (the same kind of unknown outcome as the back-to-back rotations); cause not found yet"]
+/// they are in flight: every reader gets its own value, every write `Ok`
+/// is there once, an unknown one at most once, and no caller sees any
+/// other error ([`UNKNOWN_THROUGH_A_TERMINATE`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() {
     log_from_env();
@@ -1178,8 +1206,11 @@ async fn two_thousand_callers_on_one_connection_1024_deep_through_a_terminate() 
         let mut writes = Vec::new();
         let mut errors = Vec::new();
         for (k, write, o) in callers.outcomes().await {
-            if let Outcome::Err(_, _, e) = &o {
-                errors.push(format!("key {k}: {e}"));
+            match &o {
+                // What the server never said (see UNKNOWN_THROUGH_A_TERMINATE).
+                Outcome::Err(ErrorKind::OutcomeUnknown, _, _) => {}
+                Outcome::Err(_, _, e) => errors.push(format!("key {k}: {e}")),
+                _ => {}
             }
             if write {
                 writes.push((k, o));
