@@ -450,21 +450,12 @@ async fn statements_behind_a_fatal_are_retried_on_a_warm_connection() {
     bounded(async {
         let cluster = Cluster::shared().await.unwrap();
         let (_role, _file, pool) = pool_with_table(cluster, "hswarm", 1, 1024, |b| b).await;
-        pool.batch_execute(
-            "create table big (k int not null, v text not null);
-             create sequence once;
-             create function die_once() returns trigger language plpgsql as $$
-             begin
-                 if new.k = -1 and nextval('once') = 1 then
-                     perform pg_terminate_backend(pg_backend_pid());
-                 end if;
-                 return null;
-             end $$;
-             create constraint trigger die_at_commit after insert on t
-                 deferrable initially deferred for each row execute function die_once();",
-        )
-        .await
-        .unwrap();
+        pool.batch_execute("create table big (k int not null, v text not null)")
+            .await
+            .unwrap();
+        pool.batch_execute(&common::terminate_once_at_commit("new.k = -1", ""))
+            .await
+            .unwrap();
         // Warm the connection's statement cache, then let the lane end.
         pool.execute(BIG, &[&-1i32, &"warm"]).await.unwrap();
         pool.query_one(READ, &[&0i32]).await.unwrap();

@@ -428,20 +428,9 @@ async fn a_write_terminated_after_it_completed_and_before_it_committed_is_retrie
         for depth in [1, 8] {
             let prefix = format!("stmtsync{depth}");
             let (_role, _file, pool) = pool_with_table(cluster, &prefix, 1, depth, |b| b).await;
-            pool.batch_execute(
-                "create sequence once;
-                 create function die_once() returns trigger language plpgsql as $$
-                 begin
-                     if nextval('once') = 1 then
-                         perform pg_terminate_backend(pg_backend_pid());
-                     end if;
-                     return null;
-                 end $$;
-                 create constraint trigger die_at_commit after insert on t
-                     deferrable initially deferred for each row execute function die_once();",
-            )
-            .await
-            .unwrap();
+            pool.batch_execute(&common::terminate_once_at_commit("true", ""))
+                .await
+                .unwrap();
             let others = common::spawn_tasks(if depth > 1 { 6 } else { 0 }, |_| {
                 let pool = pool.clone();
                 async move { pool.query_one("select count(*) from pg_class", &[]).await }

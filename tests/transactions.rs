@@ -245,19 +245,10 @@ async fn a_session_terminated_at_commit_before_it_took_effect_is_rerun_and_appli
         // record: on the first COMMIT only (a sequence is not rolled back) it
         // terminates its own session for real, so the server answers COMMIT
         // with 57P01 and nothing is committed.
-        pool.batch_execute(
-            "create sequence kill_once;
-             create function kill_at_commit() returns trigger language plpgsql as $$
-             begin
-                 if nextval('kill_once') = 1 then
-                     perform pg_terminate_backend(pg_backend_pid());
-                     perform pg_sleep(1);
-                 end if;
-                 return null;
-             end $$;
-             create constraint trigger at_commit after insert on t
-                 deferrable initially deferred for each row execute function kill_at_commit();",
-        )
+        pool.batch_execute(&common::terminate_once_at_commit(
+            "true",
+            "perform pg_sleep(1);",
+        ))
         .await
         .unwrap();
         let runs = Arc::new(AtomicU32::new(0));

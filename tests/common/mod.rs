@@ -110,6 +110,28 @@ pub async fn spawn_running_insert(
     write
 }
 
+/// SQL creating a deferred constraint trigger on `t` that makes the first
+/// insert for which `when` holds (a condition on `new`) terminate its own
+/// session at its commit, then run `and_then` (SQL, may be empty). A
+/// deferred trigger runs inside the commit, before the commit record, so
+/// that transaction commits nothing; later inserts commit normally (the
+/// sequence counting the first is not rolled back).
+pub fn terminate_once_at_commit(when: &str, and_then: &str) -> String {
+    format!(
+        "create sequence once;
+         create function die_once() returns trigger language plpgsql as $$
+         begin
+             if ({when}) and nextval('once') = 1 then
+                 perform pg_terminate_backend(pg_backend_pid());
+                 {and_then}
+             end if;
+             return null;
+         end $$;
+         create constraint trigger die_at_commit after insert on t
+             deferrable initially deferred for each row execute function die_once();"
+    )
+}
+
 /// Sessions of `role` left idle inside a transaction.
 pub async fn idle_in_transaction(cluster: &Cluster, role: &str) -> i64 {
     count_sessions(cluster, role, "state like 'idle in transaction%'").await
