@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::client::Client;
+use crate::wire::Answers;
 
 /// The default pipeline depth: statements in flight on one connection
 /// once every connection is busy. Measured (`benches/pipeline.rs`, 10 ms
@@ -158,6 +159,18 @@ impl Lanes {
         }
     }
 
+    /// The pool is closed: no lane takes a new statement, and every caller
+    /// waiting for a slot chooses again (and finds the pool closed).
+    pub(crate) fn close(&self) {
+        let mut st = self.state();
+        for lane in st.lanes.drain(..) {
+            lane.retire();
+        }
+        for w in st.waiting.drain(..) {
+            let _ = w.send(None);
+        }
+    }
+
     /// A statement's slot is free: handed to the oldest waiter if the lane
     /// still takes statements; otherwise the lane drains, and is dropped
     /// (its connection returned or closed) when its last statement ends.
@@ -254,10 +267,16 @@ impl Drop for Slot {
             });
             let mut shutdown = self.lanes.shutdown.clone();
             runtime.spawn(async move {
-                tokio::select! {
-                    _ = slot.lane.wire().answered(place, within) => {}
+                let unanswered = tokio::select! {
+                    answers = slot.lane.wire().answered(place, within) => answers == Answers::Unknown,
                     // Closed (or dropped): the slot is let go at once.
-                    _ = shutdown.wait_for(|closed| *closed) => {}
+                    _ = shutdown.wait_for(|closed| *closed) => false,
+                };
+                if unanswered {
+                    // No answer within its attempt's bound: the connection
+                    // is not answering, for anyone on it (as for a caller
+                    // who waited).
+                    slot.lane.kill().await;
                 }
                 drop(slot);
             });

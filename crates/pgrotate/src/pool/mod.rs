@@ -292,6 +292,9 @@ impl Pool {
     /// [`ErrorKind::Closed`]; idle connections are closed, checked-out ones
     /// when they come back.
     pub fn close(&self) {
+        // Lanes first: a slot let go by the shutdown below must not be
+        // handed to a waiting caller.
+        self.inner.lanes.close();
         self.inner.shutdown.send_replace(true);
         self.inner.refresher.close();
         self.inner.pool.close();
