@@ -85,6 +85,7 @@ impl Pool {
                     attempts.n += 1;
                     slot
                 }
+                Pick::Closed => return Err(Error::new(ErrorKind::Closed, "")),
                 Pick::Open(opening) => {
                     return Ok(self.next_client(attempts).await?.map(|c| opening.opened(c)));
                 }

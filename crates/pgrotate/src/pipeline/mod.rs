@@ -73,6 +73,8 @@ struct State {
     /// Lanes stopped so a caller of `get` gets their connection, not yet
     /// drained.
     yielding: usize,
+    /// The pool was closed: no statement joins, opens or waits.
+    closed: bool,
 }
 
 /// What a statement does next.
@@ -84,6 +86,8 @@ pub(crate) enum Pick<'a> {
     Open(Opening<'a>),
     /// Wait for a slot.
     Wait(Waiting<'a>),
+    /// The pool was closed.
+    Closed,
 }
 
 /// What the pool looks like to [`Lanes::pick`].
@@ -118,6 +122,9 @@ impl Lanes {
     /// Chooses where the next statement goes.
     pub(crate) fn pick(self: &Arc<Self>, pool: PoolState) -> Pick<'_> {
         let mut st = self.state();
+        if st.closed {
+            return Pick::Closed;
+        }
         st.lanes.retain(|l| {
             let keep = l.takes_statements() && l.generation() >= pool.generation;
             if !keep {
@@ -163,6 +170,7 @@ impl Lanes {
     /// waiting for a slot chooses again (and finds the pool closed).
     pub(crate) fn close(&self) {
         let mut st = self.state();
+        st.closed = true;
         for lane in st.lanes.drain(..) {
             lane.retire();
         }
@@ -300,6 +308,12 @@ impl<'a> Opening<'a> {
         let lane = Arc::new(Lane::new(client));
         lane.add();
         let mut st = lanes.state();
+        if st.closed {
+            // Closed while it opened: its caller's statement only.
+            lane.retire();
+            drop(st);
+            return Slot::new(lanes, lane);
+        }
         while lane.in_flight() < lanes.depth {
             let Some(w) = st.waiting.pop_front() else {
                 break;
