@@ -18,55 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{bounded, count_sessions, spawn_tasks, wait_until};
+use common::{Lock, behind_lock, bounded, count_sessions, lock_waiters, spawn_tasks, wait_until};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::{Cluster, TestRole};
-
-/// A statement that waits for the shared advisory lock `key` (held by the
-/// test) and then says which backend ran it.
-fn behind_lock(key: i64) -> String {
-    format!("select pg_backend_pid() from (select pg_advisory_xact_lock_shared({key})) l")
-}
-
-/// Holds the exclusive advisory lock `key` (in the role's database: they
-/// are per database) on a connection of its own, until released.
-struct Lock {
-    client: pgrotate::Client,
-    _pool: Pool,
-    key: i64,
-}
-
-impl Lock {
-    async fn take(cluster: &Cluster, role: &TestRole, key: i64) -> Lock {
-        let pool = Pool::builder(pgrotate::source::Static::new(cluster.url(role)))
-            .max_size(1)
-            .build()
-            .await
-            .unwrap();
-        let client = pool.get().await.unwrap();
-        client
-            .execute("select pg_advisory_lock($1)", &[&key])
-            .await
-            .unwrap();
-        Lock {
-            client,
-            _pool: pool,
-            key,
-        }
-    }
-
-    async fn release(self) {
-        self.client
-            .execute("select pg_advisory_unlock($1)", &[&self.key])
-            .await
-            .unwrap();
-    }
-}
-
-/// Sessions of `role` waiting for a lock.
-async fn lock_waiters(cluster: &Cluster, role: &TestRole) -> i64 {
-    count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await
-}
 
 /// The pid of the one session of `role` waiting for a lock.
 async fn waiting_pid(cluster: &Cluster, role: &TestRole) -> i32 {

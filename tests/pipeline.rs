@@ -7,15 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Tasks, bounded, count_sessions, spawn_tasks, wait_until};
+use common::{Lock, Tasks, behind_lock, bounded, count_sessions, spawn_tasks, wait_until};
 use pgrotate::Pool;
 use pgrotate_testing::{Cluster, TestRole};
-
-/// A statement that waits for the shared advisory lock `key` (held by the
-/// test) and then says which backend ran it.
-fn behind_lock(key: i64) -> String {
-    format!("select pg_backend_pid() from (select pg_advisory_xact_lock_shared({key})) l")
-}
 
 /// A pool of `size` connections and pipelines `depth` deep, on a role of
 /// its own; a `get` waits up to 10 s.
@@ -29,41 +23,6 @@ async fn pool(
         b.wait_timeout(Duration::from_secs(10))
     })
     .await
-}
-
-/// Holds the exclusive advisory lock `key` (in the role's database: they
-/// are per database) on a connection of its own, until released.
-struct Lock {
-    client: pgrotate::Client,
-    _pool: Pool,
-    key: i64,
-}
-
-impl Lock {
-    async fn take(cluster: &Cluster, role: &TestRole, key: i64) -> Lock {
-        let pool = Pool::builder(pgrotate::source::Static::new(cluster.url(role)))
-            .max_size(1)
-            .build()
-            .await
-            .unwrap();
-        let client = pool.get().await.unwrap();
-        client
-            .execute("select pg_advisory_lock($1)", &[&key])
-            .await
-            .unwrap();
-        Lock {
-            client,
-            _pool: pool,
-            key,
-        }
-    }
-
-    async fn release(self) {
-        self.client
-            .execute("select pg_advisory_unlock($1)", &[&self.key])
-            .await
-            .unwrap();
-    }
 }
 
 /// Spawns `n` statements behind the lock `key`, each answering with its
@@ -123,10 +82,7 @@ impl Behind {
         let (role, _file, pool) = pool(cluster, prefix, size, depth).await;
         let lock = Lock::take(cluster, &role, key).await;
         let tasks = spawn_behind(&pool, key, n);
-        wait_until(async || {
-            count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await >= 1
-        })
-        .await;
+        wait_until(async || common::lock_waiters(cluster, &role).await >= 1).await;
         Behind {
             cluster,
             role,
@@ -218,10 +174,7 @@ async fn closing_the_pool_lets_go_of_a_given_up_statement_that_never_got_its_ans
             let pool = pool.clone();
             async move { pool.query_one(&behind_lock(17_009), &[]).await }
         });
-        wait_until(async || {
-            count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await == 1
-        })
-        .await;
+        wait_until(async || common::lock_waiters(cluster, &role).await == 1).await;
         // Its caller gives up (a request timeout, a closed HTTP connection).
         call.abort();
         assert!(call.await.unwrap_err().is_cancelled());

@@ -132,6 +132,53 @@ pub fn terminate_once_at_commit(when: &str, and_then: &str) -> String {
     )
 }
 
+/// A statement that waits for the shared advisory lock `key` (held by the
+/// test) and then says which backend ran it.
+pub fn behind_lock(key: i64) -> String {
+    format!("select pg_backend_pid() from (select pg_advisory_xact_lock_shared({key})) l")
+}
+
+/// Holds the exclusive advisory lock `key` (in the role's database: they
+/// are per database) on a connection of its own, until released.
+pub struct Lock {
+    /// The lock's own connection (a test may run other SQL on it).
+    pub client: pgrotate::Client,
+    _pool: pgrotate::Pool,
+    key: i64,
+}
+
+impl Lock {
+    pub async fn take(cluster: &Cluster, role: &TestRole, key: i64) -> Lock {
+        let pool = pgrotate::Pool::builder(pgrotate::source::Static::new(cluster.url(role)))
+            .max_size(1)
+            .build()
+            .await
+            .unwrap();
+        let client = pool.get().await.unwrap();
+        client
+            .execute("select pg_advisory_lock($1)", &[&key])
+            .await
+            .unwrap();
+        Lock {
+            client,
+            _pool: pool,
+            key,
+        }
+    }
+
+    pub async fn release(self) {
+        self.client
+            .execute("select pg_advisory_unlock($1)", &[&self.key])
+            .await
+            .unwrap();
+    }
+}
+
+/// Sessions of `role` waiting for a lock.
+pub async fn lock_waiters(cluster: &Cluster, role: &TestRole) -> i64 {
+    count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await
+}
+
 /// Sessions of `role` left idle inside a transaction.
 pub async fn idle_in_transaction(cluster: &Cluster, role: &str) -> i64 {
     count_sessions(cluster, role, "state like 'idle in transaction%'").await
