@@ -344,15 +344,7 @@ async fn dropping_the_pool_lets_go_of_given_up_statements_that_never_get_their_a
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = common::role_and_file(cluster, "gudrop").await;
         let lock = Lock::take(cluster, &role, 18_006).await;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let pool = runtime
-            .spawn(common::build_pool(Pool::builder(file.source()), 1, 4))
-            .await
-            .unwrap();
+        let (runtime, pool) = common::pool_on_own_runtime(&file, 1, 4).await;
         let sql = behind_lock(18_006);
         let head = runtime.spawn({
             let (pool, sql) = (pool.clone(), sql.clone());

@@ -159,17 +159,9 @@ async fn closing_the_pool_lets_go_of_a_given_up_statement_that_never_got_its_ans
         let cluster = Cluster::shared().await.unwrap();
         let (role, file) = common::role_and_file(cluster, "pipeclose").await;
         let lock = Lock::take(cluster, &role, 17_009).await;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         // No attempt timeout (the default policy has none): only its
         // answer, its connection's end or the pool's close lets its place go.
-        let pool = runtime
-            .spawn(common::build_pool(Pool::builder(file.source()), 1, 8))
-            .await
-            .unwrap();
+        let (runtime, pool) = common::pool_on_own_runtime(&file, 1, 8).await;
         let call = runtime.spawn({
             let pool = pool.clone();
             async move { pool.query_one(&behind_lock(17_009), &[]).await }

@@ -265,6 +265,29 @@ pub async fn pool_on_role(
     (role, file, pool)
 }
 
+/// A pool reading `file` ([`build_pool`]) built on a runtime of its own
+/// (one worker), so its tasks are counted alone
+/// (`runtime.metrics().num_alive_tasks()`: the fixture's own clients
+/// spawn and end tasks on the test's runtime). End the runtime with
+/// `shutdown_background()`.
+pub async fn pool_on_own_runtime(
+    file: &UrlFile,
+    size: usize,
+    depth: usize,
+) -> (tokio::runtime::Runtime, pgrotate::Pool) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let builder = pgrotate::Pool::builder(file.source());
+    let pool = runtime
+        .spawn(build_pool(builder, size, depth))
+        .await
+        .unwrap();
+    (runtime, pool)
+}
+
 /// `builder`'s pool of at most `size` connections, pipelines `depth` deep.
 pub async fn build_pool(
     builder: pgrotate::PoolBuilder,
