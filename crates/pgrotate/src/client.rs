@@ -83,14 +83,10 @@ impl Client {
         self.conn_mut().busy = busy;
     }
 
-    /// Stops the connection's task now: nothing more is written or read.
-    pub(crate) fn abort_connection(&self) {
-        self.conn().task.abort();
-    }
-
-    /// Whether the connection's task has stopped.
-    pub(crate) fn connection_stopped(&self) -> bool {
-        self.conn().task.is_finished()
+    /// Stops the work on the connection and closes it (see
+    /// `Connection::stop`): nothing more is written from now on.
+    pub(crate) fn stop(&self) {
+        self.conn().stop();
     }
 
     /// Closes this connection instead of returning it to the pool.

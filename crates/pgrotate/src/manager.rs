@@ -75,16 +75,17 @@ pub(crate) struct Connection {
 
 impl Drop for Connection {
     /// A connection closed with work still running on it (its caller gave
-    /// up, a hook timed out, a row stream was dropped): the server is asked
-    /// to cancel that work and the socket is closed now, rather than left
-    /// open while the connection task reads the work's answer to its end —
-    /// on a plan of 20 connections, a slot each. An idle connection ends
-    /// gracefully (`Terminate`).
+    /// up, a hook timed out, a row stream was dropped, an attempt on it got
+    /// no answer in time): the server is asked to cancel that work and the
+    /// socket is closed once it is answered, in the background and bounded
+    /// (`connect::stop_in_background`), rather than left open while the
+    /// connection task reads the work's answer to its end — on a plan of
+    /// 20 connections, a slot each. An idle connection ends gracefully
+    /// (`Terminate`).
     fn drop(&mut self) {
         let running = self.busy || self.wire.unanswered().is_some_and(|n| n > 0);
-        if running && tokio::runtime::Handle::try_current().is_ok() {
-            self.cancel_in_background();
-            self.task.abort();
+        if (running || self.wire.is_sealed()) && tokio::runtime::Handle::try_current().is_ok() {
+            self.stop();
         }
     }
 }
@@ -94,12 +95,18 @@ impl Drop for Connection {
 const SETTLE: Duration = Duration::from_millis(50);
 
 impl Connection {
-    /// Asks the server to cancel what runs on this connection, in the
-    /// background, bounded: the connection is being closed because a caller
-    /// dropped it mid-request, and the server would otherwise run that
-    /// request to its end on a slot of the plan's few.
-    pub(crate) fn cancel_in_background(&self) {
-        crate::connect::cancel_in_background(self.client.cancel_token(), self.canceller.clone());
+    /// Stops the work on this connection and closes it: nothing more is
+    /// written from now on (what was sent is final when this returns); the
+    /// server is asked, in the background, to cancel each request still
+    /// unanswered, then the socket is closed. Callers still waiting get
+    /// the answers that come meanwhile, then an error.
+    pub(crate) fn stop(&self) {
+        crate::connect::stop_in_background(
+            self.client.cancel_token(),
+            self.canceller.clone(),
+            self.wire.clone(),
+            self.task.clone(),
+        );
     }
 
     /// Whether the pool should keep this connection (idle or returning):

@@ -118,7 +118,8 @@ impl RetryPolicy {
     }
 
     /// Abandons a run that takes longer than `d` (its connection is closed,
-    /// so the server rolls back) and counts it as a lost connection. Through
+    /// so the server rolls back: the server is asked to cancel what still
+    /// runs or is queued on it first) and counts it as a lost connection. Through
     /// a network partition a query can otherwise wait for minutes. `None`
     /// (the default) never abandons a run.
     #[must_use]

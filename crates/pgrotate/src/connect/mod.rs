@@ -1,7 +1,8 @@
 //! One connect: the target's bound (the connect timeout per host, never
 //! past the caller's deadline), TLS through the observing connector or a
-//! plaintext socket of the pool's own, the watch's test connection, cancel
-//! requests, and what a failed connect means.
+//! plaintext socket of the pool's own, the watch's test connection, and
+//! what a failed connect means; closing a connection with work still on
+//! it in `stop`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,10 @@ use crate::target::Target;
 use crate::wire::{Observed, Wire};
 
 mod pulse;
+mod stop;
 
 pub(crate) use pulse::Pulse;
+pub(crate) use stop::stop_in_background;
 
 const TARGET: &str = "pgrotate::connect";
 
@@ -24,27 +27,6 @@ pub(crate) enum Canceller {
     Tls(crate::wire::ObservingTls),
     Plain,
 }
-
-/// Asks the server to cancel what runs on this connection, in the
-/// background, bounded: the connection is being closed because a caller
-/// dropped it mid-request, and the server would otherwise run that
-/// request to its end on a slot of the plan's few.
-pub(crate) fn cancel_in_background(token: tokio_postgres::CancelToken, canceller: Canceller) {
-    tokio::spawn(async move {
-        let cancel = async {
-            match canceller {
-                Canceller::Tls(tls) => token.cancel_query(tls).await,
-                Canceller::Plain => token.cancel_query(tokio_postgres::NoTls).await,
-            }
-        };
-        if let Ok(Err(e)) = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await {
-            tracing::debug!(target: TARGET, error = %describe_postgres(&e), "cancel request failed");
-        }
-    });
-}
-
-/// How long a cancel request may take.
-const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens one connection with `generation`'s target within its bound: each
 /// host gets its connect timeout (tokio-postgres bounds the TCP connect to

@@ -5,6 +5,7 @@
 //! statement by its place in the connection's request sequence
 //! (`pipeline/lane.rs`).
 
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tracing::Instrument;
 
@@ -152,7 +153,7 @@ impl Pool {
             Err(()) => {
                 // The prepare got no answer: the connection is not
                 // answering, for anyone on it.
-                lane.kill().await;
+                lane.kill();
                 return Step::Ended(Outcome::Retry(Failure::pool(abandoned(timeout))));
             }
         };
@@ -174,17 +175,25 @@ impl Pool {
                     // caller or another): this statement did not commit
                     // and a `COMMIT` may be on its way. Closed at once, so
                     // the server rolls back what was not committed.
-                    lane.kill().await;
+                    lane.kill();
                     return Step::Ended(Outcome::Fail(Failure::pool(in_a_block())));
                 }
                 Step::Ended(Outcome::Done(v))
+            }
+            Ok(Err(e))
+                if lane.wire().is_sealed() && e.code() == Some(&SqlState::QUERY_CANCELED) =>
+            {
+                // The pool is closing this lane (an attempt on it got no
+                // answer in time) and cancelled what was queued on it:
+                // this statement failed before it committed.
+                Step::Ended(Outcome::Retry(Failure::pool(cancelled_on_close())))
             }
             Ok(Err(e)) => {
                 let not_run = lane.proves_not_run(place, run, e.as_db_error().is_some());
                 lane_failure(lane, e, not_run)
             }
             Err(()) => {
-                lane.kill().await;
+                lane.kill();
                 if lane.proves_not_run(place, run, false) {
                     return Step::Ended(Outcome::Retry(Failure::pool(abandoned(timeout))));
                 }
@@ -235,6 +244,16 @@ fn lane_failure<T>(lane: &Lane, e: tokio_postgres::Error, not_run: bool) -> Step
         error: e,
         not_run,
     })
+}
+
+/// A pipelined statement the pool cancelled while it closed the shared
+/// connection under it.
+fn cancelled_on_close() -> Error {
+    Error::new(
+        ErrorKind::ConnectionLost,
+        "the shared connection was closed (a statement on it got no answer within its attempt \
+         timeout) and the statement was cancelled before it committed",
+    )
 }
 
 /// A pipelined statement answered inside a transaction block.

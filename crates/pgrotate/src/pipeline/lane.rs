@@ -29,7 +29,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::Duration;
 
 use tokio_postgres::Statement;
 use tokio_postgres::types::Type;
@@ -161,19 +160,13 @@ impl Lane {
         self.broken.store(true, Ordering::Release);
     }
 
-    /// Closes the connection now (an attempt found it unanswering); waits
-    /// (briefly) until its task has stopped, so nothing more is written
-    /// and the wire's counts are final.
-    pub(crate) async fn kill(&self) {
+    /// Closes the connection (an attempt found it unanswering): no new
+    /// statement; nothing more is written from now on, so the wire's counts
+    /// are final; the server is asked to cancel what is still queued on it,
+    /// then the socket is closed (`Connection::stop`).
+    pub(crate) fn kill(&self) {
         self.break_off();
-        let client = self.client();
-        client.abort_connection();
-        for _ in 0..200 {
-            if client.connection_stopped() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        self.client().stop();
     }
 
     /// Prepares `sql` on the connection if this lane has not yet, in a task

@@ -284,7 +284,7 @@ impl Drop for Slot {
                     // No answer within its attempt's bound: the connection
                     // is not answering, for anyone on it (as for a caller
                     // who waited).
-                    slot.lane.kill().await;
+                    slot.lane.kill();
                 }
                 drop(slot);
             });

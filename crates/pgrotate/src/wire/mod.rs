@@ -86,6 +86,9 @@ pub(crate) struct Wire {
     /// Whether that request had its `CommandComplete` before the `FATAL`
     /// and may have committed (see [`Wire::error`]).
     fatal_after_complete: AtomicBool,
+    /// No more writes ([`Wire::seal`]); held by every write, so a write
+    /// under way finishes (and is counted) before a seal returns.
+    sealed: Mutex<bool>,
     /// The transaction status each recent answer carried, by its place
     /// modulo [`STATUSES`]: whether a pipelined statement ended its
     /// implicit transaction or ran inside a block another one opened.
@@ -171,6 +174,7 @@ impl Default for Wire {
             head_completed: AtomicU8::new(0),
             fatal_at: AtomicU64::new(0),
             fatal_after_complete: AtomicBool::new(false),
+            sealed: Mutex::new(false),
             statuses: (0..STATUSES).map(|_| AtomicU8::new(0)).collect(),
         }
     }
@@ -192,6 +196,25 @@ impl Wire {
             b'E' => TxStatus::Failed,
             _ => TxStatus::Unknown,
         }
+    }
+
+    /// Stops every further write to the stream; reads go on, so answers
+    /// still come. Once it returns, what was sent is final: a write under
+    /// way has finished and been counted. Whether this call sealed it
+    /// (`false`: it was sealed already).
+    pub(crate) fn seal(&self) -> bool {
+        !std::mem::replace(&mut *self.write_gate(), true)
+    }
+
+    /// Whether [`Wire::seal`] was called.
+    pub(crate) fn is_sealed(&self) -> bool {
+        *self.write_gate()
+    }
+
+    /// The seal's lock, `true` once sealed: a write holds it while it
+    /// writes and counts.
+    pub(super) fn write_gate(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.sealed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Requests still waiting for their answer, if the stream is observed.

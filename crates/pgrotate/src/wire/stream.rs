@@ -145,11 +145,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Observed<S> {
         if this.failed.is_some() {
             return this.poll_failed(cx, None);
         }
-        match ready!(Pin::new(&mut this.inner).poll_write(cx, data)) {
-            Ok(n) => {
-                this.writer.feed(&data[..n], &this.wire);
-                Poll::Ready(Ok(n))
+        let written = {
+            let sealed = this.wire.write_gate();
+            if *sealed {
+                // The pool is closing this connection (`Wire::seal`):
+                // nothing more goes out. The task is woken by what it
+                // reads, and aborted once the server has answered.
+                return Poll::Pending;
             }
+            let written = ready!(Pin::new(&mut this.inner).poll_write(cx, data));
+            if let Ok(n) = written {
+                this.writer.feed(&data[..n], &this.wire);
+            }
+            written
+        };
+        match written {
+            Ok(n) => Poll::Ready(Ok(n)),
             Err(e) => this.poll_failed(cx, Some(e)),
         }
     }
