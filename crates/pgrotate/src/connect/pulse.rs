@@ -21,14 +21,20 @@ use std::time::Duration;
 /// the pulse's own, which notes every wake (a request sent into
 /// tokio-postgres's queue wakes the task). No wake since the last poll
 /// began, and no poll under way, means the queue was drained and nothing
-/// was queued since: [`Pulse::queue_written`] returns at once.
+/// was queued since: [`Pulse::queue_written`] returns at once. No wake
+/// since the poll under way began means whatever was queued was queued
+/// before it (a request queued later wakes the task), so that poll writes
+/// it: the end of that poll is waited for, and no new one is asked for —
+/// the common case under load, where a caller returns its connection
+/// while the task that handed it the answer is still finishing its poll.
 #[derive(Debug)]
 pub(crate) struct Pulse {
     /// Woken since the last poll began (a request queued, an answer
     /// arrived). True until the first poll.
     woken: std::sync::atomic::AtomicBool,
-    /// A poll under way.
-    in_poll: std::sync::atomic::AtomicBool,
+    /// Polls begun, and polls ended (one is under way while they differ).
+    begun: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
     /// Questions asked.
     pub(super) asked: std::sync::atomic::AtomicU64,
     /// The highest question a finished poll had seen when it began.
@@ -42,7 +48,8 @@ impl Default for Pulse {
     fn default() -> Pulse {
         Pulse {
             woken: std::sync::atomic::AtomicBool::new(true),
-            in_poll: std::sync::atomic::AtomicBool::new(false),
+            begun: Default::default(),
+            finished: Default::default(),
             asked: Default::default(),
             answered: Default::default(),
             ended: Default::default(),
@@ -87,27 +94,44 @@ impl Pulse {
                 *slot = Some(waker.clone());
             }
         }
-        self.in_poll.store(true, Ordering::SeqCst);
+        // Counted before the wake is cleared: whoever sees no wake sees
+        // this poll.
+        self.begun.fetch_add(1, Ordering::SeqCst);
         self.woken.store(false, Ordering::SeqCst);
     }
 
-    /// Whether a request may sit queued, not yet written: a wake since the
-    /// last poll began, or a poll under way.
-    fn may_hold_a_request(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        // `woken` first: a poll clears it after marking itself under way.
-        self.woken.load(Ordering::SeqCst) || self.in_poll.load(Ordering::SeqCst)
-    }
-
-    /// [`Pulse::flushed`] when a request may sit queued; at once otherwise.
+    /// Returns once every request queued before now has been written (at
+    /// most `within`; `false` then): at once when nothing woke the task
+    /// since its last poll began and no poll is under way; at the end of
+    /// the poll under way when nothing woke it since that poll began;
+    /// otherwise after a whole poll asked for now ([`Pulse::flushed`]).
     pub(crate) async fn queue_written(&self, within: Duration) -> bool {
-        !self.may_hold_a_request() || self.flushed(within).await
+        use std::sync::atomic::Ordering;
+        if self.woken.load(Ordering::SeqCst) {
+            return self.flushed(within).await;
+        }
+        let under_way = self.begun.load(Ordering::SeqCst);
+        if self.finished.load(Ordering::SeqCst) >= under_way {
+            return true;
+        }
+        let wait = async {
+            loop {
+                let polled = self.polled.notified();
+                if self.finished.load(Ordering::SeqCst) >= under_way
+                    || self.ended.load(Ordering::Acquire)
+                {
+                    return;
+                }
+                polled.await;
+            }
+        };
+        tokio::time::timeout(within, wait).await.is_ok()
     }
 
     /// After each poll of the connection: `seen` is `asked` read before it.
     pub(super) fn after_poll(&self, seen: u64, ended: bool) {
         use std::sync::atomic::Ordering;
-        self.in_poll.store(false, Ordering::SeqCst);
+        self.finished.fetch_add(1, Ordering::SeqCst);
         if ended {
             self.ended.store(true, Ordering::Release);
         }
@@ -134,5 +158,90 @@ impl Pulse {
             }
         };
         tokio::time::timeout(within, wait).await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The connection task's waker: counts the polls asked for.
+    struct Task(AtomicUsize);
+
+    impl std::task::Wake for Task {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn task() -> (Arc<Task>, std::task::Waker) {
+        let task = Arc::new(Task(AtomicUsize::new(0)));
+        (task.clone(), std::task::Waker::from(task))
+    }
+
+    const WITHIN: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_queued_since_the_last_poll_is_written_at_once() {
+        let pulse = Pulse::default();
+        let (task, waker) = task();
+        pulse.before_poll(&waker);
+        pulse.after_poll(0, false);
+        assert!(pulse.queue_written(WITHIN).await);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0, "no poll asked for");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_under_way_with_no_wake_is_waited_for_and_no_other_asked_for() {
+        let pulse = Arc::new(Pulse::default());
+        let (task, waker) = task();
+        pulse.before_poll(&waker);
+        let waiting = tokio::spawn({
+            let pulse = pulse.clone();
+            async move { pulse.queue_written(WITHIN).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "returned before the poll under way ended"
+        );
+        pulse.after_poll(0, false);
+        assert!(waiting.await.unwrap());
+        assert_eq!(task.0.load(Ordering::SeqCst), 0, "no poll asked for");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_since_the_poll_began_asks_for_a_whole_new_poll() {
+        let pulse = Arc::new(Pulse::default());
+        let (task, waker) = task();
+        pulse.before_poll(&waker);
+        // A request queued while the poll is under way.
+        std::task::Wake::wake_by_ref(&pulse);
+        let woken = task.0.load(Ordering::SeqCst);
+        let waiting = tokio::spawn({
+            let pulse = pulse.clone();
+            async move { pulse.queue_written(WITHIN).await }
+        });
+        tokio::task::yield_now().await;
+        // The poll under way ends: not enough, it may have begun before
+        // the request was queued.
+        pulse.after_poll(0, false);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "returned on a poll begun earlier");
+        assert!(task.0.load(Ordering::SeqCst) > woken, "a poll asked for");
+        let seen = pulse.asked.load(Ordering::Acquire);
+        pulse.before_poll(&waker);
+        pulse.after_poll(seen, false);
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_that_never_ends_is_waited_for_at_most_the_bound() {
+        let pulse = Pulse::default();
+        let (_task, waker) = task();
+        pulse.before_poll(&waker);
+        assert!(!pulse.queue_written(WITHIN).await);
     }
 }
