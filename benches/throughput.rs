@@ -10,6 +10,16 @@
 //! of the per-round ratios, and the client's CPU per query (the server
 //! shares the machine: a client that burns more leaves the server less).
 //! Target: ≥ 0.97.
+//!
+//! `PGROTATE_BENCH_CACHED=1`: every contender runs the query through
+//! `prepare_cached` instead (deadpool-postgres's statement cache, as its
+//! docs advise). A text query makes tokio-postgres prepare a named
+//! statement and queue its `Close` when the statement drops, just before
+//! the connection is returned: pgrotate's `get()` then waits, at the next
+//! checkout, for the connection task to write what was queued (so an
+//! abandoned request is never inherited unseen), where deadpool-postgres
+//! hands the connection out at once and the `Close` goes out in one write
+//! with the next caller's query.
 
 mod common;
 
@@ -21,10 +31,12 @@ use pgrotate_testing::Cluster;
 
 const POOL_SIZE: usize = 8;
 const CONCURRENCY: usize = 32;
+const SQL: &str = "select 1::int8";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (millis, rounds) = common::args("millis", (500, 20))?;
+    let cached = std::env::var_os("PGROTATE_BENCH_CACHED").is_some_and(|v| v == "1");
     let round = Duration::from_millis(millis);
 
     let cluster = Cluster::start().await?;
@@ -43,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let p = plain.clone();
             Arc::new(move |_| {
                 let p = p.clone();
-                Box::pin(async move { on_checked_out(p.get().await).await })
+                Box::pin(async move { on_checked_out(p.get().await, cached).await })
             })
         }),
         ("pgrotate run()", {
@@ -51,13 +63,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(move |_| {
                 let p = p.clone();
                 Box::pin(async move {
-                    p.run(async |c| {
-                        c.query_one("select 1::int8", &[])
-                            .await?
-                            .try_get::<_, i64>(0)
-                    })
-                    .await
-                    .is_ok()
+                    p.run(async move |c| select_one(c, cached).await)
+                        .await
+                        .is_ok()
                 })
             })
         }),
@@ -65,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let p = rotating.clone();
             Arc::new(move |_| {
                 let p = p.clone();
-                Box::pin(async move { on_checked_out(p.get().await).await })
+                Box::pin(async move { on_checked_out(p.get().await, cached).await })
             })
         }),
     ];
@@ -118,11 +126,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (k, name) in ["run()", "get()"].iter().enumerate() {
         ratios[k].sort_by(f64::total_cmp);
         println!(
-            "overall: pgrotate {name} / deadpool-postgres = {:.3} (median of rounds {:.3}; {} vs {} queries, pool {POOL_SIZE}, {CONCURRENCY} tasks, TLS)",
+            "overall: pgrotate {name} / deadpool-postgres = {:.3} (median of rounds {:.3}; {} vs {} queries, pool {POOL_SIZE}, {CONCURRENCY} tasks, TLS{})",
             totals[k + 1] as f64 / totals[0].max(1) as f64,
             ratios[k][ratios[k].len() / 2],
             totals[k + 1],
-            totals[0]
+            totals[0],
+            if cached { ", prepare_cached" } else { "" }
         );
     }
     let per_query = |i: usize| cpu[i].as_secs_f64() * 1e6 / totals[i].max(1) as f64;
@@ -137,13 +146,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The query on a client a pool handed out (`false` if it handed none):
 /// deadpool-postgres's and pgrotate's both deref to its `ClientWrapper`.
-async fn on_checked_out<C, E>(got: Result<C, E>) -> bool
+async fn on_checked_out<C, E>(got: Result<C, E>, cached: bool) -> bool
 where
-    C: std::ops::Deref,
-    C::Target: std::ops::Deref<Target = tokio_postgres::Client>,
+    C: std::ops::Deref<Target = deadpool_postgres::ClientWrapper>,
 {
     match got {
-        Ok(c) => c.query_one("select 1::int8", &[]).await.is_ok(),
+        Ok(c) => select_one(&c, cached).await.is_ok(),
         Err(_) => false,
     }
+}
+
+/// `select 1`, through the statement cache if `cached`.
+async fn select_one(
+    c: &deadpool_postgres::ClientWrapper,
+    cached: bool,
+) -> Result<i64, tokio_postgres::Error> {
+    let row = if cached {
+        let stmt = c.prepare_cached(SQL).await?;
+        c.query_one(&stmt, &[]).await?
+    } else {
+        c.query_one(SQL, &[]).await?
+    };
+    row.try_get(0)
 }
