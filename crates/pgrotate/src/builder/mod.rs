@@ -93,6 +93,12 @@ impl PoolBuilder {
 
     /// How long `get` waits for a connection, refetch and connect included.
     /// Default 30 s.
+    ///
+    /// A new connection is opened inside the checkout of the caller that
+    /// needs it: a caller that gives up first (its own timeout, a dropped
+    /// request) abandons that connect. Keep callers' own timeouts longer
+    /// than a connect (over the internet: TCP, TLS and SCRAM, 3–4 round
+    /// trips): callers that all give up sooner keep the pool from growing.
     pub fn wait_timeout(mut self, d: Duration) -> PoolBuilder {
         self.wait_timeout = d;
         self
