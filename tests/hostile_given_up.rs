@@ -18,24 +18,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Lock, behind_lock, bounded, count_sessions, lock_waiters, spawn_tasks, wait_until};
+use common::{
+    Lock, alive, behind_lock, bounded, count_sessions, lock_waiters, spawn_tasks, wait_until,
+    waiting_pids,
+};
 use pgrotate::{ErrorKind, Pool};
 use pgrotate_testing::{Cluster, FaultProxy, TestRole};
-
-/// The pid of the one session of `role` waiting for a lock.
-async fn waiting_pid(cluster: &Cluster, role: &TestRole) -> i32 {
-    cluster
-        .superuser()
-        .await
-        .unwrap()
-        .query_one(
-            "select pid from pg_stat_activity where usename = $1 and wait_event_type = 'Lock'",
-            &[&role.name],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
 
 /// Puts `n` statements behind the lock `key` on the pool's connection and
 /// gives each of them up once it was handed to the connection: the first
@@ -178,6 +166,7 @@ async fn an_attempt_timeout_lets_given_up_places_go_while_the_lock_is_still_held
             .await;
         let lock = Lock::take(cluster, &role, 18_002).await;
         give_up_behind_lock(&pool, cluster, &role, 18_002, 4).await;
+        let backends = waiting_pids(cluster, &role).await;
         assert_no_place(
             select_one_within(&pool, Duration::from_secs(10)).await,
             "a caller within the attempt timeout",
@@ -196,17 +185,19 @@ async fn an_attempt_timeout_lets_given_up_places_go_while_the_lock_is_still_held
             "a caller past the given-up statements' attempt timeout"
         );
         settles_to_one_idle(&pool, Duration::from_secs(10), "past the attempt timeout").await;
+        // The backend the given-up statements were queued on is gone (a
+        // count of lock waiters could read 0 between two of them).
         let left = tokio::time::timeout(
             Duration::from_secs(10),
-            wait_until(async || lock_waiters(cluster, &role).await == 0),
+            wait_until(async || alive(cluster, &backends).await == 0),
         )
         .await;
         let waiting = lock_waiters(cluster, &role).await;
         lock.release().await;
         assert!(
             left.is_ok(),
-            "{waiting} session(s) of the role still waiting for the lock 10 s after the pool \
-             answered past the attempt timeout"
+            "the given-up statements' backend is still there 10 s after the pool answered past \
+             the attempt timeout ({waiting} session(s) of the role waiting for the lock)"
         );
     })
     .await;
@@ -313,7 +304,9 @@ async fn a_connection_ended_under_given_up_statements_lets_their_places_go() {
             select_one_within(&pool, Duration::from_secs(10)).await,
             "a caller before the terminate",
         );
-        let pid = waiting_pid(cluster, &role).await;
+        let [pid] = waiting_pids(cluster, &role).await[..] else {
+            panic!("not one session waiting for the lock")
+        };
         let ended: bool = cluster
             .superuser()
             .await
@@ -360,7 +353,9 @@ async fn a_drain_leaves_a_given_up_statement_to_finish_and_closes_its_connection
         .await;
         let lock = Lock::take(cluster, &role, 18_005).await;
         give_up_behind_lock(&pool, cluster, &role, 18_005, 1).await;
-        let old = waiting_pid(cluster, &role).await;
+        let [old] = waiting_pids(cluster, &role).await[..] else {
+            panic!("not one session waiting for the lock")
+        };
         assert_eq!(pool.drain().await, 2);
         let started = Instant::now();
         let new: i32 = tokio::time::timeout(

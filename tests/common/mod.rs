@@ -179,6 +179,39 @@ pub async fn lock_waiters(cluster: &Cluster, role: &TestRole) -> i64 {
     count_sessions(cluster, &role.name, "wait_event_type = 'Lock'").await
 }
 
+/// The backends of `role` waiting for a lock now.
+pub async fn waiting_pids(cluster: &Cluster, role: &TestRole) -> Vec<i32> {
+    cluster
+        .superuser()
+        .await
+        .unwrap()
+        .query(
+            "select pid from pg_stat_activity where usename = $1 and wait_event_type = 'Lock'",
+            &[&role.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// How many of `pids` still have a backend (a wait for a count of lock
+/// waiters can pass between two queued statements; a pid cannot).
+pub async fn alive(cluster: &Cluster, pids: &[i32]) -> i64 {
+    cluster
+        .superuser()
+        .await
+        .unwrap()
+        .query_one(
+            "select count(*) from pg_stat_activity where pid = any($1)",
+            &[&pids],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Sessions of `role` left idle inside a transaction.
 pub async fn idle_in_transaction(cluster: &Cluster, role: &str) -> i64 {
     count_sessions(cluster, role, "state like 'idle in transaction%'").await

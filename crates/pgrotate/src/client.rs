@@ -123,6 +123,23 @@ impl Drop for Client {
             drop(Object::take(obj));
             return;
         }
+        if obj.wire.unanswered_work().is_some_and(|n| n > 0)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            // A request still unanswered: its caller dropped it (or its
+            // answer is a moment behind). Not left running on an idle
+            // connection until somebody checks one out: given a moment,
+            // then closed with its work stopped (`Connection::stop`).
+            tokio::spawn(async move {
+                if obj.wire.settled(crate::manager::SETTLE).await {
+                    drop(obj);
+                } else {
+                    crate::metrics::connections_closed(Closed::Broken, 1);
+                    drop(Object::take(obj));
+                }
+            });
+            return;
+        }
         // A `get()` client goes back at once: its caller may have dropped a
         // request future after its first poll, leaving the request queued
         // inside tokio-postgres, not yet written — the next checkout waits

@@ -92,7 +92,7 @@ impl Drop for Connection {
 
 /// How long a returned connection's last answer may lag behind its
 /// caller (the answer and its `ReadyForQuery` usually come in one read).
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 
 impl Connection {
     /// Stops the work on this connection and closes it: nothing more is

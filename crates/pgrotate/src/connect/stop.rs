@@ -11,7 +11,7 @@
 //! cancel what runs, once for each request still unanswered while their
 //! answers are read, then closes the socket. A cancel that arrives between
 //! two statements is ignored by the server; it is sent again when no
-//! answer follows it within [`PROGRESS`]. All of it within [`STOP_BOUND`].
+//! answer follows it within [`PROGRESS`]. All of it within [`stop_bound`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +26,15 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an answer is waited for after a cancel before it is sent again.
 const PROGRESS: Duration = Duration::from_secs(1);
 
-/// How long the pool spends stopping one connection's work at most; then
-/// the socket is closed whatever is left.
-const STOP_BOUND: Duration = Duration::from_secs(5);
+/// How long the pool spends stopping one connection's work at most: 5 s,
+/// and 25 ms more for each request unanswered when it began (a cancel is a
+/// connection and a TLS handshake of its own; a deep pipeline needs one per
+/// statement), at most 30 s. Then the socket is closed whatever is left.
+fn stop_bound(unanswered: i64) -> Duration {
+    let n = u32::try_from(unanswered.max(0)).unwrap_or(u32::MAX);
+    let per_request = Duration::from_millis(25).saturating_mul(n);
+    (Duration::from_secs(5) + per_request).min(Duration::from_secs(30))
+}
 
 /// Stops the work left on a connection being closed, in the background:
 /// its writes are sealed before this returns (so the counts its callers
@@ -44,9 +50,9 @@ pub(crate) fn stop_in_background(
     if !wire.seal() {
         return;
     }
+    let bound = stop_bound(wire.unanswered().unwrap_or(0));
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(STOP_BOUND, cancel_until_answered(&token, &canceller, &wire))
-            .await;
+        let _ = tokio::time::timeout(bound, cancel_until_answered(&token, &canceller, &wire)).await;
         task.abort();
     });
 }
@@ -82,5 +88,19 @@ async fn cancel(token: &tokio_postgres::CancelToken, canceller: &Canceller) {
     };
     if let Ok(Err(e)) = tokio::time::timeout(CANCEL_TIMEOUT, sent).await {
         tracing::debug!(target: TARGET, error = %describe_postgres(&e), "cancel request failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bound_grows_with_the_requests_left_and_is_capped() {
+        assert_eq!(stop_bound(0), Duration::from_secs(5));
+        assert_eq!(stop_bound(-1), Duration::from_secs(5));
+        assert_eq!(stop_bound(128), Duration::from_millis(8200));
+        assert_eq!(stop_bound(1000), Duration::from_secs(30));
+        assert_eq!(stop_bound(i64::MAX), Duration::from_secs(30));
     }
 }
