@@ -131,12 +131,12 @@ impl Drop for Client {
             // connection until somebody checks one out: given a moment,
             // then closed with its work stopped (`Connection::stop`).
             tokio::spawn(async move {
-                if obj.wire.settled(crate::manager::SETTLE).await {
-                    drop(obj);
-                } else {
+                if obj.left_running().await {
                     crate::metrics::connections_closed(Closed::Broken, 1);
                     drop(Object::take(obj));
                 }
+                // Otherwise answered meanwhile: back to the pool as `obj`
+                // drops here.
             });
             return;
         }

@@ -92,7 +92,7 @@ impl Drop for Connection {
 
 /// How long a returned connection's last answer may lag behind its
 /// caller (the answer and its `ReadyForQuery` usually come in one read).
-pub(crate) const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_millis(50);
 
 impl Connection {
     /// Stops the work on this connection and closes it: nothing more is
@@ -107,6 +107,12 @@ impl Connection {
             self.wire.clone(),
             self.task.clone(),
         );
+    }
+
+    /// Whether a request that may do work (not a statement close) is
+    /// still unanswered after [`SETTLE`]: its caller left it running.
+    pub(crate) async fn left_running(&self) -> bool {
+        self.wire.unanswered_work().is_some_and(|n| n > 0) && !self.wire.settled(SETTLE).await
     }
 
     /// Whether the pool should keep this connection (idle or returning):
@@ -372,7 +378,7 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
     // A statement close still unanswered (tokio-postgres sends one when a
     // statement is dropped) changes nothing the next caller sees: it is
     // not waited for.
-    if conn.wire.unanswered_work().is_some_and(|n| n > 0) && !conn.wire.settled(SETTLE).await {
+    if conn.left_running().await {
         // Dropped by deadpool: `Connection::drop` cancels the request and
         // closes the socket.
         return Err("a request was still running when its client was dropped");

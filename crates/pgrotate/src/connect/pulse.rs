@@ -111,21 +111,8 @@ impl Pulse {
             return self.flushed(within).await;
         }
         let under_way = self.begun.load(Ordering::SeqCst);
-        if self.finished.load(Ordering::SeqCst) >= under_way {
-            return true;
-        }
-        let wait = async {
-            loop {
-                let polled = self.polled.notified();
-                if self.finished.load(Ordering::SeqCst) >= under_way
-                    || self.ended.load(Ordering::Acquire)
-                {
-                    return;
-                }
-                polled.await;
-            }
-        };
-        tokio::time::timeout(within, wait).await.is_ok()
+        let poll_ended = || self.finished.load(Ordering::SeqCst) >= under_way;
+        poll_ended() || self.after_polls(within, false, poll_ended).await
     }
 
     /// After each poll of the connection: `seen` is `asked` read before it.
@@ -145,15 +132,26 @@ impl Pulse {
     pub(crate) async fn flushed(&self, within: Duration) -> bool {
         use std::sync::atomic::Ordering;
         let question = self.asked.fetch_add(1, Ordering::AcqRel) + 1;
+        self.after_polls(within, true, || {
+            self.answered.load(Ordering::Acquire) >= question
+        })
+        .await
+    }
+
+    /// Waits (at most `within`) until `done` holds or the connection task
+    /// has ended, asked again after every poll; with `ask`, the task is
+    /// woken for a poll each time `done` does not hold yet.
+    async fn after_polls(&self, within: Duration, ask: bool, done: impl Fn() -> bool) -> bool {
+        use std::sync::atomic::Ordering;
         let wait = async {
             loop {
                 let polled = self.polled.notified();
-                if self.answered.load(Ordering::Acquire) >= question
-                    || self.ended.load(Ordering::Acquire)
-                {
+                if done() || self.ended.load(Ordering::Acquire) {
                     return;
                 }
-                self.wake_task();
+                if ask {
+                    self.wake_task();
+                }
                 polled.await;
             }
         };
