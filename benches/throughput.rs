@@ -78,25 +78,40 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     ];
 
-    // Warm every contender: every connection opened, TLS handshakes done.
-    for (_, call) in &contenders {
-        let _ = measure(Duration::from_millis(500), CONCURRENCY, call.clone()).await;
-    }
-
     // `PGROTATE_BENCH_ONLY=<n>` (0 deadpool, 1 run, 2 get): that contender
-    // alone, for a profiler or a syscall count (`perf stat`).
+    // alone, for a profiler or a syscall count (`perf stat`). With
+    // `PGROTATE_BENCH_QUERIES=<N>` it runs N queries (after 1,000 to warm)
+    // instead of for a time: under `valgrind --tool=callgrind`, two values
+    // of N give the instructions one query costs, which steal and the
+    // server's load on a shared machine do not move
+    // (`scripts/bench-instructions.sh`).
     if let Some(only) = std::env::var("PGROTATE_BENCH_ONLY")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&i| i < contenders.len())
     {
         let (name, call) = &contenders[only];
+        let fixed = std::env::var("PGROTATE_BENCH_QUERIES")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(queries) = fixed {
+            let _ = common::measure_count(1_000, CONCURRENCY, call.clone()).await;
+            let n = common::measure_count(queries, CONCURRENCY, call.clone()).await;
+            println!("{name} alone: {n} queries");
+            return Ok(());
+        }
+        let _ = measure(Duration::from_millis(500), CONCURRENCY, call.clone()).await;
         let n = measure(round * rounds, CONCURRENCY, call.clone()).await;
         println!(
             "{name} alone: {n} queries, {:.0} q/s",
             n as f64 / (round * rounds).as_secs_f64()
         );
         return Ok(());
+    }
+
+    // Warm every contender: every connection opened, TLS handshakes done.
+    for (_, call) in &contenders {
+        let _ = measure(Duration::from_millis(500), CONCURRENCY, call.clone()).await;
     }
 
     let mut totals = [0u64; 3];

@@ -94,14 +94,52 @@ where
     F: Fn(usize) -> Fut + Send + Sync + ?Sized + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    calls(Until::Elapsed(dur), callers, call).await
+}
+
+/// Like [`measure`], but until `n` calls have started rather than for a
+/// time: a fixed amount of work, whose instructions a counter such as
+/// `valgrind --tool=callgrind` gives whatever the machine's load.
+pub(crate) async fn measure_count<F, Fut>(n: u64, callers: usize, call: Arc<F>) -> u64
+where
+    F: Fn(usize) -> Fut + Send + Sync + ?Sized + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    calls(Until::Started(n), callers, call).await
+}
+
+#[derive(Clone, Copy)]
+enum Until {
+    Elapsed(Duration),
+    Started(u64),
+}
+
+async fn calls<F, Fut>(until: Until, callers: usize, call: Arc<F>) -> u64
+where
+    F: Fn(usize) -> Fut + Send + Sync + ?Sized + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(AtomicU64::new(0));
+    let limit = match until {
+        Until::Started(n) => n,
+        Until::Elapsed(_) => u64::MAX,
+    };
     let tasks: Vec<_> = (0..callers)
         .map(|i| {
-            let (call, stop, ok, failed) = (call.clone(), stop.clone(), ok.clone(), failed.clone());
+            let (call, stop, ok, failed, started) = (
+                call.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                started.clone(),
+            );
             tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed)
+                    && started.fetch_add(1, Ordering::Relaxed) < limit
+                {
                     if call(i).await {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -111,11 +149,19 @@ where
             })
         })
         .collect();
-    tokio::time::sleep(dur).await;
-    stop.store(true, Ordering::Relaxed);
-    let n = ok.load(Ordering::Relaxed);
+    // For a time: the calls that succeeded by then; for a count: all of
+    // them, once every task has finished its last.
+    let mut n = 0;
+    if let Until::Elapsed(dur) = until {
+        tokio::time::sleep(dur).await;
+        stop.store(true, Ordering::Relaxed);
+        n = ok.load(Ordering::Relaxed);
+    }
     for t in tasks {
         t.await.expect("bench task");
+    }
+    if let Until::Started(_) = until {
+        n = ok.load(Ordering::Relaxed);
     }
     assert_eq!(
         failed.load(Ordering::Relaxed),

@@ -222,7 +222,28 @@ impl managed::Manager for Manager {
     type Type = Connection;
     type Error = Error;
 
+    /// Boxed: a connect (TLS, authentication, refetches) is a large
+    /// future, and deadpool keeps `create`'s future inside every checkout's
+    /// — a `get()` or `run` future would carry its size (18 KB) and copy it
+    /// each time it is moved or boxed, where a connect is rare.
     async fn create(&self) -> Result<Connection, Error> {
+        Box::pin(self.create_connection()).await
+    }
+
+    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        let checked = self.check(conn, metrics).await;
+        checked.map_err(|(reason, why)| {
+            crate::metrics::connections_closed(reason, 1);
+            RecycleError::message(why)
+        })
+    }
+}
+
+impl Manager {
+    /// A new connection of the current generation, refetching the URL
+    /// when the server says it moved or the credentials changed, by the
+    /// checkout's deadline.
+    async fn create_connection(&self) -> Result<Connection, Error> {
         let deadline = self.checkout_deadline();
         let mut asked_for_outage = false;
         loop {
@@ -286,14 +307,6 @@ impl managed::Manager for Manager {
             return Err(failed.into_error(ErrorKind::Connect));
         }
     }
-
-    async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
-        let checked = self.check(conn, metrics).await;
-        checked.map_err(|(reason, why)| {
-            crate::metrics::connections_closed(reason, 1);
-            RecycleError::message(why)
-        })
-    }
 }
 
 impl Manager {
@@ -327,30 +340,41 @@ impl Manager {
                     "another idle connection of its generation did not answer its check",
                 ));
             }
-            // Bounded here rather than by a deadpool recycle timeout, which
-            // would arm a timer on every checkout, ping or not; and never
-            // past the caller's deadline.
-            let left = self.caller_deadline().map_or(self.ping_timeout, |d| {
-                d.saturating_duration_since(tokio::time::Instant::now())
-            });
-            let bound = self.ping_timeout.min(left);
-            let check = tokio::time::timeout(bound, conn.client.simple_query("")).await;
-            let failed = match check {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(describe_postgres(&e)),
-                Err(_) => {
-                    if bound == self.ping_timeout {
-                        self.suspect.store(conn.generation, Ordering::Release);
-                    }
-                    Some("no answer within the check timeout".to_string())
-                }
-            };
-            if let Some(why) = failed {
-                tracing::debug!(target: TARGET, generation = conn.generation, error = %why, "idle connection failed its check");
-                return Err((Closed::Broken, "failed its check"));
-            }
+            // Boxed, like every rare path of a checkout: its future would
+            // otherwise be part of every checkout's.
+            Box::pin(self.ping(conn)).await?;
         }
         Ok(())
+    }
+
+    /// The check of a connection idle longer than `ping_after_idle`: an
+    /// empty query, answered within the ping timeout.
+    async fn ping(&self, conn: &Connection) -> Result<(), (Closed, &'static str)> {
+        // Bounded here rather than by a deadpool recycle timeout, which
+        // would arm a timer on every checkout, ping or not; and never past
+        // the caller's deadline.
+        let left = self.caller_deadline().map_or(self.ping_timeout, |d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+        });
+        let bound = self.ping_timeout.min(left);
+        let check = tokio::time::timeout(bound, conn.client.simple_query("")).await;
+        let failed = match check {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(describe_postgres(&e)),
+            Err(_) => {
+                if bound == self.ping_timeout {
+                    self.suspect.store(conn.generation, Ordering::Release);
+                }
+                Some("no answer within the check timeout".to_string())
+            }
+        };
+        match failed {
+            None => Ok(()),
+            Some(why) => {
+                tracing::debug!(target: TARGET, generation = conn.generation, error = %why, "idle connection failed its check");
+                Err((Closed::Broken, "failed its check"))
+            }
+        }
     }
 }
 
@@ -385,15 +409,19 @@ async fn leave_clean(conn: &mut Connection, bound: Duration) -> Result<(), &'sta
     }
     match conn.wire.tx_status() {
         TxStatus::Idle | TxStatus::Unknown => Ok(()),
-        TxStatus::InTransaction | TxStatus::Failed => {
-            let rollback = tokio::time::timeout(bound, conn.client.batch_execute("ROLLBACK")).await;
-            match rollback {
-                Ok(Ok(())) if conn.wire.tx_status() == TxStatus::Idle => {
-                    tracing::debug!(target: TARGET, generation = conn.generation, "rolled back a transaction its last caller left open");
-                    Ok(())
-                }
-                _ => Err("a transaction its last caller left open did not roll back"),
-            }
+        TxStatus::InTransaction | TxStatus::Failed => Box::pin(roll_back(conn, bound)).await,
+    }
+}
+
+/// Rolls back the transaction a connection's last caller left open (boxed
+/// where it is called: a rare path, kept out of every checkout's future).
+async fn roll_back(conn: &Connection, bound: Duration) -> Result<(), &'static str> {
+    let rollback = tokio::time::timeout(bound, conn.client.batch_execute("ROLLBACK")).await;
+    match rollback {
+        Ok(Ok(())) if conn.wire.tx_status() == TxStatus::Idle => {
+            tracing::debug!(target: TARGET, generation = conn.generation, "rolled back a transaction its last caller left open");
+            Ok(())
         }
+        _ => Err("a transaction its last caller left open did not roll back"),
     }
 }
