@@ -44,8 +44,28 @@ tokio::task_local! {
     pub(crate) static CHECKOUT_DEADLINE: tokio::time::Instant;
 }
 
-/// One pooled connection.
-pub(crate) struct Connection {
+/// One pooled connection: its state behind a box, so that what deadpool
+/// moves on every checkout and return (into and out of its slots, through
+/// its checkout future's states, into a [`Client`](crate::Client)) is a
+/// pointer, not 256 bytes.
+pub(crate) struct Connection(Box<ConnectionState>);
+
+impl std::ops::Deref for Connection {
+    type Target = ConnectionState;
+
+    fn deref(&self) -> &ConnectionState {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut ConnectionState {
+        &mut self.0
+    }
+}
+
+/// What a [`Connection`] holds.
+pub(crate) struct ConnectionState {
     /// deadpool-postgres's wrapper: the client with its statement cache
     /// (`prepare_cached`), as deadpool-postgres hands it out.
     pub(crate) client: deadpool_postgres::ClientWrapper,
@@ -187,7 +207,7 @@ impl Manager {
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
         let opened = open_bounded(generation, deadline).await?;
-        let mut conn = Connection {
+        let mut conn = Connection(Box::new(ConnectionState {
             client: wrap(opened.client),
             generation: generation.id,
             busy: false,
@@ -200,7 +220,7 @@ impl Manager {
             lent: false,
             task: opened.task,
             pulse: opened.pulse,
-        };
+        }));
         if let Some(hook) = &self.after_connect {
             // Busy while the hook runs: if it fails or times out, the
             // connection is dropped with its work cancelled and closed.
