@@ -38,12 +38,6 @@ use crate::wire::{TxStatus, Wire};
 
 const TARGET: &str = "pgrotate::manager";
 
-tokio::task_local! {
-    /// The deadline of the checkout in progress, set by the pool around
-    /// `get`: a `create` runs inside the caller's task, so it can see it.
-    pub(crate) static CHECKOUT_DEADLINE: tokio::time::Instant;
-}
-
 /// One pooled connection: its state behind a box, so that what deadpool
 /// moves on every checkout and return (into and out of its slots, through
 /// its checkout future's states, into a [`Client`](crate::Client)) is a
@@ -188,7 +182,7 @@ impl Manager {
     /// The caller's checkout deadline, or the create timeout from now.
     /// The caller's checkout deadline, if it set one.
     fn caller_deadline(&self) -> Option<tokio::time::Instant> {
-        CHECKOUT_DEADLINE.try_with(|d| *d).ok()
+        crate::pool::checkout::deadline()
     }
 
     /// When a create must be done: the create timeout from now, and never
@@ -247,10 +241,12 @@ impl managed::Manager for Manager {
     /// — a `get()` or `run` future would carry its size (18 KB) and copy it
     /// each time it is moved or boxed, where a connect is rare.
     async fn create(&self) -> Result<Connection, Error> {
+        crate::pool::checkout::has_slot();
         Box::pin(self.create_connection()).await
     }
 
     async fn recycle(&self, conn: &mut Connection, metrics: &Metrics) -> RecycleResult<Error> {
+        crate::pool::checkout::has_slot();
         let checked = self.check(conn, metrics).await;
         checked.map_err(|(reason, why)| {
             crate::metrics::connections_closed(reason, 1);

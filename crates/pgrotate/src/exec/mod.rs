@@ -81,7 +81,7 @@ impl<E: ClosureError> Failure<E> {
 /// the macro keeps its metadata for the `log` crate (tracing's `log`
 /// feature, which a dependency such as actix-web turns on) and, with no
 /// subscriber set, formats itself on creation and on every poll of the
-/// call — a tenth of a `select 1`'s client cost.
+/// call.
 fn call_span(kind: &'static str) -> tracing::Span {
     if tracing::enabled!(target: "pgrotate::call", tracing::Level::DEBUG) {
         tracing::debug_span!(target: "pgrotate::call", "call", kind)

@@ -1,7 +1,9 @@
-//! The public [`Pool`]: assembled from the builder; `get`, `status`,
-//! `close`, `drain` (here), `run` and `transaction` ([`work`]), the
-//! pool-level statements (`crate::statements`).
+//! The public [`Pool`]: assembled from the builder; `get` (bounded in
+//! time by [`checkout`]), `status`, `close`, `drain` (here), `run` and
+//! `transaction` ([`work`]), the pool-level statements
+//! (`crate::statements`).
 
+pub(crate) mod checkout;
 mod work;
 
 use std::fmt;
@@ -15,7 +17,7 @@ use crate::builder::PoolBuilder;
 use crate::client::Client;
 use crate::error::{Error, ErrorKind};
 use crate::generation::{Probe, Refresher};
-use crate::manager::{CHECKOUT_DEADLINE, Manager};
+use crate::manager::Manager;
 use crate::retry::RetryPolicy;
 use crate::source::UrlSource;
 use crate::stats::{Counters, Status};
@@ -199,23 +201,21 @@ impl Pool {
     ) -> Result<Client, Error> {
         // deadpool's own create timeout is only a backstop: the manager
         // ends its work by the deadline with an error that says why.
+        let now = tokio::time::Instant::now();
         let create = timeouts.create;
-        timeouts.create = Some(
-            deadline.saturating_duration_since(tokio::time::Instant::now())
-                + Duration::from_secs(1),
-        );
-        // The whole checkout — waiting for a slot, checks of idle
-        // connections, creates and refetches — ends by the deadline; the
-        // parts end by it themselves, this is the backstop.
-        let got = tokio::time::timeout_at(
-            later(deadline, Duration::from_millis(250)),
-            CHECKOUT_DEADLINE.scope(
-                deadline,
-                crate::metrics::checkout(self.inner.pool.timeout_get(&timeouts)),
-            ),
+        timeouts.create = Some(deadline.saturating_duration_since(now) + Duration::from_secs(1));
+        // The wait for a slot ends at the wait timeout, the whole checkout
+        // by the deadline, on one timer (`checkout::bounded`); deadpool
+        // waits without one, unless it is not to wait at all.
+        let wait_until = later(now, timeouts.wait.unwrap_or(Duration::MAX));
+        let mut own = timeouts;
+        own.wait = timeouts.wait.filter(|w| w.is_zero());
+        let got = checkout::bounded(
+            crate::metrics::checkout(self.inner.pool.timeout_get(&own)),
+            wait_until,
+            deadline,
         )
-        .await
-        .unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
+        .await;
         match got {
             Ok(obj) => Ok(Client::new(obj)),
             Err(PoolError::Backend(e)) => Err(e),
