@@ -24,6 +24,20 @@ pub(super) struct Reader {
 impl Reader {
     pub(super) fn feed(&mut self, mut bytes: &[u8], wire: &Wire) {
         while !bytes.is_empty() {
+            if self.have == 0
+                && let Some((kind, body, rest)) = whole_message(bytes)
+            {
+                // The common case: a whole message in this read, looked
+                // at where it lies.
+                let kept = match kind {
+                    b'E' => &body[..body.len().min(KEEP_BODY)],
+                    _ if body.len() <= KEEP_BODY => body,
+                    _ => &[],
+                };
+                message(kind, kept, wire);
+                bytes = rest;
+                continue;
+            }
             if self.have < 5 {
                 let take = (5 - self.have).min(bytes.len());
                 self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
@@ -63,26 +77,44 @@ impl Reader {
         }
     }
 
+    /// The message followed across reads is complete.
     fn message(&mut self, wire: &Wire) {
-        match self.kind {
-            b'Z' => {
-                if let Some(&status) = self.body.first() {
-                    wire.ready_for_query(status);
-                }
-            }
-            b'S' => {
-                let mut parts = self.body.split(|b| *b == 0);
-                if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-                    wire.parameter(name, value);
-                }
-            }
-            b'C' => wire.command_complete(&self.body),
-            b'E' => wire.error(field(&self.body, b'V', b'S'), field(&self.body, b'C', b'C')),
-            b'G' => wire.copy_in(),
-            _ => {}
-        }
+        message(self.kind, &self.body, wire);
         self.have = 0;
         self.body.clear();
+    }
+}
+
+/// A whole message at the start of `bytes`: its type, its body, and what
+/// follows it.
+fn whole_message(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&[kind, a, b, c, d], after) = bytes.split_first_chunk::<5>()?;
+    let body_len = (u32::from_be_bytes([a, b, c, d]) as usize).saturating_sub(4);
+    (after.len() >= body_len).then(|| {
+        let (body, rest) = after.split_at(body_len);
+        (kind, body, rest)
+    })
+}
+
+/// What one backend message tells the wire (`body`: as much of it as is
+/// kept).
+fn message(kind: u8, body: &[u8], wire: &Wire) {
+    match kind {
+        b'Z' => {
+            if let Some(&status) = body.first() {
+                wire.ready_for_query(status);
+            }
+        }
+        b'S' => {
+            let mut parts = body.split(|b| *b == 0);
+            if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+                wire.parameter(name, value);
+            }
+        }
+        b'C' => wire.command_complete(body),
+        b'E' => wire.error(field(body, b'V', b'S'), field(body, b'C', b'C')),
+        b'G' => wire.copy_in(),
+        _ => {}
     }
 }
 
@@ -118,6 +150,15 @@ pub(super) struct Writer {
 impl Writer {
     pub(super) fn feed(&mut self, mut bytes: &[u8], wire: &Wire) {
         while !bytes.is_empty() {
+            if self.started
+                && self.have == 0
+                && let Some((kind, _, rest)) = whole_message(bytes)
+            {
+                // The common case: a whole message in this write.
+                self.sent(kind, wire);
+                bytes = rest;
+                continue;
+            }
             let header_len = if self.started { 5 } else { 4 };
             if self.have < header_len {
                 let take = (header_len - self.have).min(bytes.len());
@@ -136,21 +177,7 @@ impl Writer {
                 ]) as usize;
                 self.left = len.saturating_sub(4);
                 if self.started {
-                    let kind = self.header[0];
-                    if matches!(kind, b'Q' | b'E' | b'F') {
-                        wire.runs_sent.fetch_add(1, Ordering::AcqRel);
-                    }
-                    match kind {
-                        b'Q' => wire.expect(Expect::Query),
-                        b'S' => wire.expect(Expect::Sync {
-                            after_execute: self.last == b'E',
-                            closes_only: !std::mem::take(&mut self.work_since_sync),
-                        }),
-                        b'F' => wire.expect(Expect::FunctionCall),
-                        b'P' | b'B' | b'E' => self.work_since_sync = true,
-                        _ => {}
-                    }
-                    self.last = kind;
+                    self.sent(self.header[0], wire);
                 }
                 if self.left == 0 {
                     self.started = true;
@@ -166,6 +193,24 @@ impl Writer {
                 self.have = 0;
             }
         }
+    }
+
+    /// A frontend message of type `kind` goes out (after the startup).
+    fn sent(&mut self, kind: u8, wire: &Wire) {
+        if matches!(kind, b'Q' | b'E' | b'F') {
+            wire.runs_sent.fetch_add(1, Ordering::AcqRel);
+        }
+        match kind {
+            b'Q' => wire.expect(Expect::Query),
+            b'S' => wire.expect(Expect::Sync {
+                after_execute: self.last == b'E',
+                closes_only: !std::mem::take(&mut self.work_since_sync),
+            }),
+            b'F' => wire.expect(Expect::FunctionCall),
+            b'P' | b'B' | b'E' => self.work_since_sync = true,
+            _ => {}
+        }
+        self.last = kind;
     }
 }
 
@@ -480,5 +525,75 @@ mod tests {
         };
         assert!(wire.settled(Duration::from_secs(1)).await);
         answer.await.unwrap();
+    }
+
+    /// What a wire says after it has seen a stream.
+    fn seen(wire: &Wire) -> impl PartialEq + std::fmt::Debug {
+        (
+            wire.tx_status(),
+            wire.unanswered(),
+            wire.unanswered_work(),
+            wire.requests(),
+            wire.progress(),
+            wire.fatal(),
+            wire.in_hot_standby(),
+            wire.last_end(),
+        )
+    }
+
+    #[test]
+    fn whole_messages_and_messages_split_anywhere_tell_the_same() {
+        // Both ways of reading: whole messages looked at where they lie,
+        // and messages followed across reads of any size.
+        let long_tag = [b"SELECT ".as_slice(), &[b'9'; 300], b"\0"].concat();
+        let long_error = [
+            b"SERROR\0VERROR\0C22012\0M".as_slice(),
+            &[b'x'; 400],
+            b"\0\0",
+        ]
+        .concat();
+        let mut client = startup();
+        let mut server = msg(b'R', &[0, 0, 0, 0]);
+        server.extend(msg(b'S', b"in_hot_standby\0off\0"));
+        server.extend(msg(b'Z', b"I"));
+        for i in 0..40 {
+            client.extend(msg(b'P', b"\0select 1\0\0\0"));
+            client.extend(msg(b'B', &[0; 10]));
+            client.extend(msg(b'E', &[0; 5]));
+            client.extend(msg(b'S', b""));
+            server.extend(msg(b'1', b""));
+            server.extend(msg(b'2', b""));
+            server.extend(msg(b'D', &[0, 1, 0, 0, 0, 1, b'1']));
+            match i % 4 {
+                0 => server.extend(msg(b'C', &long_tag)),
+                1 => server.extend(msg(b'E', &long_error)),
+                2 => server.extend(msg(b'C', b"BEGIN\0")),
+                _ => server.extend(msg(b'C', b"COMMIT\0")),
+            }
+            server.extend(msg(b'Z', if i % 4 == 2 { b"T" } else { b"I" }));
+        }
+        server.extend(msg(b'E', FATAL));
+        let (whole, mut r, mut w) = observed();
+        w.feed(&client, &whole);
+        r.feed(&server, &whole);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..50 {
+            let (split, mut r, mut w) = observed();
+            for (bytes, feed) in [
+                (&client, &mut |b: &[u8]| w.feed(b, &split) as _),
+                (&server, &mut |b: &[u8]| r.feed(b, &split) as _),
+            ] as [(&Vec<u8>, &mut dyn FnMut(&[u8])); 2]
+            {
+                let mut at = 0;
+                while at < bytes.len() {
+                    let n = rng.usize(1..=600).min(bytes.len() - at);
+                    feed(&bytes[at..at + n]);
+                    at += n;
+                }
+            }
+            assert_eq!(seen(&split), seen(&whole));
+        }
+        assert_eq!(whole.unanswered(), Some(0));
+        assert_eq!(whole.fatal().map(|f| f.at), Some(41));
     }
 }
