@@ -51,6 +51,7 @@ mod hook;
 mod maintenance;
 pub mod metrics;
 mod retry;
+mod signal;
 mod statements;
 mod stats;
 mod time;

@@ -41,7 +41,7 @@ pub(crate) struct Pulse {
     answered: std::sync::atomic::AtomicU64,
     ended: std::sync::atomic::AtomicBool,
     waker: std::sync::Mutex<Option<std::task::Waker>>,
-    polled: tokio::sync::Notify,
+    polled: crate::signal::Signal,
 }
 
 impl Default for Pulse {
@@ -143,18 +143,15 @@ impl Pulse {
     /// woken for a poll each time `done` does not hold yet.
     async fn after_polls(&self, within: Duration, ask: bool, done: impl Fn() -> bool) -> bool {
         use std::sync::atomic::Ordering;
-        let wait = async {
-            loop {
-                let polled = self.polled.notified();
-                if done() || self.ended.load(Ordering::Acquire) {
-                    return;
-                }
-                if ask {
-                    self.wake_task();
-                }
-                polled.await;
+        let wait = self.polled.until(|| {
+            if done() || self.ended.load(Ordering::Acquire) {
+                return Some(());
             }
-        };
+            if ask {
+                self.wake_task();
+            }
+            None
+        });
         tokio::time::timeout(within, wait).await.is_ok()
     }
 }

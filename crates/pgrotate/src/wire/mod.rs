@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use crate::signal::Signal;
 
 /// The transaction status of the last `ReadyForQuery`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +58,7 @@ pub(crate) struct Wire {
     /// come in order (the startup counts as one).
     expected: Mutex<VecDeque<Expect>>,
     observed: AtomicBool,
-    ready: Notify,
+    ready: Signal,
     /// Requests that run something (`Query`, `Execute`, `FunctionCall`)
     /// handed to the stream below, counted from their first bytes.
     runs_sent: AtomicU64,
@@ -165,7 +165,7 @@ impl Default for Wire {
             last_end: AtomicU8::new(0),
             expected: Mutex::new(VecDeque::from([Expect::Startup])),
             observed: AtomicBool::new(false),
-            ready: Notify::new(),
+            ready: Signal::default(),
             runs_sent: AtomicU64::new(0),
             completions: AtomicU64::new(0),
             ended: AtomicBool::new(false),
@@ -326,18 +326,15 @@ impl Wire {
     /// Waits until `done` holds (`All`) or the stream ends first (`Ended`),
     /// at most `within`; `done` is asked again at every answer.
     async fn until_answered(&self, within: Duration, done: impl Fn() -> bool) -> Answers {
-        let wait = async {
-            loop {
-                let ready = self.ready.notified();
-                if done() {
-                    return Answers::All;
-                }
-                if self.ended.load(Ordering::Acquire) {
-                    return Answers::Ended;
-                }
-                ready.await;
+        let wait = self.ready.until(|| {
+            if done() {
+                Some(Answers::All)
+            } else if self.ended.load(Ordering::Acquire) {
+                Some(Answers::Ended)
+            } else {
+                None
             }
-        };
+        });
         tokio::time::timeout(within, wait)
             .await
             .unwrap_or(Answers::Unknown)
@@ -356,15 +353,7 @@ impl Wire {
     /// The answer to the last statement usually arrives in the same read
     /// as its `ReadyForQuery`; this covers the rest.
     pub(crate) async fn settled(&self, within: Duration) -> bool {
-        let wait = async {
-            loop {
-                let ready = self.ready.notified();
-                if self.pending() == 0 {
-                    return;
-                }
-                ready.await;
-            }
-        };
+        let wait = self.ready.until(|| (self.pending() == 0).then_some(()));
         self.unanswered().is_some() && tokio::time::timeout(within, wait).await.is_ok()
     }
 
