@@ -9,8 +9,11 @@
 # difference over N2 − N1. Under valgrind the process runs one thread at a
 # time, so requests are batched less than at full speed: compare the
 # contenders with each other, not with a profile of a real run.
+# Built as `cargo bench --bench throughput` builds it (the workspace's
+# default features, pgrotate's `metrics` among them, with no recorder
+# installed); `--without-metrics`: pgrotate's own defaults, without it.
 # Installs valgrind and PostgreSQL when missing.
-#   bash scripts/bench-instructions.sh [--cached] [--queries N1,N2]
+#   bash scripts/bench-instructions.sh [--cached] [--without-metrics] [--queries N1,N2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -20,15 +23,17 @@ command -v valgrind >/dev/null 2>&1 || apt_install valgrind
 n1=1000
 n2=4000
 cached=0
+features=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --cached) cached=1; shift ;;
+        --without-metrics) features=(--no-default-features); shift ;;
         --queries) n1="${2%,*}"; n2="${2#*,}"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 [ "$n2" -gt "$n1" ] 2>/dev/null || { echo "--queries N1,N2 with N2 > N1 > 0" >&2; exit 2; }
-bench=$(cargo bench --locked --bench throughput --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+bench=$(cargo bench --locked "${features[@]}" --bench throughput --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
 [ -x "$bench" ] || { echo "pgrotate: the throughput benchmark did not build" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
