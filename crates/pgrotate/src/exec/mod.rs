@@ -77,13 +77,14 @@ impl<E: ClosureError> Failure<E> {
 /// The span of one call (`pgrotate::call`; `kind`: `run`, `transaction`,
 /// `statement`), around all its attempts and their retry events.
 ///
-/// `Span::none()` when no subscriber wants it: a disabled span made by
-/// the macro keeps its metadata for the `log` crate (tracing's `log`
-/// feature, which a dependency such as actix-web turns on) and, with no
-/// subscriber set, formats itself on creation and on every poll of the
-/// call.
+/// `Span::none()` while no tracing subscriber has been set: a span made
+/// by the macro then keeps its metadata for the `log` crate (tracing's
+/// `log` feature, which a dependency such as actix-web turns on) and logs
+/// itself on creation and on every poll of the call. With a subscriber,
+/// the subscriber decides, span filters included; without one, the
+/// span's own records do not reach `log` (the events inside it do).
 fn call_span(kind: &'static str) -> tracing::Span {
-    if tracing::enabled!(target: "pgrotate::call", tracing::Level::DEBUG) {
+    if tracing::dispatcher::has_been_set() {
         tracing::debug_span!(target: "pgrotate::call", "call", kind)
     } else {
         tracing::Span::none()

@@ -92,6 +92,7 @@ where
             has_slot: Cell::new(*this.has_slot),
         };
         let checkout = this.checkout;
+        let had_budget = tokio::task::coop::has_budget_remaining();
         let (got, has_slot) = CHECKOUT.sync_scope(state, || {
             let got = checkout.poll(cx);
             (got, CHECKOUT.with(|c| c.has_slot.get()))
@@ -102,14 +103,26 @@ where
         }
         let backstop = later(*this.deadline, GRACE);
         if this.timer.is_none() {
-            let first = (*this.wait_until).min(backstop);
+            let first = if *this.has_slot {
+                backstop
+            } else {
+                (*this.wait_until).min(backstop)
+            };
             this.timer.set(Some(tokio::time::sleep_until(first)));
         }
         let Some(mut sleep) = this.timer.as_pin_mut() else {
             unreachable!("the timer was set above");
         };
+        // A checkout that used up the task's budget (a manager reading a
+        // flood) must not keep its deadline from firing: the timer is then
+        // polled unconstrained, as tokio's own `Timeout` does.
+        let unbudgeted = had_budget && !tokio::task::coop::has_budget_remaining();
         loop {
-            ready!(sleep.as_mut().poll(cx));
+            if unbudgeted {
+                ready!(Pin::new(&mut tokio::task::coop::unconstrained(sleep.as_mut())).poll(cx));
+            } else {
+                ready!(sleep.as_mut().poll(cx));
+            }
             if !*this.has_slot || sleep.deadline() >= backstop {
                 return Poll::Ready(Err(PoolError::Timeout(TimeoutType::Wait)));
             }
@@ -215,5 +228,32 @@ mod tests {
         )
         .await;
         assert!(matches!(got, Ok(7)));
+    }
+
+    /// A manager that uses up the task's budget on every poll (reading a
+    /// flood) still meets the backstop.
+    #[tokio::test(start_paused = true)]
+    async fn a_checkout_that_spends_every_budget_still_ends_at_the_backstop() {
+        let start = Instant::now();
+        let flood = async {
+            has_slot();
+            for _ in 0..u64::MAX {
+                tokio::task::coop::consume_budget().await;
+            }
+            Got::Ok(0)
+        };
+        let checkout = tokio::spawn(bounded(flood, start + secs(1), start + secs(3)));
+        tokio::time::advance(secs(3) + GRACE).await;
+        for _ in 0..10_000 {
+            if checkout.is_finished() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(checkout.is_finished(), "the backstop never fired");
+        assert!(matches!(
+            checkout.await.unwrap(),
+            Err(PoolError::Timeout(TimeoutType::Wait))
+        ));
     }
 }

@@ -210,11 +210,12 @@ impl Pool {
         let wait_until = later(now, timeouts.wait.unwrap_or(Duration::MAX));
         let mut own = timeouts;
         own.wait = timeouts.wait.filter(|w| w.is_zero());
-        let got = checkout::bounded(
-            crate::metrics::checkout(self.inner.pool.timeout_get(&own)),
+        // Timed outside: a wait that times out is a sample too.
+        let got = crate::metrics::checkout(checkout::bounded(
+            self.inner.pool.timeout_get(&own),
             wait_until,
             deadline,
-        )
+        ))
         .await;
         match got {
             Ok(obj) => Ok(Client::new(obj)),

@@ -18,6 +18,8 @@ pub(super) struct Reader {
     /// Body bytes still to come of the current message.
     left: usize,
     kind: u8,
+    /// Whether the current message's body is kept ([`kept`]).
+    keep: bool,
     body: Vec<u8>,
 }
 
@@ -29,10 +31,9 @@ impl Reader {
             {
                 // The common case: a whole message in this read, looked
                 // at where it lies.
-                let kept = match kind {
-                    b'E' => &body[..body.len().min(KEEP_BODY)],
-                    _ if body.len() <= KEEP_BODY => body,
-                    _ => &[],
+                let kept = match kept(kind, body.len()) {
+                    true => &body[..body.len().min(KEEP_BODY)],
+                    false => &[],
                 };
                 message(kind, kept, wire);
                 bytes = rest;
@@ -54,6 +55,7 @@ impl Reader {
                     self.header[4],
                 ]) as usize;
                 self.left = len.saturating_sub(4);
+                self.keep = kept(self.kind, self.left);
                 self.body.clear();
                 if self.left == 0 {
                     self.message(wire);
@@ -61,13 +63,9 @@ impl Reader {
                 continue;
             }
             let take = self.left.min(bytes.len());
-            if matches!(self.kind, b'Z' | b'S' | b'C' | b'E') {
+            if self.keep {
                 let room = KEEP_BODY.saturating_sub(self.body.len()).min(take);
-                if self.kind == b'E' || room == take {
-                    // An error's severity comes in its first fields: its
-                    // beginning is enough.
-                    self.body.extend_from_slice(&bytes[..room]);
-                }
+                self.body.extend_from_slice(&bytes[..room]);
             }
             self.left -= take;
             bytes = &bytes[take..];
@@ -82,6 +80,18 @@ impl Reader {
         message(self.kind, &self.body, wire);
         self.have = 0;
         self.body.clear();
+    }
+}
+
+/// Whether a message's body is kept to look at: a `ReadyForQuery`, a
+/// `ParameterStatus` or a `CommandComplete` of at most [`KEEP_BODY`] bytes
+/// (a longer one is none the pool looks for), and the beginning of an
+/// `ErrorResponse` (its severity and SQLSTATE come in its first fields).
+fn kept(kind: u8, body_len: usize) -> bool {
+    match kind {
+        b'E' => true,
+        b'Z' | b'S' | b'C' => body_len <= KEEP_BODY,
+        _ => false,
     }
 }
 
@@ -595,5 +605,27 @@ mod tests {
         }
         assert_eq!(whole.unanswered(), Some(0));
         assert_eq!(whole.fatal().map(|f| f.at), Some(41));
+    }
+
+    #[test]
+    fn a_long_command_tag_is_skipped_however_it_is_split() {
+        // Over KEEP_BODY: none of it is kept, whole or in pieces, so what
+        // the wire makes of the completion does not depend on the reads.
+        let tag = [b"SELECT ".as_slice(), &[b'1'; 300], b"\0"].concat();
+        let message = msg(b'C', &tag);
+        for cuts in [vec![], vec![105], vec![105, 305], vec![6, 200, 250]] {
+            let (wire, mut r, _) = observed();
+            let mut at = 0;
+            for cut in cuts.iter().copied().chain([message.len()]) {
+                r.feed(&message[at..cut], &wire);
+                at = cut;
+            }
+            assert!(r.body.is_empty() && !r.keep, "{cuts:?}");
+            assert_eq!(
+                wire.head_completed.load(Ordering::Acquire),
+                1,
+                "{cuts:?}: an unknown tag, not a data statement's"
+            );
+        }
     }
 }
