@@ -179,17 +179,11 @@ pub(crate) struct Manager {
 }
 
 impl Manager {
-    /// The caller's checkout deadline, or the create timeout from now.
-    /// The caller's checkout deadline, if it set one.
-    fn caller_deadline(&self) -> Option<tokio::time::Instant> {
-        crate::pool::checkout::deadline()
-    }
-
     /// When a create must be done: the create timeout from now, and never
     /// past the caller's checkout deadline.
     fn checkout_deadline(&self) -> tokio::time::Instant {
         let own = later(tokio::time::Instant::now(), self.create_timeout);
-        self.caller_deadline().map_or(own, |d| d.min(own))
+        crate::pool::checkout::deadline().map_or(own, |d| d.min(own))
     }
 
     async fn connect(
@@ -369,7 +363,7 @@ impl Manager {
         // Bounded here rather than by a deadpool recycle timeout, which
         // would arm a timer on every checkout, ping or not; and never past
         // the caller's deadline.
-        let left = self.caller_deadline().map_or(self.ping_timeout, |d| {
+        let left = crate::pool::checkout::deadline().map_or(self.ping_timeout, |d| {
             d.saturating_duration_since(tokio::time::Instant::now())
         });
         let bound = self.ping_timeout.min(left);

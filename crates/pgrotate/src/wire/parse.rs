@@ -31,9 +31,10 @@ impl Reader {
             {
                 // The common case: a whole message in this read, looked
                 // at where it lies.
-                let kept = match kept(kind, body.len()) {
-                    true => &body[..body.len().min(KEEP_BODY)],
-                    false => &[],
+                let kept = if kept(kind, body.len()) {
+                    &body[..body.len().min(KEEP_BODY)]
+                } else {
+                    &[]
                 };
                 message(kind, kept, wire);
                 bytes = rest;
